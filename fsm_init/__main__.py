@@ -1,0 +1,5 @@
+import sys
+
+from fsm_init.cli import main
+
+sys.exit(main())

@@ -1,0 +1,107 @@
+"""``fsm-init``: run the engine, or validate a config.
+
+Parsed by hand: argparse would cost PID 1 start-up time for four options.
+"""
+
+import json
+import os
+import sys
+
+from fsm_init import __version__, log
+
+USAGE = """\
+usage: fsm-init [--quiet] [--] [CMD ARGS...]
+       fsm-init validate [--json] [FILE|-]
+       fsm-init --version | --help
+
+Runs as the container's PID 1: resolves /srv/$SRVNAME, runs its init steps and
+supervises its service (see the README).  CMD replaces the config's workstart.
+
+  --quiet      only warnings and errors from fsm-init itself
+  validate     print the effective config of FILE (default ./workcfg.json,
+               - for stdin) with secrets masked, and every problem found;
+               exit 1 when there is any problem
+
+environment: SRVNAME SRVCFG FSM_INIT_SRV_ROOT FSM_INIT_STATE_DIR FSM_INIT_RUN_DIR
+             FSM_INIT_STOP_GRACE FSM_INIT_LEFTOVER_GRACE FSM_INIT_IDLE_WAIT
+             FSM_INIT_HANDOVER_AFTER FSM_INIT_EXEC_SERVICE
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] in (["--help"], ["-h"]):
+        print(USAGE, end="")
+        return 0
+    if args[:1] == ["--version"]:
+        print(f"fsm-init {__version__}")
+        return 0
+    if args[:1] == ["validate"]:
+        return validate(args[1:])
+    return run(args)
+
+
+def run(args: list[str]) -> int:
+    command = None
+    while args:
+        arg = args.pop(0)
+        if arg == "--":
+            command = args
+            break
+        if arg == "--quiet":
+            log.set_quiet(True)
+        elif arg.startswith("-"):
+            sys.stderr.write(f"fsm-init: unknown option {arg}\n{USAGE}")
+            return 2
+        else:
+            command = [arg] + args
+            break
+    from fsm_init.engine import Engine
+    from fsm_init.settings import Settings
+    from fsm_init.system import System
+
+    return Engine(System(), Settings(), dict(os.environ), command or None).run()
+
+
+def validate(args: list[str]) -> int:
+    as_json = "--json" in args
+    paths = [a for a in args if a != "--json"]
+    if len(paths) > 1 or any(p.startswith("-") and p != "-" for p in paths):
+        sys.stderr.write(USAGE)
+        return 2
+    path = paths[0] if paths else "workcfg.json"
+    from fsm_init import config
+
+    try:
+        raw = sys.stdin.buffer.read() if path == "-" else open(path, "rb").read()
+    except OSError as e:
+        return _report_validation(as_json, path, None, [], f"cannot read {path}: {e.strerror}")
+    document, why = config.parse_document(raw)
+    if document is None:
+        return _report_validation(as_json, path, None, [], f"{path} is {why}")
+    effective, problems = config.validate(document)
+    return _report_validation(as_json, path, effective, problems, "", sorted(set(document) - set(config.defaults())))
+
+
+def _report_validation(as_json, path, effective, problems, error, kept=()) -> int:
+    from fsm_init import config
+
+    failed = bool(error or problems)
+    if as_json:
+        print(json.dumps({"ok": not failed, "file": path, "error": error or None,
+                          "config": config.masked(effective) if effective else None,
+                          "problems": [p.as_dict() for p in problems], "kept": list(kept)}, indent=2))
+        return int(failed)
+    if error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(json.dumps(config.masked(effective), indent=2))
+    for key in kept:
+        print(f"kept: unknown key '{key}' (passed to the service unchanged)", file=sys.stderr)
+    for problem in problems:
+        print(f"problem: {problem.describe()}", file=sys.stderr)
+    return int(failed)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

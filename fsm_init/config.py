@@ -1,0 +1,111 @@
+"""workcfg.json: parsing, lenient validation (marshmallow) and the effective config.
+
+Every key of imginit's parameter table is validated; a missing or invalid value takes
+its default and is reported as a ``Problem`` naming the key, the bad value and the
+default.  Unknown keys are kept untouched: services read their own sections.
+
+marshmallow costs ~80 ms to import, so it is imported only when a configuration
+exists (``validate``); ``defaults()`` serves the no-configuration fast path.
+"""
+
+import contextvars
+import json
+from typing import Any, NamedTuple
+
+SECRET_KEYS = frozenset({"sshsrv.rootpwd", "inetdail.dialpswd"})
+MASK = "********"
+
+
+class Problem(NamedTuple):
+    key: str
+    value: Any
+    default: Any
+    reason: str
+    dropped: bool = False  # a list entry left out, rather than a value replaced by its default
+
+    def describe(self) -> str:
+        shown = MASK if self.key in SECRET_KEYS else _short(self.value)
+        if self.dropped:
+            return f"config key '{self.key}': entry {shown} {self.reason}; entry dropped"
+        default = MASK if self.key in SECRET_KEYS and self.default else _short(self.default)
+        return f"config key '{self.key}' = {shown}: {self.reason}; using {default}"
+
+    def as_dict(self) -> dict:
+        secret = self.key in SECRET_KEYS
+        return {"key": self.key, "value": MASK if secret else self.value,
+                "default": MASK if secret and self.default else self.default,
+                "reason": self.reason, "dropped": self.dropped}
+
+
+def _short(value: Any) -> str:
+    if value is None:
+        return "no value"
+    text = json.dumps(value, ensure_ascii=True) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _defaults_table() -> dict:
+    return {
+        "initdelay": 3,
+        "workstart": None,
+        "workwatch": None,
+        "workintvl": 5,
+        "worktimeout": None,
+        "firewall": {"enable": "yes", "tcpportpmt": "", "udpportpmt": "", "icmppermit": "no",
+                     "igmppermit": "no", "grepermit": "no", "esppermit": "no", "ahpermit": "no"},
+        "sshsrv": {"enable": "no", "sshport": 8022, "rootpwd": "", "authkeys": [], "password": "yes"},
+        "inetdail": {"enable": "no", "dialuser": "", "dialpswd": "", "dialintf": "", "usedefgw": "no"},
+    }
+
+
+def defaults() -> dict:
+    """The built-in effective config, used when there is no configuration at all."""
+    return _defaults_table()
+
+
+def parse_document(raw: bytes | str) -> tuple[dict | None, str]:
+    """The JSON object in raw, or None and the reason it is not one."""
+    try:
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+    except UnicodeDecodeError as e:
+        return None, f"not UTF-8 ({e.reason} at byte {e.start})"
+    if not text.strip():
+        return None, "empty"
+    try:
+        value = json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as e:
+        return None, f"not valid JSON ({str(e)[:100]})"
+    if not isinstance(value, dict):
+        return None, f"a JSON {type(value).__name__}, not an object"
+    return value, ""
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def validate(document: dict) -> tuple[dict, list[Problem]]:
+    """The effective config for a JSON object, and every problem found in it."""
+    from fsm_init import config_schema
+
+    return config_schema.load(document)
+
+
+def dumps_compact(config: dict) -> str:
+    # ensure_ascii: a lone surrogate from a "\ud800" escape could not go into the environment.
+    return json.dumps(config, separators=(",", ":"), ensure_ascii=True)
+
+
+def masked(config: dict) -> dict:
+    shown = json.loads(json.dumps(config))
+    for key in SECRET_KEYS:
+        section, _, name = key.partition(".")
+        if isinstance(shown.get(section), dict) and shown[section].get(name):
+            shown[section][name] = MASK
+    return shown
+
+
+# The problems found by the current validation; a ContextVar so that a field can
+# report without a back-reference to the schema that owns it.
+problems_var: contextvars.ContextVar[list[Problem]] = contextvars.ContextVar("problems")
+prefix_var: contextvars.ContextVar[str] = contextvars.ContextVar("prefix", default="")

@@ -1,0 +1,220 @@
+"""The marshmallow schema behind ``config.validate``; imported only when a config exists."""
+
+from typing import Any
+
+from marshmallow import INCLUDE, Schema, ValidationError, fields, missing
+
+from fsm_init.config import Problem, _defaults_table, prefix_var, problems_var
+
+DEFAULTS = _defaults_table()
+
+
+def _report(key: str, value: Any, default: Any, reason: str, dropped: bool = False) -> None:
+    problems_var.get().append(Problem(prefix_var.get() + key, value, default, reason, dropped))
+
+
+class Lenient:
+    """On an invalid value: report it and return the default instead of failing the load."""
+
+    def deserialize(self, value, attr=None, data=None, **kwargs):
+        try:
+            return super().deserialize(value, attr, data, **kwargs)
+        except ValidationError as e:
+            default = self.load_default() if callable(self.load_default) else self.load_default
+            _report(self.data_key or attr, value, default, "; ".join(_flatten(e.messages)))
+            return default
+
+
+def _flatten(messages) -> list[str]:
+    if isinstance(messages, dict):
+        return [m for v in messages.values() for m in _flatten(v)]
+    if isinstance(messages, list):
+        return [m for v in messages for m in _flatten(v)]
+    return [str(messages)]
+
+
+def _integer(value: Any) -> int:
+    """JSON numbers and numeric strings ("15", " 8022 "); not booleans, not fractions."""
+    if isinstance(value, bool):
+        raise ValidationError("is a boolean, not an integer")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit() and len(value.strip()) < 19:
+        return int(value.strip())
+    raise ValidationError("is not an integer")
+
+
+class Count(Lenient, fields.Field):
+    def __init__(self, minimum: int, maximum: int | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.minimum, self.maximum = minimum, maximum
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        number = _integer(value)
+        if number < self.minimum:
+            raise ValidationError(f"must be at least {self.minimum}")
+        if self.maximum is not None and number > self.maximum:
+            raise ValidationError(f"must be at most {self.maximum}")
+        return number
+
+
+class WorkWatch(fields.Field):
+    """Any non-negative integer selects supervision; every other value means non-daemon mode."""
+
+    def deserialize(self, value, attr=None, data=None, **kwargs):
+        if value is None or value is missing:
+            return None
+        try:
+            number = _integer(value)
+        except ValidationError as e:
+            number, reason = -1, _flatten(e.messages)[0]
+        else:
+            reason = "is negative"
+        if number >= 0:
+            return number
+        _report("workwatch", value, None, f"{reason}, so the service runs in non-daemon mode")
+        return None
+
+
+class YesNo(Lenient, fields.Field):
+    WORDS = {"yes": "yes", "true": "yes", "no": "no", "false": "no"}
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, bool):
+            return "yes" if value else "no"
+        if isinstance(value, str) and value.strip().lower() in self.WORDS:
+            return self.WORDS[value.strip().lower()]
+        raise ValidationError("is not yes or no")
+
+
+class Text(Lenient, fields.Field):
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, str):
+            raise ValidationError("is not a string")
+        return value
+
+
+class Command(Lenient, fields.Field):
+    """A string split like a shell would, or a JSON array that is the exact argv."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, str) and value.strip():
+            return value
+        if isinstance(value, list) and value and all(isinstance(v, str) and v for v in value):
+            return value
+        raise ValidationError("is not a command string or a non-empty array of strings")
+
+
+class PortList(Lenient, fields.Field):
+    """A multiport list such as "80:86,125,8080"; invalid entries are reported and dropped."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        if not isinstance(value, str):
+            raise ValidationError("is not a port list such as \"80:86,125,8080\"")
+        kept = []
+        for entry in (e.strip() for e in value.split(",")):
+            if not entry:
+                continue
+            if _port_range(entry):
+                kept.append(entry)
+            else:
+                _report(self.data_key or attr, entry, None, "is not a port or a port range", dropped=True)
+        return ",".join(kept)
+
+
+def _port_range(entry: str) -> bool:
+    low, _, high = entry.partition(":")
+    high = high or low
+    if not (low.isdigit() and high.isdigit()):
+        return False
+    return 1 <= int(low) <= int(high) <= 65535
+
+
+class AuthKeys(Lenient, fields.Field):
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(k, str) for k in value):
+            raise ValidationError("is not a public key or a list of them")
+        return [k.strip() for k in value if k.strip()]
+
+
+class Section(Lenient, fields.Nested):
+    """A nested section; problems inside it are named "section.key"."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, dict):
+            raise ValidationError("is not a JSON object")
+        token = prefix_var.set(f"{self.data_key or attr}.")
+        try:
+            return super()._deserialize(value, attr, data, **kwargs)
+        finally:
+            prefix_var.reset(token)
+
+
+def _d(section: str, key: str):
+    return DEFAULTS[section][key]
+
+
+class FirewallSchema(Schema):
+    class Meta:
+        unknown = INCLUDE
+
+    enable = YesNo(load_default=_d("firewall", "enable"))
+    tcpportpmt = PortList(load_default="")
+    udpportpmt = PortList(load_default="")
+    icmppermit = YesNo(load_default="no")
+    igmppermit = YesNo(load_default="no")
+    grepermit = YesNo(load_default="no")
+    esppermit = YesNo(load_default="no")
+    ahpermit = YesNo(load_default="no")
+
+
+class SshSchema(Schema):
+    class Meta:
+        unknown = INCLUDE
+
+    enable = YesNo(load_default="no")
+    sshport = Count(1, 65535, load_default=_d("sshsrv", "sshport"))
+    rootpwd = Text(load_default="")
+    authkeys = AuthKeys(load_default=list)
+    password = YesNo(load_default="yes")
+
+
+class DialSchema(Schema):
+    class Meta:
+        unknown = INCLUDE
+
+    enable = YesNo(load_default="no")
+    dialuser = Text(load_default="")
+    dialpswd = Text(load_default="")
+    dialintf = Text(load_default="")
+    usedefgw = YesNo(load_default="no")
+
+
+class WorkcfgSchema(Schema):
+    class Meta:
+        unknown = INCLUDE
+
+    initdelay = Count(0, load_default=DEFAULTS["initdelay"])
+    workstart = Command(load_default=None)
+    workwatch = WorkWatch()
+    workintvl = Count(1, load_default=DEFAULTS["workintvl"])
+    worktimeout = Count(1, load_default=None)
+    firewall = Section(FirewallSchema, load_default=lambda: FirewallSchema().load({}))
+    sshsrv = Section(SshSchema, load_default=lambda: SshSchema().load({}))
+    inetdail = Section(DialSchema, load_default=lambda: DialSchema().load({}))
+
+
+def load(document: dict) -> tuple[dict, list[Problem]]:
+    found: list[Problem] = []
+    token = problems_var.set(found)
+    try:
+        effective = WorkcfgSchema().load(document)
+    finally:
+        problems_var.reset(token)
+    return effective, found

@@ -1,0 +1,113 @@
+"""The control socket: srvctl's requests and the engine's answers.
+
+One JSON line each way over a unix stream socket, $FSM_INIT_RUN_DIR/control.sock
+(directory 0700, socket 0600: only root may steer PID 1).  Connections are
+non-blocking and served by the event loop, so a client that connects and says
+nothing cannot stall PID 1.  Standard library only: srvctl and the thin reaper use it.
+"""
+
+import json
+import os
+import socket
+from collections.abc import Callable
+
+from fsm_init import log
+
+MAX_REQUEST = 4096
+
+
+def make_listener(path: str) -> socket.socket:
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    os.chmod(os.path.dirname(path), 0o700)
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
+    old = os.umask(0o177)
+    try:
+        sock.bind(path)
+    finally:
+        os.umask(old)
+    sock.listen(16)
+    return sock
+
+
+class ControlServer:
+    def __init__(self, sock: socket.socket, path: str, loop, handler: Callable[[dict], dict]) -> None:
+        self.sock, self.path, self.loop, self.handler = sock, path, loop, handler
+        self.buffers: dict[socket.socket, bytes] = {}
+        loop.watch(sock, self._accept)
+
+    @classmethod
+    def listen(cls, path: str, loop, handler: Callable[[dict], dict]) -> "ControlServer | None":
+        try:
+            return cls(make_listener(path), path, loop, handler)
+        except OSError as e:
+            log.warn(f"no control socket at {path} ({e.strerror}): srvctl cannot reach this fsm-init")
+            return None
+
+    def _accept(self) -> None:
+        try:
+            conn, _ = self.sock.accept()
+        except BlockingIOError:
+            return
+        conn.setblocking(False)
+        self.buffers[conn] = b""
+        self.loop.watch(conn, lambda: self._read(conn))
+
+    def _read(self, conn: socket.socket) -> None:
+        try:
+            chunk = conn.recv(MAX_REQUEST)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        data = self.buffers[conn] + chunk
+        self.buffers[conn] = data
+        if chunk and b"\n" not in data and len(data) < MAX_REQUEST:
+            return
+        self._finish(conn, self._answer(data))
+
+    def _answer(self, data: bytes) -> dict:
+        try:
+            request = json.loads(data.split(b"\n", 1)[0])
+            if not isinstance(request, dict):
+                raise ValueError
+        except ValueError:
+            return {"ok": False, "message": "bad request: expected one JSON object line"}
+        return self.handler(request)
+
+    def _finish(self, conn: socket.socket, reply: dict) -> None:
+        self.loop.unwatch(conn)
+        del self.buffers[conn]
+        try:
+            conn.setblocking(True)
+            conn.settimeout(1.0)
+            conn.sendall(json.dumps(reply).encode() + b"\n")
+        except OSError:
+            pass
+        conn.close()
+
+    def close(self) -> None:
+        self.loop.unwatch(self.sock)
+        self.sock.close()
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+
+
+def request(path: str, verb: str, timeout: float = 10.0) -> dict:
+    """Send one request and wait for its answer; raises OSError when no engine listens."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as sock:
+        sock.settimeout(timeout)
+        sock.connect(path)
+        sock.sendall(json.dumps({"verb": verb}).encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    return json.loads(data)

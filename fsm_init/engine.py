@@ -1,0 +1,469 @@
+"""The engine: the model that ``table.TRANSITIONS`` drives.
+
+``on_enter_<state>`` methods do each state's work through the step modules and the
+``System`` boundary, then either fire the next trigger at once or leave a deadline,
+a child process or a control request to fire it from the event loop.  Guards are
+the small predicates named in the table.  Nothing here sleeps or waits.
+"""
+
+import os
+import signal
+import sys
+import traceback
+from typing import NamedTuple
+
+from transitions import Machine
+
+from fsm_init import (config, custom_init, delay, env_resume, firewall, load_config, log, pppoe,
+                      resolve_target, restart_interval, ssh, start, watch)
+from fsm_init.control import ControlServer
+from fsm_init.loop import STOP_SIGNALS, EventLoop
+from fsm_init.settings import Settings
+from fsm_init.stop import Group, Stopper
+from fsm_init.system import System, Unavailable, exit_code, spawn_error_code, which
+from fsm_init.table import STATES, STOPPABLE, TRANSITIONS
+
+NETWORK_STEPS = {"firewall": firewall, "ssh": ssh, "pppoe": pppoe}
+
+
+class Instance(NamedTuple):
+    pid: int
+    group: Group
+    started: float  # monotonic
+    started_wall: float
+
+
+class Script(NamedTuple):
+    """A script run in the foreground: EnvResume-* or PeriodicST-*."""
+    pid: int
+    name: str
+    started: float
+    on_done: object  # callable(exit | None, duration)
+
+
+class Engine:
+    def __init__(self, system: System, settings: Settings, environ: dict,
+                 command: list[str] | None = None) -> None:
+        self.system, self.settings = system, settings
+        self.environ = dict(environ)
+        self.override = command
+        self.loop = EventLoop(system, self._on_signal, self._on_exit)
+        self.stopper = Stopper(system, self.loop)
+        self.control: ControlServer | None = None
+        self.target: resolve_target.Target | None = None
+        self.source: load_config.ConfigSource | None = None
+        self.config = config.defaults()
+        self.has_config = False
+        self.mode = start.mode(self.config)
+        self.service: Instance | None = None
+        self.service_pid: int | None = None  # the leader of the latest instance, alive or not
+        self.run_count = 0
+        self.last_exit: int | None = None
+        self.exit_status = 0
+        self.operator = False
+        self.stop_signal = signal.SIGTERM
+        self.stop_requested = False  # srvctl stop: exit 0 whatever the service's status
+        self.env_scripts: list[str] = []
+        self.script: Script | None = None
+        self.background: dict[str, int] = {}
+        self.cycle: watch.Cycle | None = None
+        self.cycle_count = 0
+        self.cycle_anchor: float | None = None
+        self.last_checks: list[watch.CheckResult] = []
+        self.supporting: dict[str, str] = {}
+        self.state_since = system.now()
+        self.machine = Machine(
+            model=self, states=[name for name, _ in STATES], transitions=TRANSITIONS,
+            initial="boot", auto_transitions=False, queued=True, ignore_invalid_triggers=True,
+            before_state_change="_leaving_state", after_state_change="_entered_state",
+            on_exception="_on_error")
+
+    # -- running -----------------------------------------------------------------
+
+    def run(self) -> int:
+        log.set_state(lambda: self.state)
+        self.loop.install()
+        if self.system.getpid() != 1 and not self.system.set_subreaper():
+            log.warn("not PID 1 and cannot become a child subreaper: orphans will not be reaped")
+        self.control = ControlServer.listen(self.settings.control_socket, self.loop, self.handle_request)
+        self.begin()
+        self.loop.run()
+        return self.exit_status
+
+    def _leaving_state(self) -> None:
+        self.loop.cancel("state")
+
+    def _entered_state(self) -> None:
+        self.state_since = self.system.now()
+
+    def _on_error(self, event) -> None:
+        if not isinstance(event.error, Exception):
+            raise event.error
+        log.error(f"internal error in {event.event.name} ({self.state}): {event.error!r}")
+        traceback.print_exception(event.error, file=sys.stderr)
+        if self.state in STOPPABLE:
+            self.stop()
+        elif self.state != "exited":
+            self.loop.call_later("state", 0, self.done)
+
+    # -- guards --------------------------------------------------------------------
+
+    def delay_due(self) -> bool:
+        return self.run_count == 0 and delay.seconds(self.config, self.target.first_start, self.has_config) > 0
+
+    def has_command(self) -> bool:
+        return start.has_command(self.config, self.override)
+
+    def non_daemon(self) -> bool:
+        return self.mode.kind == start.NON_DAEMON
+
+    def daemon_mode(self) -> bool:
+        return self.mode.kind == start.DAEMON
+
+    def has_instance(self) -> bool:
+        return self.service is not None
+
+    def checks_passed(self) -> bool:
+        return self.cycle is not None and self.cycle.passed
+
+    def operator_request(self) -> bool:
+        return self.operator
+
+    # -- boot path -------------------------------------------------------------------
+
+    def on_enter_resolve_target(self) -> None:
+        self.target, notes = resolve_target.resolve(self.settings, self.environ, self.system)
+        for note in notes:
+            log.info(note)
+        if self.target.directory:
+            self.system.chdir(self.target.directory)
+        self.source = load_config.ConfigSource(self.target, self.environ.get("SRVCFG", ""), self.system)
+        self.done()
+
+    def on_enter_custom_init(self) -> None:
+        path = custom_init.find(self.target.directory, self.system)
+        if path:
+            log.info(f"custom init {path} takes over (exec, keeping this PID and environment)")
+            if self.control:
+                self.control.close()
+            try:
+                self.system.execve([path], self.environ)
+            except OSError as e:
+                log.error(f"cannot exec {path}: {e.strerror}; carrying on with fsm-init's own steps")
+                self.control = ControlServer.listen(self.settings.control_socket, self.loop, self.handle_request)
+        self.done()
+
+    def on_enter_env_resume(self) -> None:
+        self.env_scripts = env_resume.pending(self.target.directory, self.system)
+        self._next_env_resume()
+
+    def _next_env_resume(self) -> None:
+        if not self.env_scripts:
+            self.done()
+            return
+        path = self.env_scripts.pop(0)
+        self._run_script(path, env_resume.TIMEOUT, self._env_resume_done, self.environ)
+
+    def _env_resume_done(self, name: str, status: int | None, duration: float) -> None:
+        if status is None:
+            log.error(f"{name} timed out after {env_resume.TIMEOUT:g}s and was killed; carrying on")
+        elif status:
+            log.error(f"{name} exited {status}; carrying on")
+        self._next_env_resume()
+
+    def on_enter_load_config(self) -> None:
+        loaded = self.source.load()
+        for message in loaded.errors:
+            log.error(message)
+        for problem in loaded.problems:
+            log.warn(problem.describe())
+        self.config, self.has_config = loaded.config, loaded.has_config
+        self.mode = start.mode(self.config)
+        self.done()
+
+    def on_enter_delay(self) -> None:
+        seconds = delay.seconds(self.config, self.target.first_start, self.has_config)
+        log.info(f"initdelay: waiting {seconds}s (srvctl restart goes on at once)")
+        self.loop.call_later("state", seconds, self.done)
+
+    def _network_step(self) -> None:
+        step = NETWORK_STEPS[self.state]
+        if not step.enabled(self.config, self.has_config):
+            self.supporting.pop(self.state, None)
+        else:
+            try:
+                self.supporting[self.state] = step.apply(self.config, self.system)
+            except Unavailable as e:
+                self.supporting[self.state] = f"unavailable: {e}"
+                log.warn(f"{self.state}: {e}")
+        self.done()
+
+    on_enter_firewall = on_enter_ssh = on_enter_pppoe = _network_step
+
+    def on_enter_idle(self) -> None:
+        self.run_count += 1
+        seconds = self.settings.idle_wait
+        self._write_count(start.idle_count_text(self.run_count, seconds))
+        log.info(f"no workstart configured: reading the config again in {seconds:g}s (srvctl restart: now)")
+        self.loop.call_later("state", seconds, self.done)
+
+    # -- the service -------------------------------------------------------------------
+
+    def _service_env(self) -> dict:
+        env = dict(self.environ)
+        env["SRVCFG"] = config.dumps_compact(self.config)
+        return env
+
+    def on_enter_start(self) -> None:
+        self.run_count += 1
+        self.operator = False
+        self.cycle_anchor = None
+        self._write_count(start.count_text(self.run_count, self.mode, self.config))
+        cmd = start.command(self.config, self.override, self.target.directory, self.system)
+        if cmd.note:
+            log.warn(cmd.note)
+        log.info(f"starting the service (run {self.run_count}, {self.mode.kind} mode): {' '.join(cmd.argv)}")
+        env = self._service_env()
+        if self.non_daemon() and self.settings.exec_service:
+            self._exec_service(cmd, env)
+        tty = self.system.terminal() if self.non_daemon() else None
+        try:
+            pid = self.system.spawn(cmd.argv, env, cmd.executable, tty)
+        except OSError as e:
+            self.last_exit = spawn_error_code(e)
+            log.error(f"cannot execute {cmd.argv[0]}: {e.strerror} (status {self.last_exit})")
+            self.spawn_failed()
+            return
+        self.service = Instance(pid, Group(pid, by_session=tty is None), self.system.now(), self.system.wall())
+        self.service_pid = pid
+        self.spawned()
+
+    def _exec_service(self, cmd: start.Command, env: dict) -> None:
+        """Opt-in imginit behaviour: the service replaces fsm-init as PID 1."""
+        log.info("FSM_INIT_EXEC_SERVICE: the service replaces fsm-init (no reaping, no graceful stop)")
+        if self.control:
+            self.control.close()
+        try:
+            self.system.execve(cmd.argv, env, cmd.executable or which(cmd.argv[0]) or cmd.argv[0])
+        except OSError as e:
+            log.error(f"cannot exec {cmd.argv[0]}: {e.strerror}")
+            self.exit_status = spawn_error_code(e)
+            self.loop.stop()
+
+    def on_enter_foreground(self) -> None:
+        if self.settings.handover_after > 0:
+            self.loop.call_later("state", self.settings.handover_after, self.settled)
+
+    def on_enter_handover(self) -> None:
+        from fsm_init import reaper
+
+        if self.control:
+            self.control.sock.set_inheritable(True)
+        reaper.hand_over(self)
+        # Only reached when the exec failed: this engine carries on reaping.
+        if self.control:
+            self.control.sock.set_inheritable(False)
+
+    def on_enter_restart_interval(self) -> None:
+        seconds = restart_interval.seconds(self.config)
+        what = "first check" if self.service else "restart"
+        log.info(f"workintvl: {what} in {seconds}s")
+        self.loop.call_later("state", seconds, self.done)
+
+    def on_enter_watch(self) -> None:
+        if self.mode.kind != start.STATUS_CHECK:
+            return
+        now = self.system.now()
+        if self.cycle_anchor is None:
+            self.cycle_anchor = now
+        self.loop.call_at("cycle", watch.next_cycle_at(self.cycle_anchor, self.mode.period, now), self.cycle_due)
+
+    def on_enter_check(self) -> None:
+        self.cycle_count += 1
+        self._write_count(start.count_text(self.run_count, self.mode, self.config, self.cycle_count))
+        self._start_background(watch.RT)
+        self.cycle = watch.Cycle(self.cycle_count, self.target.directory, self.system)
+        self._next_check()
+
+    def _check_env(self) -> dict:
+        env = self._service_env()
+        env["SMCNT"] = str(self.cycle_count)
+        env["PERDC"] = str(self.mode.period)
+        return env
+
+    def _next_check(self) -> None:
+        path = self.cycle.next_check()
+        if path:
+            timeout = start.check_timeout(self.config, self.mode.period)
+            self._run_script(path, timeout, self._check_done, self._check_env())
+            return
+        self.last_checks = self.cycle.results
+        failure = self.cycle.failure
+        if failure:
+            log.warn(f"check failed: {failure.describe()}; restarting the service")
+        else:
+            self._start_background(watch.MT)
+        self.checks_done()
+
+    def _check_done(self, name: str, status: int | None, duration: float) -> None:
+        self.cycle.record(watch.CheckResult(name, status, duration, self.system.wall()))
+        self._next_check()
+
+    def _start_background(self, prefix: str) -> None:
+        env = self._check_env()
+        for path in watch.scripts(self.target.directory, prefix, self.system):
+            name = watch.name(path)
+            if name in self.background:
+                log.info(f"{name} is still running from an earlier cycle: not started again")
+                continue
+            try:
+                self.background[name] = self.system.spawn([path], env)
+            except OSError as e:
+                log.error(f"cannot execute {name}: {e.strerror}")
+
+    def on_enter_restart(self) -> None:
+        self.loop.cancel("cycle")
+        self._abandon_script()
+        self._stop_service(signal.SIGTERM)
+
+    # -- stop path ---------------------------------------------------------------------
+
+    def on_enter_stopping(self) -> None:
+        self.loop.cancel("cycle")
+        self._stop_service(self.stop_signal)
+
+    def _stop_service(self, sig: int) -> None:
+        if self.service is None:
+            self._instance_gone()
+        else:
+            self.stopper.stop_group(self.service.group, sig, self.settings.stop_grace, self._instance_gone)
+
+    def _instance_gone(self) -> None:
+        self.service = None
+        self.group_gone()
+
+    def on_enter_teardown(self) -> None:
+        self.loop.cancel("cycle")
+        self.stopper.sweep(self.settings.leftover_grace, self.done)
+
+    def on_enter_exited(self) -> None:
+        self.exit_status = 0 if self.stop_requested or self.last_exit is None else self.last_exit
+        log.info(f"exiting with status {self.exit_status}")
+        if self.control:
+            self.control.close()
+        self.loop.stop()
+
+    # -- events from the loop ---------------------------------------------------------------
+
+    def _on_signal(self, signum: int) -> None:
+        name = signal.Signals(signum).name
+        if signum in STOP_SIGNALS:
+            if self.state in STOPPABLE:
+                log.info(f"received {name}: stopping")
+                self.stop_signal = signum
+                self.stop()
+            return
+        if self.service and self.service.group.signal(self.system, signum):
+            log.info(f"forwarded {name} to the service's session")
+
+    def _on_exit(self, pid: int, status: int) -> None:
+        code = exit_code(status)
+        if self.service and pid == self.service.pid:
+            self.last_exit = code
+            log.info(f"service (pid {pid}) {_describe_exit(status)}")
+            self.service_exit()
+        elif self.script and pid == self.script.pid:
+            script, self.script = self.script, None
+            self.loop.cancel("script")
+            script.on_done(script.name, code, self.system.now() - script.started)
+        else:
+            for name, bg_pid in list(self.background.items()):
+                if bg_pid == pid:
+                    del self.background[name]
+        self.stopper.check()
+
+    # -- foreground scripts -----------------------------------------------------------------
+
+    def _run_script(self, path: str, timeout: float, on_done, env: dict) -> None:
+        name = watch.name(path)
+        try:
+            pid = self.system.spawn([path], env)
+        except OSError as e:
+            log.error(f"cannot execute {name}: {e.strerror}")
+            on_done(name, spawn_error_code(e), 0.0)
+            return
+        self.script = Script(pid, name, self.system.now(), on_done)
+        self.loop.call_later("script", timeout, self._script_timed_out)
+
+    def _script_timed_out(self) -> None:
+        script = self._abandon_script()
+        if script:
+            script.on_done(script.name, None, self.system.now() - script.started)
+
+    def _abandon_script(self) -> Script | None:
+        """Kill the running foreground script with everything it started."""
+        script, self.script = self.script, None
+        self.loop.cancel("script")
+        if script:
+            Group(script.pid).signal(self.system, signal.SIGKILL)
+        return script
+
+    # -- control requests ---------------------------------------------------------------
+
+    def handle_request(self, request: dict) -> dict:
+        verb = request.get("verb")
+        if verb == "status":
+            return {"ok": True, "status": self.snapshot()}
+        if verb == "restart":
+            if not self.may_restart_request():
+                return {"ok": False, "message": self._why_no_restart()}
+            log.info("srvctl restart")
+            self.operator = True
+            self.restart_request()
+            return {"ok": True, "message": f"restarting ({self.state})"}
+        if verb == "stop":
+            if self.state not in STOPPABLE:
+                return {"ok": False, "message": f"already {self.state}"}
+            log.info("srvctl stop: stopping the service, then exiting 0")
+            self.stop_requested = True
+            self.stop_signal = signal.SIGTERM
+            self.stop()
+            return {"ok": True, "message": "stopping"}
+        return {"ok": False, "message": f"unknown verb {verb!r}"}
+
+    def _why_no_restart(self) -> str:
+        if self.state in ("foreground", "handover"):
+            return "the service runs in non-daemon mode: fsm-init does not restart it (set workwatch)"
+        return f"cannot restart during {self.state}"
+
+    def snapshot(self) -> dict:
+        now = self.system.now()
+        return {
+            "state": self.state,
+            "since": round(now - self.state_since, 3),
+            "mode": self.mode.kind,
+            "period": self.mode.period,
+            "target": self.target.directory if self.target else None,
+            "service_pid": self.service.pid if self.service else None,
+            "uptime": round(now - self.service.started, 3) if self.service else None,
+            "run_count": self.run_count,
+            "restarts": max(0, self.run_count - 1),
+            "last_exit": self.last_exit,
+            "checks": [r._asdict() for r in self.last_checks],
+            "supporting": dict(self.supporting),
+            "pid": self.system.getpid(),
+        }
+
+    def _write_count(self, text: str) -> None:
+        if not self.target.directory:
+            return
+        try:
+            self.system.write_atomic(os.path.join(self.target.directory, "service.run.count"), text.encode())
+        except OSError as e:
+            log.warn(f"cannot write service.run.count: {e.strerror}")
+
+
+def _describe_exit(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"was killed by {signal.Signals(os.WTERMSIG(status)).name} (status {exit_code(status)})"
+    return f"exited with status {os.WEXITSTATUS(status)}"

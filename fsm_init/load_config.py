@@ -1,0 +1,79 @@
+"""Step load_config: $SRVCFG on the first start, otherwise ./workcfg.json; validated.
+
+A $SRVCFG that is a JSON object is written, exactly as given, over workcfg.json
+(atomically, mode 0600: it may hold passwords).  Anything else is reported and the
+existing workcfg.json stays untouched: imginit wrote bad input over a good file.
+"""
+
+import os
+from typing import NamedTuple
+
+from fsm_init import config
+from fsm_init.resolve_target import Target
+from fsm_init.system import System
+
+FILENAME = "workcfg.json"
+
+
+class Loaded(NamedTuple):
+    config: dict
+    has_config: bool
+    problems: list  # config.Problem: a key with an invalid value
+    errors: list[str]  # a document that could not be used at all
+
+
+class ConfigSource:
+    """Where the config comes from, across the restarts of one fsm-init process."""
+
+    def __init__(self, target: Target, srvcfg: str, system: System) -> None:
+        self.target = target
+        self.system = system
+        # $SRVCFG is taken once, on the first start; without a directory to write it
+        # to, it is kept in memory for the restarts of this process.
+        self.pending_srvcfg = srvcfg if target.first_start and srvcfg.strip() else ""
+        self.memory: dict | None = None
+
+    @property
+    def path(self) -> str | None:
+        return os.path.join(self.target.directory, FILENAME) if self.target.directory else None
+
+    def load(self) -> Loaded:
+        errors: list[str] = []
+        document = self._take_srvcfg(errors)
+        if document is None and self.path:
+            document = self._read_file(errors)
+        if document is None:
+            document = self.memory
+        has_config = bool(self.target.directory) or self.memory is not None
+        if not has_config:
+            return Loaded(config.defaults(), False, [], errors)
+        effective, problems = config.validate(document or {})
+        return Loaded(effective, True, problems, errors)
+
+    def _take_srvcfg(self, errors: list[str]) -> dict | None:
+        raw, self.pending_srvcfg = self.pending_srvcfg, ""
+        if not raw:
+            return None
+        document, why = config.parse_document(raw)
+        if document is None:
+            errors.append(f"$SRVCFG is {why}: ignored, {self.path or 'the built-in defaults'} kept")
+            return None
+        if self.path is None:
+            self.memory = document
+            return document
+        try:
+            self.system.write_atomic(self.path, raw.encode("utf-8", "surrogateescape"), 0o600)
+        except OSError as e:
+            errors.append(f"cannot write $SRVCFG to {self.path} ({e.strerror}): using it for this start only")
+            self.memory = document
+        return document
+
+    def _read_file(self, errors: list[str]) -> dict | None:
+        raw = self.system.read_bytes(self.path)
+        if raw is None:
+            errors.append(f"no {self.path}: using the built-in defaults")
+            return None
+        document, why = config.parse_document(raw)
+        if document is None:
+            errors.append(f"{self.path} is {why}: using the built-in defaults")
+        return document

@@ -1,0 +1,110 @@
+"""The one event loop: signals, child exits, control requests and deadlines.
+
+Single-threaded and standard library only.  Signals are caught by no-op Python
+handlers whose only effect is the C-level write of the signal number to a wake-up
+pipe (``signal.set_wakeup_fd``); the loop reads those numbers in ``select``, so no
+trigger ever runs inside a signal handler.  With no deadline set, ``select`` blocks
+without a time-out: an idle fsm-init never wakes.
+"""
+
+import os
+import selectors
+import signal
+from collections.abc import Callable
+
+from fsm_init.system import System
+
+# Signals fsm-init acts on.  Everything else keeps its default disposition (for PID 1
+# the kernel drops default-action signals, which is what we want for the rest).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+FORWARDED_SIGNALS = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGQUIT, signal.SIGWINCH, signal.SIGCONT)
+CAUGHT = STOP_SIGNALS + FORWARDED_SIGNALS + (signal.SIGCHLD,)
+
+
+def _noop(signum, frame):  # the wake-up fd carries the signal number
+    pass
+
+
+class EventLoop:
+    def __init__(self, system: System, on_signal: Callable[[int], None],
+                 on_exit: Callable[[int, int], None]) -> None:
+        self.system = system
+        self.on_signal = on_signal
+        self.on_exit = on_exit
+        self.selector = selectors.DefaultSelector()
+        self.deadlines: dict[str, tuple[float, Callable[[], None]]] = {}
+        self.stopped = False
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    def install(self) -> None:
+        """Take over signal handling; call before the first child exists."""
+        for sig in (signal.SIGTTIN, signal.SIGTTOU):
+            signal.signal(sig, signal.SIG_IGN)
+        for sig in CAUGHT:
+            signal.signal(sig, _noop)
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        self.selector.register(self._wake_r, selectors.EVENT_READ, self._drain_signals)
+        # Signals blocked by whoever exec'd us (the engine before handing over to the
+        # thin reaper) stay pending until now; unblocking delivers them to the handlers.
+        signal.pthread_sigmask(signal.SIG_SETMASK, ())
+
+    def watch(self, fileobj, callback: Callable[[], None]) -> None:
+        self.selector.register(fileobj, selectors.EVENT_READ, callback)
+
+    def unwatch(self, fileobj) -> None:
+        try:
+            self.selector.unregister(fileobj)
+        except (KeyError, ValueError):
+            pass
+
+    def call_at(self, name: str, when: float, callback: Callable[[], None]) -> None:
+        self.deadlines[name] = (when, callback)
+
+    def call_later(self, name: str, delay: float, callback: Callable[[], None]) -> None:
+        self.call_at(name, self.system.now() + delay, callback)
+
+    def cancel(self, name: str) -> None:
+        self.deadlines.pop(name, None)
+
+    def run(self) -> None:
+        # Children may have exited before the loop started (or before an exec handed over).
+        self._reap()
+        while not self.stopped:
+            timeout = None
+            if self.deadlines:
+                timeout = max(0.0, min(when for when, _ in self.deadlines.values()) - self.system.now())
+            for key, _ in self.selector.select(timeout):
+                key.data()
+                if self.stopped:
+                    return
+            self._fire_due()
+
+    def stop(self) -> None:
+        self.stopped = True
+
+    def _fire_due(self) -> None:
+        now = self.system.now()
+        for name, (when, callback) in sorted(self.deadlines.items(), key=lambda item: item[1][0]):
+            if when <= now and self.deadlines.get(name) == (when, callback):
+                del self.deadlines[name]
+                callback()
+                if self.stopped:
+                    return
+
+    def _drain_signals(self) -> None:
+        try:
+            data = os.read(self._wake_r, 4096)
+        except BlockingIOError:
+            return
+        child = False
+        for signum in data:
+            if signum == signal.SIGCHLD:
+                child = True
+            else:
+                self.on_signal(signum)
+        if child:
+            self._reap()
+
+    def _reap(self) -> None:
+        for pid, status in self.system.reap():
+            self.on_exit(pid, status)

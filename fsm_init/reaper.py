@@ -1,0 +1,139 @@
+"""The thin reaper: non-daemon mode's PID 1 once the init steps are done.
+
+A non-daemon service can run for months; the engine that started it holds the
+interpreter plus transitions and marshmallow in memory for nothing.  Once the
+service has settled, the engine execs this module (same PID, same children, the
+control socket's fd kept open), which imports only the standard library and
+fsm-init's standard-library modules: it forwards signals, reaps, answers srvctl,
+and runs the same stop path (``stop.Stopper``) as the engine.
+"""
+
+import json
+import os
+import signal
+import socket
+import sys
+
+from fsm_init import log
+from fsm_init.control import ControlServer
+from fsm_init.loop import CAUGHT, STOP_SIGNALS, EventLoop
+from fsm_init.settings import Settings
+from fsm_init.stop import Group, Stopper
+from fsm_init.system import System, exit_code
+
+HANDOVER_ENV = "FSM_INIT_HANDOVER"
+
+
+def hand_over(engine) -> None:
+    """exec the reaper in place of the engine; returns only if the exec failed."""
+    service = engine.service
+    state = {
+        "pid": service.pid, "by_session": service.group.by_session,
+        "started": service.started, "target": engine.target.directory,
+        "run_count": engine.run_count, "control_fd": engine.control.sock.fileno() if engine.control else None,
+        "quiet": log.is_quiet(),
+    }
+    env = dict(os.environ, **{HANDOVER_ENV: json.dumps(state)})
+    # Blocked signals stay pending across execve; the reaper unblocks them once its
+    # handlers are in place, so a SIGTERM sent during the exec is not lost.
+    signal.pthread_sigmask(signal.SIG_BLOCK, CAUGHT)
+    log.info("init steps done: handing PID duties to the thin reaper")
+    try:
+        os.execve(sys.executable, [sys.executable, "-m", "fsm_init.reaper"], env)
+    except OSError as e:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, CAUGHT)
+        log.error(f"cannot exec the thin reaper ({e.strerror}): the engine carries on")
+
+
+class Reaper:
+    def __init__(self, system: System, settings: Settings, state: dict) -> None:
+        self.system, self.settings = system, settings
+        self.pid = state["pid"]
+        self.group = Group(self.pid, state["by_session"])
+        self.started = state["started"]
+        self.target = state["target"]
+        self.run_count = state["run_count"]
+        self.last_exit: int | None = None
+        self.stop_requested = False
+        self.state = "handover"
+        self.loop = EventLoop(system, self._on_signal, self._on_exit)
+        self.stopper = Stopper(system, self.loop)
+        self.control = None
+        if state["control_fd"] is not None:
+            sock = socket.socket(fileno=state["control_fd"])
+            sock.set_inheritable(False)
+            self.control = ControlServer(sock, settings.control_socket, self.loop, self.handle_request)
+
+    def run(self) -> int:
+        self._enter("handover")
+        self.loop.install()
+        self.loop.run()
+        return 0 if self.stop_requested or self.last_exit is None else self.last_exit
+
+    def _enter(self, state: str) -> None:
+        self.state = state
+        log.set_state(state)
+
+    def _on_signal(self, signum: int) -> None:
+        if signum in STOP_SIGNALS:
+            if self.state == "handover":
+                log.info(f"received {signal.Signals(signum).name}: stopping")
+                self._stop(signum)
+            return
+        if self.group.signal(self.system, signum):
+            log.info(f"forwarded {signal.Signals(signum).name} to the service's session")
+
+    def _stop(self, signum: int) -> None:
+        self._enter("stopping")
+        self.stopper.stop_group(self.group, signum, self.settings.stop_grace, self._teardown)
+
+    def _on_exit(self, pid: int, status: int) -> None:
+        if pid == self.pid:
+            self.last_exit = exit_code(status)
+            log.info(f"service (pid {pid}) exited with status {self.last_exit}")
+            if self.state == "handover":
+                self._teardown()
+        self.stopper.check()
+
+    def _teardown(self) -> None:
+        self._enter("teardown")
+        self.stopper.sweep(self.settings.leftover_grace, self._exited)
+
+    def _exited(self) -> None:
+        self._enter("exited")
+        if self.control:
+            self.control.close()
+        self.loop.stop()
+
+    def handle_request(self, request: dict) -> dict:
+        verb = request.get("verb")
+        if verb == "status":
+            return {"ok": True, "status": self.snapshot()}
+        if verb == "stop" and self.state == "handover":
+            log.info("srvctl stop: stopping the service, then exiting 0")
+            self.stop_requested = True
+            self._stop(signal.SIGTERM)
+            return {"ok": True, "message": "stopping"}
+        if verb == "restart":
+            return {"ok": False, "message": "the service runs in non-daemon mode: fsm-init does not restart it (set workwatch)"}
+        return {"ok": False, "message": f"cannot {verb} during {self.state}"}
+
+    def snapshot(self) -> dict:
+        alive = self.last_exit is None
+        return {
+            "state": self.state, "mode": "non-daemon", "period": None, "target": self.target,
+            "service_pid": self.pid if alive else None,
+            "uptime": round(self.system.now() - self.started, 3) if alive else None,
+            "run_count": self.run_count, "restarts": 0, "last_exit": self.last_exit,
+            "checks": [], "supporting": {}, "pid": self.system.getpid(),
+        }
+
+
+def main() -> None:
+    state = json.loads(os.environ.pop(HANDOVER_ENV))
+    log.set_quiet(state.get("quiet", False))
+    sys.exit(Reaper(System(), Settings(), state).run())
+
+
+if __name__ == "__main__":
+    main()

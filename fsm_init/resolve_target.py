@@ -1,0 +1,60 @@
+"""Step resolve_target: which /srv directory this container serves.
+
+$SRVNAME is honoured on the container's first start only; the name is then
+remembered under $FSM_INIT_STATE_DIR (the container's writable layer), so a
+``docker restart`` serves the same directory.  A name that cannot be used is
+not remembered: the next start tries it again.
+"""
+
+import os
+from typing import NamedTuple
+
+from fsm_init.settings import Settings
+from fsm_init.system import System
+
+DEFAULT_NAME = "imginit"
+
+
+class Target(NamedTuple):
+    name: str | None  # None: no service directory, built-in defaults
+    directory: str | None
+    first_start: bool
+
+
+def _unusable(name: str) -> str:
+    if "/" in name or name in (".", ".."):
+        return "is not a directory name"
+    return ""
+
+
+def resolve(settings: Settings, environ: dict, system: System) -> tuple[Target, list[str]]:
+    """The target and the log lines that explain the choice."""
+    marker = os.path.join(settings.state_dir, "target")
+    remembered = (system.read_bytes(marker) or b"").decode("utf-8", "replace").strip()
+    first_start = not remembered or bool(_unusable(remembered))
+    name = (environ.get("SRVNAME") or DEFAULT_NAME) if first_start else remembered
+    notes = []
+    why = _unusable(name) or ("" if system.is_dir(os.path.join(settings.srv_root, name)) else "has no directory")
+    if not why:
+        if first_start:
+            notes.extend(_remember(system, settings.state_dir, marker, name))
+        notes.append(f"target service {name} in {os.path.join(settings.srv_root, name)}"
+                     f" ({'first start' if first_start else 'restart: $SRVNAME and $SRVCFG are not read again'})")
+        return Target(name, os.path.join(settings.srv_root, name), first_start), notes
+    fallback = os.path.join(settings.srv_root, DEFAULT_NAME)
+    if name != DEFAULT_NAME:
+        notes.append(f"SRVNAME {name!r} {why} under {settings.srv_root}: falling back for this start (not remembered)")
+    if name != DEFAULT_NAME and system.is_dir(fallback):
+        notes.append(f"target service {DEFAULT_NAME} in {fallback}")
+        return Target(DEFAULT_NAME, fallback, first_start), notes
+    notes.append(f"no service directory {fallback}: running with built-in defaults")
+    return Target(None, None, first_start), notes
+
+
+def _remember(system: System, state_dir: str, marker: str, name: str) -> list[str]:
+    try:
+        system.makedirs(state_dir, 0o755)
+        system.write_atomic(marker, name.encode() + b"\n", 0o644)
+    except OSError as e:
+        return [f"cannot remember the target in {marker} ({e.strerror}): the next start reads $SRVNAME again"]
+    return []

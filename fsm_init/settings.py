@@ -1,0 +1,36 @@
+"""Environment settings shared by the engine, the thin reaper and srvctl (stdlib only)."""
+
+import os
+
+
+def _seconds(name: str, default: float) -> float:
+    raw = os.environ.get(name, "")
+    try:
+        value = float(raw) if raw else default
+    except ValueError:
+        value = -1.0
+    if value < 0:
+        from fsm_init import log
+
+        log.warn(f"environment {name}={raw!r} is not a number of seconds >= 0; using {default}")
+        return default
+    return value
+
+
+class Settings:
+    """Where fsm-init keeps its files and how long it waits; read once at start."""
+
+    def __init__(self) -> None:
+        env = os.environ
+        self.srv_root = env.get("FSM_INIT_SRV_ROOT") or "/srv"
+        self.state_dir = env.get("FSM_INIT_STATE_DIR") or "/var/lib/fsm-init"
+        self.run_dir = env.get("FSM_INIT_RUN_DIR") or "/run/fsm-init"
+        self.stop_grace = _seconds("FSM_INIT_STOP_GRACE", 5.0)
+        self.leftover_grace = _seconds("FSM_INIT_LEFTOVER_GRACE", 2.0)
+        self.idle_wait = _seconds("FSM_INIT_IDLE_WAIT", 600.0)
+        self.handover_after = _seconds("FSM_INIT_HANDOVER_AFTER", 1.0)
+        self.exec_service = env.get("FSM_INIT_EXEC_SERVICE", "").lower() in ("1", "yes", "true")
+
+    @property
+    def control_socket(self) -> str:
+        return os.path.join(self.run_dir, "control.sock")

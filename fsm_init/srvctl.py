@@ -1,0 +1,59 @@
+"""``srvctl``: steer the running fsm-init over its control socket.
+
+Exit codes: 0 done, 1 refused or failed, 2 usage, 3 no engine listening.
+Standard library only, so a Docker HEALTHCHECK or a probe answers fast.
+"""
+
+import json
+import sys
+
+USAGE = "usage: srvctl restart|stop|status [--json]\n"
+VERBS = ("restart", "stop", "status")
+DONE, REFUSED, USAGE_ERROR, NO_ENGINE = 0, 1, 2, 3
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    as_json = "--json" in args
+    words = [a for a in args if a != "--json"]
+    if len(words) != 1 or words[0] not in VERBS:
+        sys.stderr.write(USAGE)
+        return USAGE_ERROR
+    from fsm_init import control
+    from fsm_init.settings import Settings
+
+    path = Settings().control_socket
+    try:
+        reply = control.request(path, words[0])
+    except (OSError, ValueError) as e:
+        sys.stderr.write(f"srvctl: no fsm-init answers on {path} ({getattr(e, 'strerror', None) or e})\n")
+        return NO_ENGINE
+    if as_json:
+        print(json.dumps(reply.get("status", reply), indent=2))
+    elif "status" in reply:
+        print(format_status(reply["status"]))
+    else:
+        print(reply.get("message", ""))
+    return DONE if reply.get("ok") else REFUSED
+
+
+def format_status(status: dict) -> str:
+    lines = [
+        f"state:      {status['state']}" + (f" (for {status['since']:.0f}s)" if status.get("since") is not None else ""),
+        f"mode:       {status['mode']}" + (f", checks every {status['period']}s" if status.get("period") else ""),
+        f"target:     {status['target'] or '(none: built-in defaults)'}",
+        f"service:    " + (f"pid {status['service_pid']}, up {status['uptime']:.0f}s"
+                           if status.get("service_pid") else "not running"),
+        f"restarts:   {status['restarts']}",
+        f"last exit:  {'-' if status['last_exit'] is None else status['last_exit']}",
+    ]
+    for name, text in status.get("supporting", {}).items():
+        lines.append(f"{name + ':':<11} {text}")
+    for check in status.get("checks", []):
+        result = "timed out" if check["exit"] is None else f"exit {check['exit']}"
+        lines.append(f"check:      {check['name']}: {result} in {check['duration']:.2f}s")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

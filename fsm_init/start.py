@@ -1,0 +1,92 @@
+"""Step start: what to run, and in which of the three modes.
+
+workwatch selects the mode: not a non-negative integer → non-daemon (the service's
+exit is fsm-init's exit); 0 → daemon (restart when it exits); N > 0 → status-check
+(PeriodicST-* every N seconds decide).
+"""
+
+import os
+import shlex
+from typing import NamedTuple
+
+from fsm_init.system import System, which
+
+NON_DAEMON, DAEMON, STATUS_CHECK = "non-daemon", "daemon", "status-check"
+DO_NOTHING = "DoNothing"
+DO_NOTHING_SECONDS = "600"
+
+
+class Mode(NamedTuple):
+    kind: str
+    period: int | None  # seconds between check cycles, status-check mode only
+
+
+class Command(NamedTuple):
+    argv: list[str]
+    executable: str | None  # what to execute when it differs from argv[0] (DoNothing)
+    note: str  # why the command differs from what was asked for, or ""
+
+
+def mode(config: dict) -> Mode:
+    watch = config["workwatch"]
+    if watch is None:
+        return Mode(NON_DAEMON, None)
+    return Mode(DAEMON, None) if watch == 0 else Mode(STATUS_CHECK, watch)
+
+
+def check_timeout(config: dict, period: int) -> int:
+    return config["worktimeout"] or period
+
+
+def has_command(config: dict, override: list[str] | None) -> bool:
+    return bool(override) or config["workstart"] is not None
+
+
+def command(config: dict, override: list[str] | None, directory: str | None, system: System) -> Command:
+    """The argv to start.  A command line is run as given (a failure to execute it is
+    the container's exit status, as with tini); a workstart that cannot be executed
+    becomes ``DoNothing 600`` so the container stays up for debugging."""
+    if override:
+        return Command(list(override), None, "")
+    workstart = config["workstart"]
+    if isinstance(workstart, list):
+        argv = list(workstart)
+    else:
+        try:
+            argv = shlex.split(workstart)
+        except ValueError as e:
+            return _do_nothing([], f"workstart {workstart!r} cannot be split ({e})")
+        if not argv:
+            return _do_nothing([], f"workstart {workstart!r} is empty")
+    if argv[0] == DO_NOTHING:
+        return _do_nothing(argv[1:], "")
+    if not _executable(argv[0], directory, system):
+        return _do_nothing([], f"the service {argv[0]!r} is not an executable file")
+    return Command(argv, None, "")
+
+
+def _executable(program: str, directory: str | None, system: System) -> bool:
+    if "/" in program:
+        return system.is_executable(os.path.join(directory or ".", program))
+    return which(program) is not None
+
+
+def _do_nothing(args: list[str], why: str) -> Command:
+    """imginit's DoNothing is sleep under another name; keep the name so ps shows it."""
+    note = f"{why}; running \"{DO_NOTHING} {DO_NOTHING_SECONDS}\" instead" if why else ""
+    return Command([DO_NOTHING] + (args or [DO_NOTHING_SECONDS]), which("sleep") or "/bin/sleep", note)
+
+
+def count_text(run_count: int, mode_: Mode, config: dict, cycle: int = 0) -> str:
+    """./service.run.count in imginit's format."""
+    if mode_.kind == NON_DAEMON:
+        line = "None-Daemoned"
+    elif mode_.kind == DAEMON:
+        line = f"With-Daemoned( Delay: {config['workintvl']} )"
+    else:
+        line = f"Status-Monitored( Delay: {config['workintvl']}, Periodic: {mode_.period}, MCount: {cycle} )"
+    return f"RestartCount: {run_count}\n{line}\n"
+
+
+def idle_count_text(run_count: int, seconds: float) -> str:
+    return f"RestartCount: {run_count}\nInternal-Delay( {seconds:g} )\n"

@@ -1,0 +1,214 @@
+"""The one boundary between fsm-init and the operating system.
+
+Every process, signal, prctl and file operation the engine performs goes through
+a ``System`` object, so unit tests can hand the engine a recording fake (the habit
+of supervisor's test suite) and integration tests run the real thing.  Standard
+library only: the thin reaper uses it too.
+"""
+
+import errno
+import os
+import signal
+import time
+from typing import NamedTuple
+
+# Dispositions fsm-init changes for itself; a child must start with the defaults.
+# SIGPIPE is ignored by CPython at start-up, TTIN/TTOU by fsm-init so that it can
+# hand the terminal to a child without being stopped.
+RESET_IN_CHILD = (
+    signal.SIGPIPE, signal.SIGTTIN, signal.SIGTTOU, signal.SIGXFSZ,
+    signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2,
+    signal.SIGQUIT, signal.SIGWINCH, signal.SIGCONT, signal.SIGCHLD,
+)
+
+
+class ProcInfo(NamedTuple):
+    pid: int
+    ppid: int
+    pgid: int
+    sid: int
+    state: str
+
+
+def exit_code(status: int) -> int:
+    """The shell convention: N for exit(N), 128+S for death by signal S."""
+    code = os.waitstatus_to_exitcode(status)
+    return 128 - code if code < 0 else code
+
+
+def spawn_error_code(error: OSError) -> int:
+    """126/127 as a shell reports a command it could not execute."""
+    return 127 if error.errno == errno.ENOENT else 126
+
+
+class System:
+    """The real operating system."""
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    def wall(self) -> float:
+        return time.time()
+
+    def getpid(self) -> int:
+        return os.getpid()
+
+    def spawn(self, argv: list[str], env: dict[str, str], executable: str | None = None,
+              tty_fd: int | None = None) -> int:
+        """Start argv in a new session (or, given a terminal, a new foreground process group).
+
+        posix_spawn, not fork: a child must not inherit PID 1's Python state, and the
+        kernel reports exec failures (ENOENT, EACCES) straight to the caller.
+        """
+        program = executable or argv[0]
+        spawn = os.posix_spawn if "/" in program else os.posix_spawnp
+        kwargs: dict = {"setsigmask": (), "setsigdef": RESET_IN_CHILD}
+        if tty_fd is None:
+            kwargs["setsid"] = True
+        else:
+            kwargs["setpgroup"] = 0
+        pid = spawn(program, argv, env, **kwargs)
+        if tty_fd is not None:
+            self.give_terminal(tty_fd, pid)
+        return pid
+
+    def terminal(self) -> int | None:
+        """stdin when it is a terminal: the service should own it, as under tini."""
+        return 0 if os.isatty(0) else None
+
+    def give_terminal(self, tty_fd: int, pgid: int) -> None:
+        try:
+            os.tcsetpgrp(tty_fd, pgid)
+        except OSError:
+            return
+        # The child may have touched the terminal before it was its own and been stopped.
+        self.kill(-pgid, signal.SIGCONT)
+
+    def reap(self) -> list[tuple[int, int]]:
+        """Collect every exited child; one SIGCHLD may stand for many."""
+        reaped = []
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            reaped.append((pid, status))
+        return reaped
+
+    def kill(self, pid: int, sig: int) -> bool:
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
+
+    def processes(self) -> list[ProcInfo]:
+        """Live (non-zombie) processes visible in /proc."""
+        found = []
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{name}/stat", "rb") as f:
+                    raw = f.read()
+            except OSError:
+                continue
+            # comm may hold spaces and parentheses: split after the last ')'.
+            fields = raw[raw.rfind(b")") + 2:].split()
+            if fields[0] in (b"Z", b"X"):
+                continue
+            found.append(ProcInfo(int(name), int(fields[1]), int(fields[2]), int(fields[3]), fields[0].decode()))
+        return found
+
+    def execve(self, argv: list[str], env: dict[str, str], executable: str | None = None) -> None:
+        """Replace fsm-init, keeping PID 1, with default signal dispositions and mask.
+
+        On failure fsm-init's own handlers are put back: a PID 1 left with default
+        dispositions would silently drop SIGTERM.
+        """
+        saved = {sig: signal.signal(sig, signal.SIG_DFL) for sig in RESET_IN_CHILD}
+        mask = signal.pthread_sigmask(signal.SIG_SETMASK, ())
+        try:
+            os.execve(executable or argv[0], argv, env)
+        except OSError:
+            for sig, handler in saved.items():
+                signal.signal(sig, handler)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            raise
+
+    def set_subreaper(self) -> bool:
+        try:
+            import prctl
+
+            prctl.set_child_subreaper(1)
+        except (ImportError, OSError):
+            return False
+        return True
+
+    def read_bytes(self, path: str) -> bytes | None:
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except OSError:
+            return None
+
+    def write_atomic(self, path: str, data: bytes, mode: int = 0o644) -> None:
+        """Temporary file, fsync, rename: a reader sees the old file or the new one, never half."""
+        directory = os.path.dirname(path) or "."
+        tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+        try:
+            os.fchmod(fd, mode)
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.rename(tmp, path)
+        except OSError:
+            os.unlink(tmp)
+            raise
+        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+    def makedirs(self, path: str, mode: int = 0o755) -> None:
+        os.makedirs(path, mode=mode, exist_ok=True)
+
+    def is_dir(self, path: str) -> bool:
+        return os.path.isdir(path)
+
+    def is_executable(self, path: str) -> bool:
+        return os.path.isfile(path) and os.access(path, os.X_OK)
+
+    def list_dir(self, path: str) -> list[str]:
+        try:
+            return sorted(os.listdir(path))
+        except OSError:
+            return []
+
+    def chdir(self, path: str) -> None:
+        os.chdir(path)
+
+    def remove(self, path: str) -> None:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+class Unavailable(Exception):
+    """A step that is enabled but cannot do its work here; the message says why."""
+
+
+def which(name: str, path: str | None = None) -> str | None:
+    """An executable named name on PATH (shutil.which costs imports PID 1 does not need)."""
+    for directory in (path if path is not None else os.environ.get("PATH", os.defpath)).split(os.pathsep):
+        candidate = os.path.join(directory or ".", name)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    return None

@@ -1,0 +1,175 @@
+"""Shared test harness.
+
+``sandbox`` gives an integration test a temporary /srv root, state dir and run dir,
+and starts fsm-init as real PID 1 of a fresh PID namespace
+(``unshare --pid --fork --mount-proc``).  Every wait has a deadline and polls for an
+event (a log line, a file, a process state); none is a bare sleep.
+"""
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FSM_INIT = [sys.executable, "-m", "fsm_init"]
+SRVCTL = [sys.executable, "-m", "fsm_init.srvctl"]
+DEADLINE = 15.0
+
+
+def wait_for(predicate, timeout=DEADLINE, what="condition", interval=0.02):
+    """Poll predicate until it returns a true value or the deadline passes."""
+    end = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def can_unshare() -> bool:
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        return False
+    return subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"],
+                          capture_output=True).returncode == 0
+
+
+needs_pid_namespace = pytest.mark.skipif(not can_unshare(), reason="needs root and unshare --pid (integration)")
+
+
+class Running:
+    """One fsm-init running as PID 1 of its own PID namespace."""
+
+    def __init__(self, sandbox: "Sandbox", args, env) -> None:
+        self.sandbox = sandbox
+        self.out_path = sandbox.root / f"out-{len(sandbox.runs)}.log"
+        self.err_path = sandbox.root / f"err-{len(sandbox.runs)}.log"
+        self.proc = subprocess.Popen(
+            ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", *FSM_INIT, *args],
+            env=env, stdin=subprocess.DEVNULL,
+            stdout=open(self.out_path, "wb"), stderr=open(self.err_path, "wb"),
+            cwd=sandbox.root)
+        self.pid1 = wait_for(self._find_pid1, what="fsm-init to start")
+
+    def _find_pid1(self):
+        try:
+            children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+        except OSError:
+            return None
+        return int(children[0]) if children else None
+
+    @property
+    def log(self) -> str:
+        return self.err_path.read_text(errors="replace")
+
+    @property
+    def output(self) -> str:
+        return self.out_path.read_text(errors="replace")
+
+    def wait_log(self, pattern: str, timeout=DEADLINE, count=1) -> str:
+        regex = re.compile(pattern)
+        wait_for(lambda: len(regex.findall(self.log)) >= count or self.proc.poll() is not None and
+                 len(regex.findall(self.log)) >= count, timeout, f"log line /{pattern}/ x{count}\n--- log:\n{self.log}")
+        return self.log
+
+    def wait(self, timeout=DEADLINE) -> int:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"fsm-init did not exit within {timeout}s\n--- log:\n{self.log}")
+
+    def signal(self, sig: int) -> None:
+        os.kill(self.pid1, sig)
+
+    def srvctl(self, *args, timeout=DEADLINE) -> subprocess.CompletedProcess:
+        return subprocess.run([*SRVCTL, *args], env=self.sandbox.env(), capture_output=True, text=True, timeout=timeout)
+
+    def status(self) -> dict:
+        result = self.srvctl("status", "--json")
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    def wait_state(self, state: str, timeout=DEADLINE) -> dict:
+        def reached():
+            result = self.srvctl("status", "--json")
+            if result.returncode == 0:
+                status = json.loads(result.stdout)
+                return status if status["state"] == state else None
+            return None
+        return wait_for(reached, timeout, f"state {state}\n--- log:\n{self.log}")
+
+    def namespace_pids(self) -> list[int]:
+        """Host pids of every live process in the namespace (fsm-init included)."""
+        ns = os.readlink(f"/proc/{self.pid1}/ns/pid")
+        found = []
+        for name in os.listdir("/proc"):
+            if name.isdigit():
+                try:
+                    if os.readlink(f"/proc/{name}/ns/pid") == ns and "Z" not in _state(name):
+                        found.append(int(name))
+                except OSError:
+                    pass
+        return found
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(5)
+
+
+def _state(pid: str) -> str:
+    raw = Path(f"/proc/{pid}/stat").read_bytes()
+    return raw[raw.rfind(b")") + 2:].split()[0].decode()
+
+
+class Sandbox:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.srv = root / "srv"
+        self.state_dir = root / "state"
+        self.run_dir = root / "run"
+        self.srv.mkdir()
+        self.runs: list[Running] = []
+
+    def env(self, **extra) -> dict:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("SRV", "FSM_INIT_"))}
+        env.update(FSM_INIT_SRV_ROOT=str(self.srv), FSM_INIT_STATE_DIR=str(self.state_dir),
+                   FSM_INIT_RUN_DIR=str(self.run_dir), PYTHONPATH=str(ROOT))
+        env.update({k: str(v) for k, v in extra.items()})
+        return env
+
+    def service(self, name: str, workcfg=None, **scripts: str) -> Path:
+        """A service directory; workcfg is a dict (dumped), a str (written raw) or None (no file).
+        Keyword arguments are executable files (names with - written as _, e.g. PeriodicST_ok)."""
+        directory = self.srv / name
+        directory.mkdir()
+        if workcfg is not None:
+            (directory / "workcfg.json").write_text(workcfg if isinstance(workcfg, str) else json.dumps(workcfg))
+        for filename, body in scripts.items():
+            path = directory / filename.replace("_", "-", 1) if filename.startswith(("Periodic", "EnvResume")) \
+                else directory / filename.replace("__", ".")
+            path.write_text(body if body.startswith("#!") else "#!/bin/sh\n" + body)
+            path.chmod(0o755)
+        return directory
+
+    def start(self, *args, **env) -> Running:
+        running = Running(self, args, self.env(**env))
+        self.runs.append(running)
+        return running
+
+
+@pytest.fixture
+def sandbox(tmp_path):
+    box = Sandbox(tmp_path)
+    yield box
+    for running in box.runs:
+        running.kill()
