@@ -10,7 +10,7 @@ import errno
 import os
 import signal
 import time
-from typing import NamedTuple
+from collections import namedtuple
 
 # Dispositions fsm-init changes for itself; a child must start with the defaults.
 # SIGPIPE is ignored by CPython at start-up, TTIN/TTOU by fsm-init so that it can
@@ -22,12 +22,8 @@ RESET_IN_CHILD = (
 )
 
 
-class ProcInfo(NamedTuple):
-    pid: int
-    ppid: int
-    pgid: int
-    sid: int
-    state: str
+# collections.namedtuple, not typing.NamedTuple: the thin reaper does not import typing.
+ProcInfo = namedtuple("ProcInfo", "pid ppid pgid sid state")
 
 
 def exit_code(status: int) -> int:
