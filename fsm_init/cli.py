@@ -42,6 +42,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: list[str]) -> int:
+    import signal
+
+    from fsm_init.loop import CAUGHT
+
+    # Until the event loop's handlers are installed, a signal with its default action
+    # is dropped by the kernel for PID 1; blocked, it stays pending and is handled.
+    signal.pthread_sigmask(signal.SIG_BLOCK, CAUGHT)
     command = None
     while args:
         arg = args.pop(0)

@@ -72,7 +72,7 @@ def parse_document(raw: bytes | str) -> tuple[dict | None, str]:
     if not text.strip():
         return None, "empty"
     try:
-        value = json.loads(text, parse_constant=_reject_constant)
+        value = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
     except (ValueError, RecursionError) as e:
         return None, f"not valid JSON ({str(e)[:100]})"
     if not isinstance(value, dict):
@@ -82,6 +82,14 @@ def parse_document(raw: bytes | str) -> tuple[dict | None, str]:
 
 def _reject_constant(name: str):
     raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    # 1e400 parses as inf, which would reach the service as the non-JSON "Infinity".
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"{text} is out of range")
+    return value
 
 
 def validate(document: dict) -> tuple[dict, list[Problem]]:

@@ -1,5 +1,6 @@
 """The marshmallow schema behind ``config.validate``; imported only when a config exists."""
 
+import re
 from typing import Any
 
 from marshmallow import INCLUDE, Schema, ValidationError, fields, missing
@@ -41,7 +42,7 @@ def _integer(value: Any) -> int:
         return value
     if isinstance(value, float) and value.is_integer():
         return int(value)
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit() and len(value.strip()) < 19:
+    if isinstance(value, str) and re.fullmatch(r"-?[0-9]{1,18}", value.strip()):
         return int(value.strip())
     raise ValidationError("is not an integer")
 
@@ -129,7 +130,7 @@ class PortList(Lenient, fields.Field):
 def _port_range(entry: str) -> bool:
     low, _, high = entry.partition(":")
     high = high or low
-    if not (low.isdigit() and high.isdigit()):
+    if not (re.fullmatch(r"[0-9]{1,5}", low) and re.fullmatch(r"[0-9]{1,5}", high)):
         return False
     return 1 <= int(low) <= int(high) <= 65535
 

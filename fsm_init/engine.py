@@ -96,11 +96,14 @@ class Engine:
     def _entered_state(self) -> None:
         self.state_since = self.system.now()
 
-    def _on_error(self, event) -> None:
-        if not isinstance(event.error, Exception):
-            raise event.error
-        log.error(f"internal error in {event.event.name} ({self.state}): {event.error!r}")
-        traceback.print_exception(event.error, file=sys.stderr)
+    def _on_error(self, *_args) -> None:
+        # transitions calls this from inside its except block (with the trigger's own
+        # arguments, not the event): the error is the one being handled.
+        error = sys.exc_info()[1]
+        if not isinstance(error, Exception):
+            raise error
+        log.error(f"internal error in state {self.state}: {error!r}")
+        traceback.print_exception(error, file=sys.stderr)
         if self.state in STOPPABLE:
             self.stop()
         elif self.state != "exited":
@@ -224,10 +227,10 @@ class Engine:
             log.warn(cmd.note)
         log.info(f"starting the service (run {self.run_count}, {self.mode.kind} mode): {' '.join(cmd.argv)}")
         env = self._service_env()
-        if self.non_daemon() and self.settings.exec_service:
-            self._exec_service(cmd, env)
         tty = self.system.terminal() if self.non_daemon() else None
         try:
+            if self.non_daemon() and self.settings.exec_service:
+                self._exec_service(cmd, env)
             pid = self.system.spawn(cmd.argv, env, cmd.executable, tty)
         except OSError as e:
             self.last_exit = spawn_error_code(e)
@@ -243,12 +246,8 @@ class Engine:
         log.info("FSM_INIT_EXEC_SERVICE: the service replaces fsm-init (no reaping, no graceful stop)")
         if self.control:
             self.control.close()
-        try:
-            self.system.execve(cmd.argv, env, cmd.executable or which(cmd.argv[0]) or cmd.argv[0])
-        except OSError as e:
-            log.error(f"cannot exec {cmd.argv[0]}: {e.strerror}")
-            self.exit_status = spawn_error_code(e)
-            self.loop.stop()
+            self.control = None
+        self.system.execve(cmd.argv, env, cmd.executable or which(cmd.argv[0]) or cmd.argv[0])
 
     def on_enter_foreground(self) -> None:
         if self.settings.handover_after > 0:
@@ -330,6 +329,10 @@ class Engine:
 
     def on_enter_stopping(self) -> None:
         self.loop.cancel("cycle")
+        # A check or EnvResume script still running is a leftover now: teardown stops
+        # it with the rest, and its exit must not start the next script.
+        self.script, self.env_scripts = None, []
+        self.loop.cancel("script")
         self._stop_service(self.stop_signal)
 
     def _stop_service(self, sig: int) -> None:

@@ -54,7 +54,12 @@ class ConfigSource:
         raw, self.pending_srvcfg = self.pending_srvcfg, ""
         if not raw:
             return None
-        document, why = config.parse_document(raw)
+        try:
+            # os.environ holds undecodable bytes as surrogate escapes; json would accept them.
+            data = raw.encode("utf-8")
+        except UnicodeEncodeError:
+            data = raw.encode("utf-8", "surrogatepass")
+        document, why = config.parse_document(data)
         if document is None:
             errors.append(f"$SRVCFG is {why}: ignored, {self.path or 'the built-in defaults'} kept")
             return None
@@ -62,7 +67,7 @@ class ConfigSource:
             self.memory = document
             return document
         try:
-            self.system.write_atomic(self.path, raw.encode("utf-8", "surrogateescape"), 0o600)
+            self.system.write_atomic(self.path, data, 0o600)
         except OSError as e:
             errors.append(f"cannot write $SRVCFG to {self.path} ({e.strerror}): using it for this start only")
             self.memory = document

@@ -34,18 +34,15 @@ def hand_over(engine) -> None:
         "quiet": log.is_quiet(),
     }
     env = dict(os.environ, **{HANDOVER_ENV: json.dumps(state)})
-    # Blocked signals stay pending across execve; the reaper unblocks them once its
-    # handlers are in place, so a SIGTERM sent during the exec is not lost.
-    signal.pthread_sigmask(signal.SIG_BLOCK, CAUGHT)
     log.info("init steps done: handing PID duties to the thin reaper")
     # -I -S: no site-packages scan and no .pth files (about 2 MB of RSS); the package's
     # own directory is put on sys.path explicitly instead.
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     code = f"import sys; sys.path.insert(0, {package_parent!r}); from fsm_init.reaper import main; main()"
     try:
-        os.execve(sys.executable, [sys.executable, "-I", "-S", "-c", code], env)
+        # A SIGTERM sent during the exec stays pending until the reaper's handlers are in.
+        engine.system.execve([sys.executable, "-I", "-S", "-c", code], env, blocked=CAUGHT)
     except OSError as e:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, CAUGHT)
         log.error(f"cannot exec the thin reaper ({e.strerror}): the engine carries on")
 
 

@@ -118,14 +118,18 @@ class System:
             found.append(ProcInfo(int(name), int(fields[1]), int(fields[2]), int(fields[3]), fields[0].decode()))
         return found
 
-    def execve(self, argv: list[str], env: dict[str, str], executable: str | None = None) -> None:
-        """Replace fsm-init, keeping PID 1, with default signal dispositions and mask.
+    def execve(self, argv: list[str], env: dict[str, str], executable: str | None = None,
+               blocked=()) -> None:
+        """Replace fsm-init, keeping PID 1, with default signal dispositions and the
+        signal mask ``blocked`` (signals blocked across an exec stay pending until the
+        new program unblocks them: how the thin reaper loses no SIGTERM).
 
         On failure fsm-init's own handlers are put back: a PID 1 left with default
         dispositions would silently drop SIGTERM.
         """
+        mask = signal.pthread_sigmask(signal.SIG_SETMASK, list(RESET_IN_CHILD))
         saved = {sig: signal.signal(sig, signal.SIG_DFL) for sig in RESET_IN_CHILD}
-        mask = signal.pthread_sigmask(signal.SIG_SETMASK, ())
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         try:
             os.execve(executable or argv[0], argv, env)
         except OSError:

@@ -1,0 +1,472 @@
+"""Test doubles for unit tests: a recording fake of ``fsm_init.system.System``.
+
+In the manner of supervisor's ``DummyOptions``: every OS call the engine makes lands
+on ``FakeSystem``, which records it and can be told to fail.  Time is a number the
+test moves; processes are entries in a table; files live in a dict.  Nothing here
+forks, signals, sleeps or touches the real file system.
+
+``Harness`` builds an ``Engine`` on a ``FakeSystem`` without calling ``run()`` (no
+signal handlers, no control socket, no select loop) and drives it the way the
+event loop would: child exits through ``loop._reap()`` / ``engine._on_exit``,
+deadlines through ``loop._fire_due()``.  It also records every state entered, every
+transition taken (as its row of ``table.TRANSITIONS``) and every guard outcome.
+"""
+
+import errno
+import os
+import posixpath
+import signal
+from functools import partial
+from typing import NamedTuple
+
+from fsm_init import table
+from fsm_init.engine import Engine
+from fsm_init.settings import Settings
+from fsm_init.system import ProcInfo
+
+# -- wait statuses, as os.waitpid reports them -------------------------------------------
+
+
+def exited(code: int) -> int:
+    """The wait status of exit(code)."""
+    return (code & 0xFF) << 8
+
+
+def killed(sig: int) -> int:
+    """The wait status of death by signal sig."""
+    return int(sig)
+
+
+class ProcessReplaced(BaseException):
+    """A successful execve: the process image is gone, no line after the call runs.
+
+    A BaseException so that the engine's own error handler (which handles
+    Exception) lets it through, as a real exec leaves nothing to handle.
+    """
+
+
+class Spawn(NamedTuple):
+    pid: int
+    argv: list
+    env: dict
+    executable: str | None
+    tty_fd: int | None
+
+
+class Exec(NamedTuple):
+    argv: list
+    env: dict
+    executable: str | None
+
+
+# Signals a fake process dies of unless told otherwise.
+DEADLY = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGKILL})
+
+
+class FakeSystem:
+    """A recording stand-in for ``fsm_init.system.System`` (same method names)."""
+
+    def __init__(self, pid: int = 1, clock: float = 1000.0) -> None:
+        self.clock = clock
+        self.wall_offset = 1_700_000_000.0
+        self.pid = pid
+        self.next_pid = 100
+        # processes
+        self.procs: dict[int, ProcInfo] = {pid: ProcInfo(pid, 0, pid, pid, "S")}
+        self.deadly: dict[int, frozenset] = {}  # pid -> the signals it dies of
+        self.pending_exits: list[tuple[int, int]] = []  # children that died and were not reaped
+        self.spawns: list[Spawn] = []
+        self.spawn_errors: dict[str, int] = {}  # program -> errno its spawn fails with
+        self.kills: list[tuple[int, int]] = []
+        self.execs: list[Exec] = []
+        self.exec_error: OSError | None = None  # None: execve "succeeds" (raises ProcessReplaced)
+        self.tty: int | None = None  # what terminal() returns
+        self.terminal_grants: list[tuple[int, int]] = []
+        self.subreaper_ok = True
+        self.subreaper_calls = 0
+        # files
+        self.files: dict[str, bytes] = {}
+        self.modes: dict[str, int] = {}
+        self.dirs: set[str] = {"/"}
+        self.cwd = "/"
+        self.chdirs: list[str] = []
+        self.writes: list[tuple[str, bytes, int]] = []
+        # fault injection: (method, key) -> exception; key None matches any call
+        self.faults: dict[tuple[str, str | None], BaseException] = {}
+        self.calls: list[tuple] = []  # every call, in order: (method, *args)
+
+    # -- fault injection ------------------------------------------------------------------
+
+    def fail(self, method: str, error: BaseException, key: str | None = None) -> None:
+        """Make method raise error (for the path or program key, or for every call)."""
+        self.faults[(method, key)] = error
+
+    def _maybe_fail(self, method: str, key: str | None = None) -> None:
+        error = self.faults.get((method, key)) or self.faults.get((method, None))
+        if error is not None:
+            raise error
+
+    # -- clock -------------------------------------------------------------------------
+
+    def now(self) -> float:
+        return self.clock
+
+    def wall(self) -> float:
+        return self.clock + self.wall_offset
+
+    def getpid(self) -> int:
+        return self.pid
+
+    # -- processes ---------------------------------------------------------------------
+
+    def spawn(self, argv, env, executable=None, tty_fd=None) -> int:
+        self.calls.append(("spawn", list(argv)))
+        program = executable or argv[0]
+        self._maybe_fail("spawn", program)
+        if program in self.spawn_errors:
+            code = self.spawn_errors[program]
+            raise OSError(code, os.strerror(code), program)
+        pid = self._new_pid()
+        # A new session of its own, or (given a terminal) a new process group in ours.
+        sid = pid if tty_fd is None else self.procs[self.pid].sid
+        self.procs[pid] = ProcInfo(pid, self.pid, pid, sid, "S")
+        self.spawns.append(Spawn(pid, list(argv), dict(env), executable, tty_fd))
+        if tty_fd is not None:
+            self.give_terminal(tty_fd, pid)
+        return pid
+
+    def terminal(self) -> int | None:
+        self.calls.append(("terminal",))
+        return self.tty
+
+    def give_terminal(self, tty_fd: int, pgid: int) -> None:
+        self.terminal_grants.append((tty_fd, pgid))
+
+    def reap(self) -> list[tuple[int, int]]:
+        self.calls.append(("reap",))
+        reaped, self.pending_exits = self.pending_exits, []
+        return reaped
+
+    def kill(self, pid: int, sig: int) -> bool:
+        self.calls.append(("kill", pid, sig))
+        self._maybe_fail("kill")
+        if pid < -1:
+            targets = [p.pid for p in self.procs.values() if p.pgid == -pid]
+        else:
+            targets = [pid] if pid in self.procs else []
+        if not targets:
+            return False
+        for target in targets:
+            self.kills.append((target, int(sig)))
+            if sig in self.deadly.get(target, DEADLY):
+                self.die(target, killed(sig))
+        return True
+
+    def processes(self) -> list[ProcInfo]:
+        self.calls.append(("processes",))
+        return list(self.procs.values())
+
+    def execve(self, argv, env, executable=None, blocked=()) -> None:
+        self.calls.append(("execve", list(argv)))
+        self.execs.append(Exec(list(argv), dict(env), executable))
+        if self.exec_error is not None:
+            raise self.exec_error
+        raise ProcessReplaced(argv)
+
+    def set_subreaper(self) -> bool:
+        self.subreaper_calls += 1
+        return self.subreaper_ok
+
+    # -- process table helpers for tests ---------------------------------------------------
+
+    def _new_pid(self) -> int:
+        pid = self.next_pid
+        self.next_pid += 1
+        return pid
+
+    def add_process(self, ppid: int, sid: int | None = None, pgid: int | None = None,
+                    deadly=DEADLY) -> int:
+        """A process the engine did not spawn (a service's daemon child, an orphan)."""
+        pid = self._new_pid()
+        parent = self.procs.get(ppid)
+        sid = sid if sid is not None else (parent.sid if parent else pid)
+        pgid = pgid if pgid is not None else (parent.pgid if parent else pid)
+        self.procs[pid] = ProcInfo(pid, ppid, pgid, sid, "S")
+        self.deadly[pid] = frozenset(deadly)
+        return pid
+
+    def stubborn(self, pid: int) -> None:
+        """pid ignores every signal but SIGKILL."""
+        self.deadly[pid] = frozenset({signal.SIGKILL})
+
+    def alive(self, pid: int) -> bool:
+        return pid in self.procs
+
+    def die(self, pid: int, status: int) -> None:
+        """pid ends; its children are re-parented to us (PID 1 or subreaper); a child
+        of ours is queued for ``reap``."""
+        info = self.procs.pop(pid, None)
+        if info is None:
+            return
+        for child in list(self.procs.values()):
+            if child.ppid == pid:
+                self.procs[child.pid] = child._replace(ppid=self.pid)
+        if info.ppid == self.pid:
+            self.pending_exits.append((pid, status))
+
+    def signals_to(self, pid: int) -> list[int]:
+        return [sig for target, sig in self.kills if target == pid]
+
+    # -- files -------------------------------------------------------------------------
+
+    def _abs(self, path: str) -> str:
+        return posixpath.normpath(posixpath.join(self.cwd, path))
+
+    def add_dir(self, path: str) -> str:
+        path = self._abs(path)
+        while path not in self.dirs:
+            self.dirs.add(path)
+            path = posixpath.dirname(path)
+        return path
+
+    def add_file(self, path: str, data: bytes | str = b"", mode: int = 0o644) -> str:
+        path = self._abs(path)
+        self.add_dir(posixpath.dirname(path))
+        self.files[path] = data.encode() if isinstance(data, str) else bytes(data)
+        self.modes[path] = mode
+        return path
+
+    def add_script(self, path: str, body: str = "exit 0\n", mode: int = 0o755) -> str:
+        return self.add_file(path, "#!/bin/sh\n" + body, mode)
+
+    def read_bytes(self, path: str) -> bytes | None:
+        path = self._abs(path)
+        self.calls.append(("read_bytes", path))
+        self._maybe_fail("read_bytes", path)
+        return self.files.get(path)
+
+    def write_atomic(self, path: str, data: bytes, mode: int = 0o644) -> None:
+        path = self._abs(path)
+        self.calls.append(("write_atomic", path))
+        self._maybe_fail("write_atomic", path)
+        if posixpath.dirname(path) not in self.dirs:
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
+        self.files[path] = bytes(data)
+        self.modes[path] = mode
+        self.writes.append((path, bytes(data), mode))
+
+    def makedirs(self, path: str, mode: int = 0o755) -> None:
+        self.calls.append(("makedirs", self._abs(path)))
+        self._maybe_fail("makedirs", self._abs(path))
+        self.add_dir(path)
+
+    def is_dir(self, path: str) -> bool:
+        self.calls.append(("is_dir", self._abs(path)))
+        return self._abs(path) in self.dirs
+
+    def is_executable(self, path: str) -> bool:
+        path = self._abs(path)
+        self.calls.append(("is_executable", path))
+        self._maybe_fail("is_executable", path)
+        return path in self.files and bool(self.modes.get(path, 0) & 0o111)
+
+    def list_dir(self, path: str) -> list[str]:
+        path = self._abs(path)
+        if path not in self.dirs:
+            return []
+        names = {posixpath.basename(p) for p in list(self.files) + list(self.dirs)
+                 if p != path and posixpath.dirname(p) == path}
+        return sorted(names)
+
+    def chdir(self, path: str) -> None:
+        path = self._abs(path)
+        self.calls.append(("chdir", path))
+        if path not in self.dirs:
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
+        self.cwd = path
+        self.chdirs.append(path)
+
+    def remove(self, path: str) -> None:
+        path = self._abs(path)
+        self.calls.append(("remove", path))
+        self.files.pop(path, None)
+        self.modes.pop(path, None)
+
+
+# -- settings and engine ---------------------------------------------------------------------
+
+
+def make_settings(**overrides) -> Settings:
+    """Settings with fixed values, not read from os.environ."""
+    settings = Settings.__new__(Settings)
+    values = dict(srv_root="/srv", state_dir="/var/lib/fsm-init", run_dir="/run/fsm-init",
+                  stop_grace=5.0, leftover_grace=2.0, idle_wait=600.0, handover_after=1.0,
+                  exec_service=False)
+    values.update(overrides)
+    for name, value in values.items():
+        setattr(settings, name, value)
+    return settings
+
+
+def make_engine(system: FakeSystem | None = None, settings: Settings | None = None,
+                environ: dict | None = None, command: list[str] | None = None) -> Engine:
+    """An Engine on the fake, not running: no signal handlers, no control socket, no loop."""
+    return Engine(system or FakeSystem(), settings or make_settings(), environ or {}, command)
+
+
+def close_engine(engine: Engine) -> None:
+    """Release the wake-up pipe and selector each EventLoop opens."""
+    if engine.control:
+        engine.control.close()
+    engine.loop.selector.close()
+    for fd in (engine.loop._wake_r, engine.loop._wake_w):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def pump(engine: Engine, limit: int = 1000) -> None:
+    """What the loop does at one instant: reap exited children, fire due deadlines,
+    until nothing more is due now."""
+    for _ in range(limit):
+        if engine.loop.stopped:
+            return
+        engine.loop._reap()
+        now = engine.system.now()
+        if engine.system.pending_exits:
+            continue
+        if not any(when <= now for when, _ in engine.loop.deadlines.values()):
+            return
+        engine.loop._fire_due()
+    raise AssertionError(f"deadlines keep firing at t={engine.system.now()}: {sorted(engine.loop.deadlines)}")
+
+
+def advance(engine: Engine, seconds: float, limit: int = 10000) -> None:
+    """Move the fake clock forward, firing every deadline on the way at its own time."""
+    system = engine.system
+    end = system.clock + seconds
+    pump(engine)
+    for _ in range(limit):
+        if engine.loop.stopped:
+            break
+        due = [when for when, _ in engine.loop.deadlines.values() if when <= end]
+        if not due:
+            break
+        system.clock = max(system.clock, min(due))
+        pump(engine)
+    else:
+        raise AssertionError(f"more than {limit} deadlines within {seconds}s")
+    system.clock = max(system.clock, end)
+    pump(engine)
+
+
+def child_exit(engine: Engine, pid: int, status: int) -> None:
+    """pid ends with the wait status status; the engine hears of it as from waitpid."""
+    system = engine.system
+    info = system.procs.pop(pid, None)
+    if info is not None:
+        for child in list(system.procs.values()):
+            if child.ppid == pid:
+                system.procs[child.pid] = child._replace(ppid=system.pid)
+    engine._on_exit(pid, status)
+    pump(engine)
+
+
+# -- a driven engine that records what it did -------------------------------------------------
+
+
+def table_rows() -> list[tuple[int, str, str, str]]:
+    """Every (row index, source, trigger, dest) of table.TRANSITIONS, list sources expanded."""
+    rows = []
+    for index, row in enumerate(table.TRANSITIONS):
+        sources = row["source"] if isinstance(row["source"], list) else [row["source"]]
+        rows.extend((index, source, row["trigger"], row["dest"]) for source in sources)
+    return rows
+
+
+class Harness:
+    """An Engine on a FakeSystem, with the recordings tests assert on.
+
+    ``states``  every state entered, in order (the initial "boot" included)
+    ``taken``   every transition taken: (row index in table.TRANSITIONS, source, trigger, dest)
+    ``guards``  every guard evaluated for a real trigger: (guard name, value)
+    """
+
+    def __init__(self, system: FakeSystem | None = None, settings: Settings | None = None,
+                 environ: dict | None = None, command: list[str] | None = None) -> None:
+        self.system = system or FakeSystem()
+        self.engine = make_engine(self.system, settings, environ, command)
+        self.states: list[str] = [self.engine.state]
+        self.taken: list[tuple[int, str, str, str]] = []
+        self.guards: list[tuple[str, bool]] = []
+        self._instrument()
+
+    def _instrument(self) -> None:
+        machine = self.engine.machine
+        pending: dict = {}
+        remaining = {}
+        for index, source, trigger, dest in table_rows():
+            queue = remaining.setdefault((trigger, source), list(machine.events[trigger].transitions[source]))
+            transition = queue.pop(0)
+            row = table.TRANSITIONS[index]
+            assert transition.dest == dest, (index, transition.dest, dest)
+            assert [c.func for c in transition.conditions] == row["conditions"] + row["unless"]
+            # Chosen: every guard passed and the state is about to change.
+            transition.before.append(partial(pending.__setitem__, "row", (index, source, trigger, dest)))
+            for condition in transition.conditions:
+                condition.check = partial(self._check, condition, condition.check)
+        assert all(not queue for queue in remaining.values()), "the machine has transitions the table lacks"
+
+        def entered(name: str) -> None:
+            self.states.append(name)
+            row = pending.pop("row", None)
+            if row is not None and row[3] == name:
+                self.taken.append(row)
+
+        for state in machine.states.values():
+            # First of the on_enter callbacks: recorded even if on_enter_<state> raises.
+            state.on_enter.insert(0, partial(entered, state.name))
+
+    def _check(self, condition, check, event_data) -> bool:
+        passed = check(event_data)
+        machine = self.engine.machine
+        # may_<trigger>() builds an Event of its own: only record real triggers.
+        if machine.events.get(event_data.event.name) is event_data.event:
+            self.guards.append((condition.func, passed == condition.target))
+        return passed
+
+    # -- driving -------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        return self.engine.state
+
+    def begin(self) -> None:
+        self.engine.begin()
+        pump(self.engine)
+
+    def advance(self, seconds: float) -> None:
+        advance(self.engine, seconds)
+
+    def pump(self) -> None:
+        pump(self.engine)
+
+    def exit(self, pid: int, status: int) -> None:
+        child_exit(self.engine, pid, status)
+
+    def signal(self, signum: int) -> None:
+        self.engine._on_signal(signum)
+        pump(self.engine)
+
+    def request(self, verb: str) -> dict:
+        reply = self.engine.handle_request({"verb": verb})
+        pump(self.engine)
+        return reply
+
+    def deadline(self, name: str) -> float | None:
+        entry = self.engine.loop.deadlines.get(name)
+        return entry[0] if entry else None
+
+    def close(self) -> None:
+        close_engine(self.engine)

@@ -1,0 +1,556 @@
+"""workcfg.json validation, where the config comes from, which /srv directory, and `fsm-init validate`."""
+
+import io
+import json
+import sys
+
+import pytest
+
+from fsm_init import cli, config, load_config, resolve_target
+from fsm_init.config import MASK
+from fsm_init.resolve_target import Target
+
+from .fakes import FakeSystem, make_settings
+
+DEFAULTS = config.defaults()
+
+
+def validate(document: dict):
+    effective, problems = config.validate(document)
+    return effective, {p.key: p for p in problems if not p.dropped}, [p for p in problems if p.dropped]
+
+
+def strict_json(text: str):
+    def reject(name):
+        raise ValueError(f"{name} is not JSON")
+    return json.loads(text, parse_constant=reject)
+
+
+# -- defaults and the top-level keys ----------------------------------------------------------------
+
+
+def test_empty_document_is_the_defaults():
+    effective, problems, dropped = validate({})
+    assert effective == DEFAULTS and not problems and not dropped
+    assert effective["workwatch"] is None and effective["workstart"] is None
+
+
+def test_defaults_are_fresh_copies():
+    first = config.defaults()
+    first["firewall"]["enable"] = "no"
+    assert config.defaults()["firewall"]["enable"] == "yes"
+
+
+@pytest.mark.parametrize("key, raw, value", [
+    ("initdelay", 0, 0), ("initdelay", 15, 15), ("initdelay", "15", 15), ("initdelay", " 7 ", 7),
+    ("initdelay", 4.0, 4),
+    ("workintvl", 1, 1), ("workintvl", "60", 60),
+    ("worktimeout", 20, 20), ("worktimeout", "20", 20), ("worktimeout", None, None),
+    ("workwatch", 0, 0), ("workwatch", "0", 0), ("workwatch", 30, 30), ("workwatch", "30", 30),
+    ("workwatch", None, None),
+    ("workstart", "./run.sh --port 80", "./run.sh --port 80"),
+    ("workstart", ["./run.sh", "a b"], ["./run.sh", "a b"]),
+])
+def test_valid_top_level_values(key, raw, value):
+    effective, problems, _ = validate({key: raw})
+    assert effective[key] == value and type(effective[key]) is type(value)
+    assert not problems
+
+
+@pytest.mark.parametrize("key, raw, reason", [
+    ("initdelay", -1, "at least 0"), ("initdelay", "abc", "not an integer"), ("initdelay", 1.5, "not an integer"),
+    ("initdelay", True, "boolean"), ("initdelay", None, ""), ("initdelay", "1e3", "not an integer"),
+    ("initdelay", [3], "not an integer"),
+    ("workintvl", 0, "at least 1"), ("workintvl", "-3", "at least 1"), ("workintvl", False, "boolean"),
+    ("worktimeout", 0, "at least 1"), ("worktimeout", "soon", "not an integer"),
+    ("workstart", "", "command"), ("workstart", "   ", "command"), ("workstart", [], "command"),
+    ("workstart", ["./run", ""], "command"), ("workstart", ["./run", 1], "command"), ("workstart", 7, "command"),
+])
+def test_invalid_top_level_values_take_the_default(key, raw, reason):
+    effective, problems, _ = validate({key: raw})
+    assert effective[key] == DEFAULTS[key]
+    problem = problems[key]
+    assert problem.value == raw and problem.default == DEFAULTS[key]
+    assert reason in problem.reason
+    text = problem.describe()
+    assert text.startswith(f"config key '{key}' = ") and "using" in text
+
+
+@pytest.mark.parametrize("raw", [-1, "-5", "abc", True, 2.5, [0], {"n": 1}])
+def test_workwatch_that_is_not_a_non_negative_integer_means_non_daemon(raw):
+    effective, problems, _ = validate({"workwatch": raw})
+    assert effective["workwatch"] is None
+    assert "non-daemon" in problems["workwatch"].reason
+
+
+def test_absent_workwatch_is_non_daemon_without_a_problem():
+    effective, problems, _ = validate({"initdelay": 1})
+    assert effective["workwatch"] is None and "workwatch" not in problems
+
+
+@pytest.mark.parametrize("document", [
+    {"initdelay": "--5"}, {"initdelay": "\u00b2"}, {"workintvl": "\u00b3"}, {"workwatch": "--1"},
+    {"worktimeout": "-\u00b2"}, {"sshsrv": {"sshport": "\u00b2"}},
+    {"firewall": {"tcpportpmt": "\u00b2"}}, {"firewall": {"udpportpmt": "80:\u00b9"}},
+], ids=repr)
+def test_odd_numeric_strings_are_problems_not_crashes(document):
+    effective, problems, dropped = validate(document)  # raised ValueError from int()
+    assert problems or dropped
+    assert effective["initdelay"] == DEFAULTS["initdelay"] or "initdelay" not in document
+
+
+# -- sections ---------------------------------------------------------------------------------------
+
+YES_NO_KEYS = [("firewall", k) for k in ("enable", "icmppermit", "igmppermit", "grepermit", "esppermit", "ahpermit")] \
+    + [("sshsrv", "enable"), ("sshsrv", "password"), ("inetdail", "enable"), ("inetdail", "usedefgw")]
+
+
+@pytest.mark.parametrize("section, key", YES_NO_KEYS)
+@pytest.mark.parametrize("raw, value", [
+    ("yes", "yes"), ("YES", "yes"), ("Yes", "yes"), (" no ", "no"), ("NO", "no"), ("nO", "no"),
+    ("true", "yes"), ("False", "no"), (True, "yes"), (False, "no"),
+])
+def test_yes_no_in_any_case_and_json_booleans(section, key, raw, value):
+    effective, problems, _ = validate({section: {key: raw}})
+    assert effective[section][key] == value and not problems
+
+
+@pytest.mark.parametrize("section, key", YES_NO_KEYS)
+@pytest.mark.parametrize("raw", ["maybe", "", 1, 0, None, ["yes"], "y"])
+def test_invalid_yes_no_takes_the_default(section, key, raw):
+    effective, problems, _ = validate({section: {key: raw}})
+    assert effective[section][key] == DEFAULTS[section][key]
+    assert problems[f"{section}.{key}"].value == raw
+
+
+@pytest.mark.parametrize("key", ["tcpportpmt", "udpportpmt"])
+def test_port_lists(key):
+    effective, problems, dropped = validate({"firewall": {key: "80:86,125,8080"}})
+    assert effective["firewall"][key] == "80:86,125,8080" and not problems and not dropped
+    effective, _, _ = validate({"firewall": {key: 443}})
+    assert effective["firewall"][key] == "443"
+    effective, _, _ = validate({"firewall": {key: " 22 , 80:90 ,"}})
+    assert effective["firewall"][key] == "22,80:90"
+
+
+@pytest.mark.parametrize("key", ["tcpportpmt", "udpportpmt"])
+def test_invalid_port_list_entries_are_dropped(key):
+    effective, problems, dropped = validate({"firewall": {key: "80:86,abc,125,0,65536,90:80,8080,1:2:3"}})
+    assert effective["firewall"][key] == "80:86,125,8080"
+    assert not problems
+    assert [p.value for p in dropped] == ["abc", "0", "65536", "90:80", "1:2:3"]
+    assert {p.key for p in dropped} == {f"firewall.{key}"}
+    assert all(p.describe().endswith("entry dropped") for p in dropped)
+
+
+@pytest.mark.parametrize("raw", [["80"], True, {"a": 1}, 1.5])
+def test_port_list_that_is_not_a_string_takes_the_default(raw):
+    effective, problems, _ = validate({"firewall": {"tcpportpmt": raw}})
+    assert effective["firewall"]["tcpportpmt"] == "" and "firewall.tcpportpmt" in problems
+
+
+@pytest.mark.parametrize("raw, value", [(22, 22), ("8022", 8022), (" 2222 ", 2222), (1, 1), (65535, 65535)])
+def test_sshport(raw, value):
+    effective, problems, _ = validate({"sshsrv": {"sshport": raw}})
+    assert effective["sshsrv"]["sshport"] == value and not problems
+
+
+@pytest.mark.parametrize("raw", [0, 65536, "ssh", "-22", True, 22.5, None])
+def test_invalid_sshport_takes_8022(raw):
+    effective, problems, _ = validate({"sshsrv": {"sshport": raw}})
+    assert effective["sshsrv"]["sshport"] == 8022
+    assert problems["sshsrv.sshport"].default == 8022
+
+
+def test_ssh_and_dial_text_keys():
+    document = {"sshsrv": {"rootpwd": "hunter2", "authkeys": " ssh-ed25519 AAAA me "},
+                "inetdail": {"dialuser": "u", "dialpswd": "p", "dialintf": "eth1"}}
+    effective, problems, _ = validate(document)
+    assert not problems
+    assert effective["sshsrv"]["rootpwd"] == "hunter2"
+    assert effective["sshsrv"]["authkeys"] == ["ssh-ed25519 AAAA me"]
+    assert effective["inetdail"] == {"enable": "no", "dialuser": "u", "dialpswd": "p", "dialintf": "eth1",
+                                     "usedefgw": "no"}
+    effective, _, _ = validate({"sshsrv": {"authkeys": ["a", " ", "b "]}})
+    assert effective["sshsrv"]["authkeys"] == ["a", "b"]
+
+
+@pytest.mark.parametrize("section, key, raw", [
+    ("sshsrv", "authkeys", [1]), ("sshsrv", "authkeys", 5), ("sshsrv", "rootpwd", 5),
+    ("inetdail", "dialuser", ["u"]), ("inetdail", "dialintf", None),
+])
+def test_invalid_text_keys_take_the_default(section, key, raw):
+    effective, problems, _ = validate({section: {key: raw}})
+    assert effective[section][key] == DEFAULTS[section][key]
+    assert f"{section}.{key}" in problems
+
+
+def test_unknown_keys_are_kept_at_top_level_and_in_sections():
+    document = {"myservice": {"threads": 4, "hosts": ["a", "b"]}, "flag": None,
+                "firewall": {"enable": "no", "extra": [1, {"x": "y"}]},
+                "sshsrv": {"banner": "hi"}, "inetdail": {"mtu": 1492}}
+    effective, problems, _ = validate(document)
+    assert not problems
+    assert effective["myservice"] == {"threads": 4, "hosts": ["a", "b"]} and effective["flag"] is None
+    assert effective["firewall"]["extra"] == [1, {"x": "y"}] and effective["firewall"]["enable"] == "no"
+    assert effective["sshsrv"]["banner"] == "hi" and effective["inetdail"]["mtu"] == 1492
+
+
+@pytest.mark.parametrize("section", ["firewall", "sshsrv", "inetdail"])
+@pytest.mark.parametrize("raw", ["no", ["enable"], 0, None, True])
+def test_section_that_is_not_an_object_takes_the_default_section(section, raw):
+    effective, problems, _ = validate({section: raw})
+    assert effective[section] == DEFAULTS[section]
+    assert problems[section].value == raw
+
+
+def test_problems_inside_a_section_are_named_section_dot_key():
+    _, problems, _ = validate({"firewall": {"icmppermit": "x"}, "sshsrv": {"sshport": 0}, "initdelay": -1})
+    assert set(problems) == {"firewall.icmppermit", "sshsrv.sshport", "initdelay"}
+
+
+# -- secrets ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("section, key, raw", [("sshsrv", "rootpwd", 987654321), ("inetdail", "dialpswd", ["s3cr3t!"])])
+def test_invalid_secrets_are_masked_in_problems(section, key, raw):
+    _, problems, _ = validate({section: {key: raw}})
+    problem = problems[f"{section}.{key}"]
+    text = problem.describe()
+    assert MASK in text and "987654321" not in text and "s3cr3t" not in text
+    as_dict = problem.as_dict()
+    assert as_dict["value"] == MASK and "s3cr3t" not in json.dumps(as_dict) and "987654321" not in json.dumps(as_dict)
+
+
+def test_masked_hides_secrets_and_leaves_the_config_alone():
+    effective, _, _ = validate({"sshsrv": {"rootpwd": "hunter2"}, "inetdail": {"dialpswd": "pppw", "dialuser": "u"}})
+    shown = config.masked(effective)
+    assert shown["sshsrv"]["rootpwd"] == MASK and shown["inetdail"]["dialpswd"] == MASK
+    assert shown["inetdail"]["dialuser"] == "u"
+    assert effective["sshsrv"]["rootpwd"] == "hunter2"  # not mutated
+    assert "hunter2" not in json.dumps(shown) and "pppw" not in json.dumps(shown)
+    assert config.masked(DEFAULTS)["sshsrv"]["rootpwd"] == ""  # nothing to hide
+
+
+def test_effective_config_is_strict_json_for_the_service():
+    """$SRVCFG handed to the service must be JSON a strict parser accepts."""
+    document, why = config.parse_document(b'{"initdelay": 0, "big": 1e400}')
+    assert document is None or why == ""
+    if document is not None:
+        effective, _ = config.validate(document)
+        text = config.dumps_compact(effective)
+        assert strict_json(text) == effective, text  # 1e400 became Infinity
+
+
+# -- parse_document -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("raw, why", [
+    (b"", "empty"), (b"  \n", "empty"), (b"[1]", "list"), (b'"x"', "str"), (b"3", "int"), (b"null", "NoneType"),
+    (b"{", "not valid JSON"), (b'{"a": NaN}', "not valid JSON"), (b'{"a": Infinity}', "not valid JSON"),
+    (b"\xff{}", "not UTF-8"),
+])
+def test_documents_that_are_not_objects(raw, why):
+    document, reason = config.parse_document(raw)
+    assert document is None and why in reason
+
+
+def test_deeply_nested_document_is_rejected_not_raised():
+    document, reason = config.parse_document("[" * 100000 + "]" * 100000)
+    assert document is None and reason
+
+
+# -- ConfigSource: $SRVCFG and workcfg.json -----------------------------------------------------------
+
+PATH = "/srv/app/workcfg.json"
+GOOD = b'{"initdelay": 1, "workstart": "./good"}'
+
+
+def source(srvcfg: str = "", *, first_start=True, directory="/srv/app", file=GOOD):
+    fake = FakeSystem()
+    if directory:
+        fake.add_dir(directory)
+        if file is not None:
+            fake.add_file(PATH, file, 0o644)
+    target = Target("app" if directory else None, directory, first_start)
+    return load_config.ConfigSource(target, srvcfg, fake), fake
+
+
+def test_workcfg_json_is_read_and_validated():
+    src, fake = source()
+    loaded = src.load()
+    assert loaded.has_config and not loaded.errors and not loaded.problems
+    assert loaded.config["initdelay"] == 1 and loaded.config["workstart"] == "./good"
+    assert fake.writes == []
+
+
+def test_valid_srvcfg_is_written_exactly_as_given_with_mode_0600():
+    raw = '{ "workstart" : "./new",\n  "initdelay": "2", "zzz": [1,2] }  '
+    src, fake = source(raw)
+    loaded = src.load()
+    assert fake.files[PATH] == raw.encode() and fake.modes[PATH] == 0o600
+    assert fake.writes == [(PATH, raw.encode(), 0o600)]
+    assert loaded.config["workstart"] == "./new" and loaded.config["initdelay"] == 2
+    assert loaded.config["zzz"] == [1, 2] and not loaded.errors
+
+
+@pytest.mark.parametrize("raw, names", [
+    ("not json", "not valid JSON"), ('["a"]', "a JSON list, not an object"), ("42", "a JSON int"),
+    ('{"a": NaN}', "not valid JSON"), ('{"a": 1', "not valid JSON"),
+])
+def test_invalid_srvcfg_leaves_workcfg_json_untouched(raw, names):
+    src, fake = source(raw)
+    loaded = src.load()
+    assert fake.files[PATH] == GOOD and fake.writes == []
+    assert len(loaded.errors) == 1 and "$SRVCFG" in loaded.errors[0] and names in loaded.errors[0]
+    assert PATH in loaded.errors[0]
+    assert loaded.config["workstart"] == "./good"
+
+
+def test_blank_srvcfg_is_no_srvcfg():
+    src, fake = source("   ")
+    loaded = src.load()
+    assert not loaded.errors and fake.writes == [] and loaded.config["workstart"] == "./good"
+
+
+def test_srvcfg_is_taken_once_per_process():
+    src, fake = source('{"workstart": "./from-env"}')
+    assert src.load().config["workstart"] == "./from-env"
+    fake.add_file(PATH, b'{"workstart": "./edited"}')
+    assert src.load().config["workstart"] == "./edited"
+    assert len(fake.writes) == 1
+
+
+def test_restart_ignores_srvcfg():
+    src, fake = source('{"workstart": "./from-env"}', first_start=False)
+    loaded = src.load()
+    assert fake.writes == [] and fake.files[PATH] == GOOD
+    assert loaded.config["workstart"] == "./good" and not loaded.errors
+
+
+def test_srvcfg_without_a_directory_is_kept_for_the_restarts_of_this_process():
+    src, fake = source('{"workstart": "/bin/app"}', directory=None)
+    first = src.load()
+    assert first.has_config and first.config["workstart"] == "/bin/app"
+    again = src.load()
+    assert again.has_config and again.config["workstart"] == "/bin/app"
+    assert fake.writes == []
+
+
+def test_no_directory_and_no_srvcfg_is_no_config():
+    src, _ = source("", directory=None)
+    loaded = src.load()
+    assert loaded == load_config.Loaded(DEFAULTS, False, [], [])
+
+
+def test_srvcfg_that_cannot_be_written_is_used_for_this_start():
+    src, fake = source('{"workstart": "./from-env"}')
+    fake.fail("write_atomic", PermissionError(13, "Permission denied"), PATH)
+    loaded = src.load()
+    assert loaded.config["workstart"] == "./from-env"
+    assert "cannot write $SRVCFG" in loaded.errors[0] and "Permission denied" in loaded.errors[0]
+    assert fake.files[PATH] == GOOD
+
+
+@pytest.mark.parametrize("file, names", [(None, "no /srv/app/workcfg.json"), (b"{oops", "not valid JSON"),
+                                         (b"[]", "a JSON list"), (b"\xfe\xff", "not UTF-8")])
+def test_unusable_workcfg_json_means_defaults(file, names):
+    src, _ = source(file=file)
+    loaded = src.load()
+    assert loaded.has_config and loaded.config == DEFAULTS
+    assert names in loaded.errors[0] and "built-in defaults" in loaded.errors[0]
+
+
+def test_problems_are_reported_with_the_effective_config():
+    src, _ = source(file=b'{"initdelay": -3, "firewall": {"tcpportpmt": "22,x"}}')
+    loaded = src.load()
+    assert loaded.config["initdelay"] == 3 and loaded.config["firewall"]["tcpportpmt"] == "22"
+    assert {p.key for p in loaded.problems} == {"initdelay", "firewall.tcpportpmt"}
+
+
+def test_accepted_srvcfg_is_what_the_next_start_reads():
+    """$SRVCFG is an environment string (bytes decoded with surrogateescape); what was
+    accepted and written must be a workcfg.json the next container start accepts."""
+    environ_value = b'{"workstart": "./run", "sshsrv": {"rootpwd": "caf\xe9"}}'.decode("utf-8", "surrogateescape")
+    src, fake = source(environ_value)
+    first = src.load()
+    restart = load_config.ConfigSource(Target("app", "/srv/app", False), "", fake).load()
+    if fake.files[PATH] != GOOD:  # accepted and written
+        assert restart.errors == [], restart.errors
+        assert restart.config == first.config
+    else:
+        assert first.errors
+
+
+# -- resolve_target -----------------------------------------------------------------------------------
+
+STATE = "/var/lib/fsm-init"
+MARK = f"{STATE}/target"
+
+
+def resolve(environ, dirs=("web", "imginit"), marker=None):
+    fake = FakeSystem()
+    for name in dirs:
+        fake.add_dir(f"/srv/{name}")
+    if marker is not None:
+        fake.add_file(MARK, marker)
+    target, notes = resolve_target.resolve(make_settings(), environ, fake)
+    return target, notes, fake
+
+
+def test_first_start_takes_srvname_and_remembers_it():
+    target, notes, fake = resolve({"SRVNAME": "web"})
+    assert target == Target("web", "/srv/web", True)
+    assert fake.files[MARK] == b"web\n" and STATE in fake.dirs
+    assert any("first start" in n for n in notes)
+
+
+def test_first_start_without_srvname_is_imginit():
+    target, _, fake = resolve({})
+    assert target == Target("imginit", "/srv/imginit", True)
+    assert fake.files[MARK] == b"imginit\n"
+
+
+def test_restart_serves_the_remembered_directory():
+    target, notes, fake = resolve({"SRVNAME": "imginit"}, marker="web\n")
+    assert target == Target("web", "/srv/web", False)
+    assert fake.writes == []
+    assert any("not read again" in n for n in notes)
+
+
+@pytest.mark.parametrize("srvname", ["nope", "../etc", "a/b", ".."])
+def test_unusable_srvname_falls_back_and_is_not_remembered(srvname):
+    target, notes, fake = resolve({"SRVNAME": srvname})
+    assert target == Target("imginit", "/srv/imginit", True)
+    assert MARK not in fake.files
+    assert any("not remembered" in n for n in notes)
+
+
+def test_fallback_without_imginit_is_the_built_in_defaults():
+    target, notes, fake = resolve({"SRVNAME": "nope"}, dirs=())
+    assert target == Target(None, None, True) and MARK not in fake.files
+    assert any("built-in defaults" in n for n in notes)
+
+
+def test_remembered_directory_that_vanished_falls_back():
+    target, _, fake = resolve({"SRVNAME": "web"}, dirs=("imginit",), marker="web\n")
+    assert target == Target("imginit", "/srv/imginit", False)
+    assert fake.files[MARK] == b"web\n"
+
+
+@pytest.mark.parametrize("marker", ["", "\n", "../x\n", "a/b"])
+def test_unusable_marker_is_a_first_start(marker):
+    target, _, fake = resolve({"SRVNAME": "web"}, marker=marker)
+    assert target == Target("web", "/srv/web", True) and fake.files[MARK] == b"web\n"
+
+
+def test_marker_that_cannot_be_written_is_reported():
+    fake = FakeSystem()
+    fake.add_dir("/srv/web")
+    fake.fail("write_atomic", OSError(30, "Read-only file system"), MARK)
+    target, notes = resolve_target.resolve(make_settings(), {"SRVNAME": "web"}, fake)
+    assert target == Target("web", "/srv/web", True)
+    assert any("cannot remember" in n and "Read-only" in n for n in notes)
+
+
+# -- fsm-init validate ----------------------------------------------------------------------------------
+
+
+def write(tmp_path, document) -> str:
+    path = tmp_path / "workcfg.json"
+    path.write_bytes(document if isinstance(document, bytes) else json.dumps(document).encode())
+    return str(path)
+
+
+def test_validate_clean_file(tmp_path, capsys):
+    path = write(tmp_path, {"initdelay": 0, "workstart": "./run.sh", "workwatch": "30"})
+    assert cli.main(["validate", path]) == 0
+    out, err = capsys.readouterr()
+    shown = json.loads(out)
+    assert shown["workwatch"] == 30 and shown["firewall"] == DEFAULTS["firewall"]
+    assert "problem" not in err
+
+
+def test_validate_reports_problems_and_exits_1(tmp_path, capsys):
+    path = write(tmp_path, {"initdelay": "soon", "firewall": {"tcpportpmt": "22,abc"}})
+    assert cli.main(["validate", path]) == 1
+    out, err = capsys.readouterr()
+    assert json.loads(out)["initdelay"] == 3
+    assert "problem: config key 'initdelay' = 'soon'" in err
+    assert "problem: config key 'firewall.tcpportpmt': entry 'abc'" in err
+
+
+def test_validate_lists_kept_unknown_keys(tmp_path, capsys):
+    path = write(tmp_path, {"initdelay": 0, "zeta": 1, "alpha": {"x": 1}})
+    assert cli.main(["validate", path]) == 0
+    out, err = capsys.readouterr()
+    assert "kept: unknown key 'alpha'" in err and "kept: unknown key 'zeta'" in err
+    assert err.index("'alpha'") < err.index("'zeta'")
+    assert json.loads(out)["alpha"] == {"x": 1}
+
+
+def test_validate_masks_secrets(tmp_path, capsys):
+    path = write(tmp_path, {"sshsrv": {"rootpwd": "hunter2"}, "inetdail": {"dialpswd": 1234567}})
+    assert cli.main(["validate", path]) == 1
+    out, err = capsys.readouterr()
+    assert json.loads(out)["sshsrv"]["rootpwd"] == MASK
+    assert "hunter2" not in out + err and "1234567" not in out + err
+    assert "inetdail.dialpswd" in err
+
+
+def test_validate_json(tmp_path, capsys):
+    path = write(tmp_path, {"sshsrv": {"rootpwd": "hunter2", "sshport": "0"}, "extra": True})
+    assert cli.main(["validate", "--json", path]) == 1
+    out, _ = capsys.readouterr()
+    report = json.loads(out)
+    assert report["ok"] is False and report["file"] == path and report["error"] is None
+    assert report["config"]["sshsrv"]["rootpwd"] == MASK and report["config"]["sshsrv"]["sshport"] == 8022
+    assert report["kept"] == ["extra"]
+    assert [p["key"] for p in report["problems"]] == ["sshsrv.sshport"]
+    assert "hunter2" not in out
+
+
+def test_validate_json_clean(tmp_path, capsys):
+    path = write(tmp_path, {"initdelay": 0})
+    assert cli.main(["validate", path, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] is True and report["problems"] == [] and report["kept"] == []
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_validate_reads_stdin(monkeypatch, capsys, as_json):
+    raw = json.dumps({"workwatch": "-1", "other": 1}).encode()
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(raw)))
+    code = cli.main(["validate", *(["--json"] if as_json else []), "-"])
+    assert code == 1
+    out, err = capsys.readouterr()
+    if as_json:
+        report = json.loads(out)
+        assert report["file"] == "-" and report["kept"] == ["other"]
+        assert report["problems"][0]["key"] == "workwatch"
+    else:
+        assert json.loads(out)["workwatch"] is None
+        assert "problem: config key 'workwatch'" in err and "kept: unknown key 'other'" in err
+
+
+@pytest.mark.parametrize("raw, names", [(b"[1, 2]", "a JSON list, not an object"), (b"{", "not valid JSON"),
+                                        (b"", "empty")])
+def test_validate_document_that_is_not_an_object(tmp_path, capsys, raw, names):
+    path = write(tmp_path, raw)
+    assert cli.main(["validate", path]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and names in err
+    assert cli.main(["validate", "--json", path]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] is False and names in report["error"] and report["config"] is None
+
+
+def test_validate_missing_file(tmp_path, capsys):
+    assert cli.main(["validate", str(tmp_path / "nope.json")]) == 1
+    assert "cannot read" in capsys.readouterr().err
+
+
+def test_validate_usage_errors(capsys):
+    assert cli.main(["validate", "a.json", "b.json"]) == 2
+    assert cli.main(["validate", "--bogus"]) == 2
+    assert "usage:" in capsys.readouterr().err

@@ -1,0 +1,985 @@
+"""The engine driven through table.TRANSITIONS with a FakeSystem.
+
+Every test builds an Engine on the fake (never ``run()``: no signal handlers, no
+control socket) and plays the event loop by hand: child exits, deadlines, signals and
+srvctl requests.  Each transition taken and each guard outcome lands in the module's
+TAKEN / GUARD_OUTCOMES sets; ``test_every_transition_and_guard_outcome_was_exercised``
+(last in this file) fails if a row of the table was never taken.
+"""
+
+import errno
+import json
+import os
+import sys
+import signal
+
+import pytest
+
+from fsm_init import engine as engine_module
+from fsm_init import firewall, pppoe, reaper, ssh, table
+
+from .fakes import (Exec, FakeSystem, Harness, ProcessReplaced, exited, killed, make_settings,
+                    table_rows)
+
+TAKEN: set = set()
+GUARD_OUTCOMES: set = set()
+
+SRV = "/srv/app"
+MARKER = "/var/lib/fsm-init/target"
+COUNT = f"{SRV}/service.run.count"
+RUN = ["./run.sh"]
+STOP_ROW = next(i for i, row in enumerate(table.TRANSITIONS) if row["trigger"] == "stop")
+REAL_HAND_OVER = reaper.hand_over
+
+
+# -- fixtures -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def no_real_exec(monkeypatch):
+    """A unit test must never replace the test process."""
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"real os.execve{args[:2]} in a unit test")
+    monkeypatch.setattr(os, "execve", refuse)
+
+
+@pytest.fixture(autouse=True)
+def handovers(monkeypatch):
+    """reaper.hand_over execs the thin reaper with os.execve: stand in for a failed exec."""
+    calls = []
+    monkeypatch.setattr(reaper, "hand_over", lambda engine: calls.append(engine.service.pid))
+    return calls
+
+
+@pytest.fixture(autouse=True)
+def listens(monkeypatch):
+    """The control socket is not behind System: keep it off the real file system."""
+    calls = []
+
+    def listen(path, loop, handler):
+        calls.append(path)
+        return None
+    monkeypatch.setattr(engine_module.ControlServer, "listen", staticmethod(listen))
+    return calls
+
+
+@pytest.fixture
+def make():
+    """make(workcfg, scripts=..., ...) -> Harness for service "app" under /srv."""
+    made = []
+
+    def factory(workcfg=None, *, scripts=("run.sh",), name="app", marker=None, environ=None,
+                command=None, system=None, **settings):
+        fake = system or FakeSystem()
+        if name:
+            fake.add_dir(f"/srv/{name}")
+            if workcfg is not None:
+                raw = workcfg if isinstance(workcfg, (str, bytes)) else json.dumps(workcfg)
+                fake.add_file(f"/srv/{name}/workcfg.json", raw)
+            for script in scripts:
+                fake.add_script(f"/srv/{name}/{script}")
+        if marker:
+            fake.add_file(MARKER, marker + "\n")
+        env = {"SRVNAME": name or "nothing-here", "PATH": "/usr/bin:/bin"}
+        env.update(environ or {})
+        harness = Harness(fake, make_settings(**settings), env, command)
+        made.append(harness)
+        return harness
+
+    yield factory
+    for harness in made:
+        TAKEN.update(harness.taken)
+        GUARD_OUTCOMES.update(harness.guards)
+        harness.close()
+
+
+def cfg(**values) -> dict:
+    """A workcfg.json without the default 3 s initdelay unless asked for."""
+    return {"initdelay": 0, "workstart": "./run.sh", **values}
+
+
+def service_pid(h: Harness) -> int:
+    assert h.engine.service is not None, f"no service instance in state {h.state}"
+    return h.engine.service.pid
+
+
+def spawned(h: Harness) -> list[list[str]]:
+    return [s.argv for s in h.system.spawns]
+
+
+def taken_rows(h: Harness) -> set:
+    return {(source, trigger, dest) for _, source, trigger, dest in h.taken}
+
+
+def in_check(make, *, st=("PeriodicST-a",), extra=(), **values) -> Harness:
+    """A status-check service (workwatch 30, workintvl 5) that has just entered its first check."""
+    h = make(cfg(workwatch=30, workintvl=5, **values), scripts=("run.sh", *st, *extra))
+    h.begin()
+    assert h.state == "restart_interval"
+    h.advance(5)
+    assert h.state == "check", h.states
+    return h
+
+
+def pass_check(h: Harness, name: str = "PeriodicST-a", took: float = 1.0) -> None:
+    """The running check script takes took seconds and exits 0."""
+    h.advance(took)
+    h.exit(script_pid(h, name), exited(0))
+
+
+def script_pid(h: Harness, name: str) -> int:
+    pids = [s.pid for s in h.system.spawns if s.argv == [f"{SRV}/{name}"]]
+    assert pids, f"{name} was never spawned: {spawned(h)}"
+    return pids[-1]
+
+
+# -- the boot path --------------------------------------------------------------------------------
+
+
+def test_boot_path_runs_every_step_in_order(make):
+    h = make(cfg())
+    h.begin()
+    assert h.states == ["boot", "resolve_target", "custom_init", "env_resume", "load_config",
+                        "firewall", "ssh", "pppoe", "start", "foreground"]
+    assert h.system.chdirs == [SRV]
+    assert h.system.files[MARKER] == b"app\n"
+    assert spawned(h) == [RUN]
+    assert h.system.files[COUNT] == b"RestartCount: 1\nNone-Daemoned\n"
+    assert h.engine.target.first_start is True
+
+
+def test_service_gets_the_effective_config_and_the_environment(make):
+    h = make(cfg(custom={"x": 1}), environ={"TZ": "UTC"})
+    h.begin()
+    env = h.system.spawns[0].env
+    assert env["TZ"] == "UTC" and env["SRVNAME"] == "app"
+    srvcfg = json.loads(env["SRVCFG"])
+    assert srvcfg == h.engine.config
+    assert srvcfg["custom"] == {"x": 1} and srvcfg["workintvl"] == 5
+    assert " " not in env["SRVCFG"]  # compact
+
+
+def test_custom_init_replaces_fsm_init(make):
+    h = make(cfg(), scripts=("run.sh", "init.sh"), environ={"A": "1"})
+    with pytest.raises(ProcessReplaced):
+        h.begin()
+    assert h.system.execs == [Exec([f"{SRV}/init.sh"], h.engine.environ, None)]
+    assert h.system.spawns == []
+
+
+def test_custom_init_that_cannot_exec_lets_fsm_init_carry_on(make, listens):
+    h = make(cfg(), scripts=("run.sh", "init.sh"))
+    h.system.exec_error = OSError(errno.ENOEXEC, "Exec format error")
+    h.begin()
+    assert [e.argv for e in h.system.execs] == [[f"{SRV}/init.sh"]]
+    assert h.state == "foreground"
+    assert listens == [h.engine.settings.control_socket]  # the control socket is opened again
+
+
+def test_non_executable_init_sh_is_ignored(make):
+    h = make(cfg())
+    h.system.add_file(f"{SRV}/init.sh", "#!/bin/sh\n", 0o644)
+    h.begin()
+    assert h.system.execs == [] and h.state == "foreground"
+
+
+def test_env_resume_scripts_run_one_at_a_time_in_name_order(make):
+    h = make(cfg(), scripts=("run.sh", "EnvResume-2b", "EnvResume-1a", "NotEnvResume-x"))
+    h.system.add_file(f"{SRV}/EnvResume-3c", "#!/bin/sh\n", 0o644)  # not executable
+    h.begin()
+    assert h.state == "env_resume"
+    assert spawned(h) == [[f"{SRV}/EnvResume-1a"]]
+    h.exit(script_pid(h, "EnvResume-1a"), exited(1))  # a failure is logged, not fatal
+    assert h.state == "env_resume"
+    assert spawned(h)[-1] == [f"{SRV}/EnvResume-2b"]
+    h.exit(script_pid(h, "EnvResume-2b"), exited(0))
+    assert h.state == "foreground"
+    assert spawned(h) == [[f"{SRV}/EnvResume-1a"], [f"{SRV}/EnvResume-2b"], RUN]
+
+
+def test_env_resume_time_out_kills_the_script_with_its_session(make):
+    h = make(cfg(), scripts=("run.sh", "EnvResume-1"))
+    h.begin()
+    pid = script_pid(h, "EnvResume-1")
+    grandchild = h.system.add_process(ppid=pid)
+    h.advance(59.9)
+    assert h.state == "env_resume" and h.system.kills == []
+    h.advance(0.1)
+    assert signal.SIGKILL in h.system.signals_to(pid)
+    assert signal.SIGKILL in h.system.signals_to(grandchild)
+    assert h.state == "foreground"
+
+
+def test_env_resume_script_that_cannot_execute_is_skipped(make):
+    h = make(cfg(), scripts=("run.sh", "EnvResume-1"))
+    h.system.spawn_errors[f"{SRV}/EnvResume-1"] = errno.EACCES
+    h.begin()
+    assert h.state == "foreground"
+
+
+# -- delay ----------------------------------------------------------------------------------------
+
+
+def test_delay_on_the_first_start(make):
+    h = make(cfg(initdelay=5))
+    h.begin()
+    assert h.state == "delay"
+    assert h.deadline("state") == h.system.clock + 5
+    h.advance(4.9)
+    assert h.state == "delay" and h.system.spawns == []
+    h.advance(0.1)
+    assert h.state == "foreground"
+    assert ("delay", "done", "firewall") in taken_rows(h)
+
+
+def test_no_delay_when_the_container_restarts(make):
+    h = make(cfg(initdelay=5), marker="app", environ={"SRVNAME": "other"})
+    h.begin()
+    assert h.engine.target.first_start is False and h.engine.target.name == "app"
+    assert "delay" not in h.states and h.state == "foreground"
+
+
+@pytest.mark.parametrize("workcfg, name", [(cfg(initdelay=0), "app"), (None, None)],
+                         ids=["initdelay-0", "no-config"])
+def test_no_delay_without_initdelay_or_config(make, workcfg, name):
+    h = make(workcfg, name=name, command=["/bin/app"])
+    h.begin()
+    assert "delay" not in h.states and h.state == "foreground"
+    assert ("delay_due", False) in h.guards
+
+
+def test_restart_request_cuts_the_delay_short(make):
+    h = make(cfg(initdelay=600))
+    h.begin()
+    assert h.state == "delay"
+    reply = h.request("restart")
+    assert reply["ok"] is True
+    assert h.state == "foreground" and h.engine.operator is False
+    assert ("delay", "restart_request", "firewall") in taken_rows(h)
+
+
+def test_delay_is_not_repeated_when_the_service_restarts(make):
+    h = make(cfg(initdelay=5, workwatch=0))
+    h.begin()
+    h.advance(5)
+    assert h.state == "watch"
+    h.exit(service_pid(h), exited(1))
+    h.advance(5)  # workintvl
+    assert h.state == "watch"
+    assert h.states.count("delay") == 1 and h.states.count("load_config") == 2
+
+
+# -- network steps --------------------------------------------------------------------------------
+
+
+def test_network_steps_without_a_config_are_skipped(make):
+    h = make(None, name=None, command=["/bin/app"])
+    h.begin()
+    assert h.engine.target.directory is None and h.engine.has_config is False
+    assert ["firewall", "ssh", "pppoe"] == [s for s in h.states if s in ("firewall", "ssh", "pppoe")]
+    assert h.engine.supporting == {}
+    assert h.system.chdirs == []
+
+
+def test_enabled_network_steps_report_unavailable(make):
+    h = make(cfg(sshsrv={"enable": "yes"}, inetdail={"enable": "YES"}))
+    h.begin()
+    supporting = h.engine.snapshot()["supporting"]
+    assert set(supporting) == {"firewall", "ssh", "pppoe"}
+    assert all(text.startswith("unavailable: ") for text in supporting.values())
+    assert h.state == "foreground"
+
+
+def test_disabled_network_steps_are_left_alone(make):
+    h = make(cfg(firewall={"enable": "no"}))
+    h.begin()
+    assert h.engine.supporting == {}
+    assert h.state == "foreground"
+
+
+# -- idle -----------------------------------------------------------------------------------------
+
+
+def test_idle_without_workstart_reads_the_config_again(make):
+    h = make({"initdelay": 0})
+    h.begin()
+    assert h.state == "idle" and h.system.spawns == []
+    assert h.system.files[COUNT] == b"RestartCount: 1\nInternal-Delay( 600 )\n"
+    h.advance(600)
+    assert h.state == "idle" and h.engine.run_count == 2
+    assert h.states[-6:] == ["idle", "load_config", "firewall", "ssh", "pppoe", "idle"]
+    h.system.add_file(f"{SRV}/workcfg.json", json.dumps(cfg()))
+    h.advance(600)
+    assert h.state == "foreground" and spawned(h) == [RUN]
+
+
+def test_restart_request_cuts_idle_short(make):
+    h = make({"initdelay": 0})
+    h.begin()
+    h.system.add_file(f"{SRV}/workcfg.json", json.dumps(cfg()))
+    reply = h.request("restart")
+    assert reply["ok"] is True
+    assert h.state == "foreground"
+    assert ("idle", "restart_request", "load_config") in taken_rows(h)
+
+
+# -- start: the three modes -----------------------------------------------------------------------
+
+
+def test_non_daemon_service_owns_the_terminal(make):
+    fake = FakeSystem()
+    fake.tty = 0
+    h = make(cfg(), system=fake)
+    h.begin()
+    pid = service_pid(h)
+    assert h.state == "foreground"
+    assert h.system.spawns[0].tty_fd == 0
+    assert h.system.terminal_grants == [(0, pid)]
+    assert h.engine.service.group.by_session is False
+    assert h.engine.mode.kind == "non-daemon"
+
+
+def test_daemon_mode_watches_without_check_cycles(make):
+    fake = FakeSystem()
+    fake.tty = 0
+    h = make(cfg(workwatch=0), system=fake)
+    h.begin()
+    assert h.state == "watch"
+    assert "cycle" not in h.engine.loop.deadlines
+    assert h.system.spawns[0].tty_fd is None and h.engine.service.group.by_session is True
+    assert h.system.files[COUNT] == b"RestartCount: 1\nWith-Daemoned( Delay: 5 )\n"
+    h.advance(3600)
+    assert h.state == "watch" and len(h.system.spawns) == 1
+
+
+def test_status_check_mode_waits_workintvl_before_the_first_check(make):
+    h = make(cfg(workwatch=30, workintvl=7), scripts=("run.sh", "PeriodicST-a"))
+    h.begin()
+    assert h.state == "restart_interval"
+    assert h.deadline("state") == h.system.clock + 7
+    h.advance(6.9)
+    assert h.state == "restart_interval"
+    h.advance(0.1)
+    assert h.states[-3:] == ["restart_interval", "watch", "check"]  # the first cycle at once
+    anchor = h.system.clock
+    pass_check(h)
+    assert h.state == "watch"
+    assert h.deadline("cycle") == anchor + 30
+    assert h.system.files[COUNT] == b"RestartCount: 1\nStatus-Monitored( Delay: 7, Periodic: 30, MCount: 1 )\n"
+
+
+def test_command_line_replaces_workstart(make):
+    h = make(cfg(workstart="./other"), command=["/opt/app", "--flag", "two words"])
+    h.begin()
+    assert spawned(h) == [["/opt/app", "--flag", "two words"]]
+
+
+def test_workstart_array_is_the_exact_argv(make):
+    h = make(cfg(workstart=["./run.sh", "a b", "$HOME"]))
+    h.begin()
+    assert spawned(h) == [["./run.sh", "a b", "$HOME"]]
+
+
+def test_workstart_that_is_not_executable_runs_do_nothing(make):
+    h = make(cfg(workstart="./missing --x"))
+    h.begin()
+    spawn = h.system.spawns[0]
+    assert spawn.argv == ["DoNothing", "600"]
+    assert spawn.executable and spawn.executable.endswith("sleep")
+    assert h.state == "foreground"
+
+
+# -- spawn failures -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("code, status", [(errno.ENOENT, 127), (errno.EACCES, 126)])
+def test_non_daemon_spawn_failure_is_the_exit_status(make, code, status):
+    h = make(None, name=None, command=["/no/such/program"])
+    h.system.spawn_errors["/no/such/program"] = code
+    h.begin()
+    assert h.states[-3:] == ["start", "teardown", "exited"]
+    assert h.engine.exit_status == status and h.engine.loop.stopped
+
+
+def test_supervised_spawn_failure_retries_after_workintvl(make):
+    h = make(cfg(workwatch=0, workintvl=4))
+    h.system.spawn_errors["./run.sh"] = errno.ENOENT
+    h.begin()
+    assert h.state == "restart_interval" and h.engine.service is None
+    assert h.engine.last_exit == 127
+    h.advance(4)
+    assert h.state == "restart_interval" and h.engine.run_count == 2
+    del h.system.spawn_errors["./run.sh"]
+    h.advance(4)
+    assert h.state == "watch" and spawned(h) == [RUN]
+    assert ("restart_interval", "done", "load_config") in taken_rows(h)
+
+
+# -- foreground (non-daemon) ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status, code", [(exited(0), 0), (exited(3), 3), (killed(signal.SIGSEGV), 139)])
+def test_foreground_service_exit_is_fsm_init_exit(make, status, code):
+    h = make(cfg())
+    h.begin()
+    h.exit(service_pid(h), status)
+    assert h.states[-3:] == ["foreground", "teardown", "exited"]
+    assert h.engine.exit_status == code and h.engine.loop.stopped
+
+
+def test_teardown_terminates_then_kills_leftovers(make):
+    h = make(cfg(), leftover_grace=2.0)
+    h.begin()
+    pid = service_pid(h)
+    polite = h.system.add_process(ppid=pid, sid=999)  # daemonised: a session of its own
+    stubborn = h.system.add_process(ppid=pid, sid=998)
+    h.system.stubborn(stubborn)
+    h.exit(pid, exited(0))
+    assert h.state == "teardown"
+    assert h.system.signals_to(polite) == [signal.SIGTERM] and not h.system.alive(polite)
+    assert h.system.signals_to(stubborn) == [signal.SIGTERM]
+    h.advance(1.9)
+    assert h.state == "teardown"
+    h.advance(0.1)
+    assert h.system.signals_to(stubborn) == [signal.SIGTERM, signal.SIGKILL]
+    assert h.state == "exited" and h.engine.exit_status == 0
+
+
+def test_leftovers_of_a_subreaper_are_only_its_descendants(make):
+    fake = FakeSystem(pid=4242)
+    stranger = fake.add_process(ppid=1, sid=1)
+    h = make(cfg(), system=fake)
+    h.begin()
+    pid = service_pid(h)
+    orphan = h.system.add_process(ppid=pid, sid=777)
+    h.exit(pid, exited(0))
+    assert h.state == "exited"
+    assert h.system.signals_to(orphan) == [signal.SIGTERM]
+    assert h.system.signals_to(stranger) == []
+
+
+def test_settled_service_is_handed_over_to_the_thin_reaper(make, handovers):
+    h = make(cfg(), handover_after=1.0)
+    h.begin()
+    assert h.deadline("state") == h.system.clock + 1.0
+    h.advance(1.0)
+    assert h.state == "handover" and handovers == [service_pid(h)]
+    h.exit(service_pid(h), exited(5))
+    assert h.states[-3:] == ["handover", "teardown", "exited"]
+    assert h.engine.exit_status == 5
+
+
+def test_no_handover_when_disabled(make, handovers):
+    h = make(cfg(), handover_after=0.0)
+    h.begin()
+    h.advance(3600)
+    assert h.state == "foreground" and handovers == []
+
+
+@pytest.mark.parametrize("settle", [False, True], ids=["foreground", "handover"])
+def test_restart_is_refused_in_non_daemon_mode(make, settle):
+    h = make(cfg())
+    h.begin()
+    if settle:
+        h.advance(1.0)
+    before = h.state
+    reply = h.request("restart")
+    assert reply["ok"] is False and "non-daemon" in reply["message"]
+    assert h.state == before and h.system.kills == []
+
+
+@pytest.mark.parametrize("tty", [None, 0], ids=["session", "terminal-group"])
+def test_hup_is_forwarded_to_the_service_group(make, tty):
+    fake = FakeSystem()
+    fake.tty = tty
+    h = make(cfg(), system=fake)
+    h.begin()
+    pid = service_pid(h)
+    member = h.system.add_process(ppid=pid)  # same session and process group
+    outsider = h.system.add_process(ppid=1, sid=1, pgid=1)
+    h.signal(signal.SIGHUP)
+    assert h.system.signals_to(pid) == [signal.SIGHUP]
+    assert h.system.signals_to(member) == [signal.SIGHUP]
+    assert h.system.signals_to(outsider) == []
+    assert h.state == "foreground"
+
+
+def test_signals_with_no_service_are_dropped(make):
+    h = make({"initdelay": 0})
+    h.begin()
+    h.signal(signal.SIGUSR1)
+    assert h.state == "idle" and h.system.kills == []
+
+
+# -- daemon mode ----------------------------------------------------------------------------------
+
+
+def test_daemon_exit_restarts_after_workintvl(make):
+    h = make(cfg(workwatch=0, workintvl=5))
+    h.begin()
+    first = service_pid(h)
+    h.exit(first, exited(1))
+    assert h.states[-3:] == ["watch", "restart", "restart_interval"]
+    assert h.engine.service is None and h.engine.last_exit == 1
+    h.advance(4.9)
+    assert len(h.system.spawns) == 1
+    h.advance(0.1)
+    assert h.state == "watch" and len(h.system.spawns) == 2 and service_pid(h) != first
+    status = h.engine.snapshot()
+    assert status["run_count"] == 2 and status["restarts"] == 1 and status["last_exit"] == 1
+    assert ("restart", "group_gone", "restart_interval") in taken_rows(h)
+
+
+def test_daemon_exit_stops_the_rest_of_its_session(make):
+    h = make(cfg(workwatch=0), stop_grace=5.0)
+    h.begin()
+    pid = service_pid(h)
+    worker = h.system.add_process(ppid=pid)
+    h.system.stubborn(worker)
+    h.exit(pid, exited(0))
+    assert h.state == "restart"
+    assert h.system.signals_to(worker) == [signal.SIGTERM]
+    h.advance(5)
+    assert h.system.signals_to(worker) == [signal.SIGTERM, signal.SIGKILL]
+    assert h.state == "restart_interval"
+
+
+def test_operator_restart_rereads_the_config_at_once(make):
+    h = make(cfg(workwatch=0), scripts=("run.sh", "run2.sh"))
+    h.begin()
+    first = service_pid(h)
+    h.system.add_file(f"{SRV}/workcfg.json", json.dumps(cfg(workwatch=0, workstart="./run2.sh")))
+    reply = h.request("restart")
+    assert reply["ok"] is True
+    assert h.system.signals_to(first) == [signal.SIGTERM]
+    assert h.state == "watch"
+    assert spawned(h) == [RUN, ["./run2.sh"]]
+    assert "restart_interval" not in h.states
+    assert ("restart", "group_gone", "load_config") in taken_rows(h)
+    assert h.engine.operator is False
+
+
+def test_restart_kills_a_service_that_ignores_sigterm(make):
+    h = make(cfg(workwatch=0), stop_grace=5.0)
+    h.begin()
+    pid = service_pid(h)
+    h.system.stubborn(pid)
+    h.request("restart")
+    assert h.state == "restart"
+    h.advance(4.9)
+    assert h.system.signals_to(pid) == [signal.SIGTERM]
+    h.advance(0.1)
+    assert h.system.signals_to(pid) == [signal.SIGTERM, signal.SIGKILL]
+    assert h.state == "watch" and len(h.system.spawns) == 2
+
+
+def test_hup_is_forwarded_to_a_daemon_session(make):
+    h = make(cfg(workwatch=0))
+    h.begin()
+    pid = service_pid(h)
+    member = h.system.add_process(ppid=pid)
+    h.signal(signal.SIGHUP)
+    assert h.system.signals_to(pid) == [signal.SIGHUP] == h.system.signals_to(member)
+    assert h.state == "watch"
+
+
+# -- status-check mode ----------------------------------------------------------------------------
+
+
+def test_passing_checks_return_to_watch(make):
+    h = in_check(make, st=("PeriodicST-a", "PeriodicST-b"), extra=("PeriodicRT-r", "PeriodicMT-m"))
+    anchor = h.system.clock
+    assert spawned(h)[1:] == [[f"{SRV}/PeriodicRT-r"], [f"{SRV}/PeriodicST-a"]]
+    env = h.system.spawns[-1].env
+    assert env["SMCNT"] == "1" and env["PERDC"] == "30" and json.loads(env["SRVCFG"])["workwatch"] == 30
+    h.advance(1)
+    h.exit(script_pid(h, "PeriodicST-a"), exited(0))
+    assert h.state == "check" and spawned(h)[-1] == [f"{SRV}/PeriodicST-b"]
+    h.advance(1)
+    h.exit(script_pid(h, "PeriodicST-b"), exited(0))
+    assert h.state == "watch"
+    assert spawned(h)[-1] == [f"{SRV}/PeriodicMT-m"]
+    assert h.deadline("cycle") == anchor + 30
+    checks = h.engine.snapshot()["checks"]
+    assert [(c["name"], c["exit"]) for c in checks] == [("PeriodicST-a", 0), ("PeriodicST-b", 0)]
+    h.advance(30 - 2)
+    assert h.state == "check" and h.engine.cycle_count == 2
+
+
+def test_failed_check_restarts_the_service(make):
+    h = in_check(make, st=("PeriodicST-a", "PeriodicST-b"), extra=("PeriodicMT-m",))
+    pid = service_pid(h)
+    h.exit(script_pid(h, "PeriodicST-a"), exited(2))
+    assert h.states[-3:] == ["check", "restart", "restart_interval"]
+    assert h.system.signals_to(pid) == [signal.SIGTERM]
+    assert f"{SRV}/PeriodicST-b" not in sum(spawned(h), [])
+    assert f"{SRV}/PeriodicMT-m" not in sum(spawned(h), [])
+    assert h.engine.last_checks[-1].exit == 2
+    assert ("check", "checks_done", "restart") in taken_rows(h)
+    h.advance(5)  # workintvl, then a fresh start and another workintvl
+    assert h.state == "restart_interval" and h.engine.service is not None and h.engine.run_count == 2
+
+
+@pytest.mark.parametrize("worktimeout, timeout", [(10, 10), (None, 30)], ids=["worktimeout", "period"])
+def test_timed_out_check_is_killed_with_its_session(make, worktimeout, timeout):
+    values = {"worktimeout": worktimeout} if worktimeout else {}
+    h = in_check(make, **values)
+    script = script_pid(h, "PeriodicST-a")
+    grandchild = h.system.add_process(ppid=script)
+    assert h.deadline("script") == h.system.clock + timeout
+    h.advance(timeout - 0.1)
+    assert h.state == "check"
+    h.advance(0.1)
+    assert h.system.signals_to(script) == [signal.SIGKILL]
+    assert h.system.signals_to(grandchild) == [signal.SIGKILL]
+    assert h.engine.last_checks[-1].exit is None
+    assert "restart" in h.states[-3:]
+
+
+def test_restart_request_during_a_check_abandons_the_script(make):
+    h = in_check(make)
+    script = script_pid(h, "PeriodicST-a")
+    reply = h.request("restart")
+    assert reply["ok"] is True
+    assert h.system.signals_to(script) == [signal.SIGKILL]
+    assert "script" not in h.engine.loop.deadlines
+    assert ("check", "restart_request", "restart") in taken_rows(h)
+    assert h.state == "restart_interval" and h.engine.service is not None  # started again at once
+    assert h.states.count("start") == 2
+
+
+def test_restart_request_while_waiting_for_the_first_check(make):
+    h = make(cfg(workwatch=30, workintvl=5))
+    h.begin()
+    first = service_pid(h)
+    assert h.request("restart")["ok"] is True
+    assert ("restart_interval", "restart_request", "restart") in taken_rows(h)
+    assert h.system.signals_to(first) == [signal.SIGTERM]
+    assert h.state == "restart_interval" and service_pid(h) != first
+
+
+def test_restart_request_while_waiting_to_restart(make):
+    h = in_check(make)
+    h.exit(script_pid(h, "PeriodicST-a"), exited(1))
+    assert h.state == "restart_interval" and h.engine.service is None
+    assert h.request("restart")["ok"] is True
+    assert ("restart_interval", "restart_request", "load_config") in taken_rows(h)
+    assert h.state == "restart_interval" and h.engine.service is not None
+
+
+def test_restart_request_in_watch(make):
+    h = in_check(make)
+    pass_check(h)
+    assert h.state == "watch"
+    assert h.request("restart")["ok"] is True
+    assert ("watch", "restart_request", "restart") in taken_rows(h)
+    assert h.state == "restart_interval" and h.states.count("start") == 2
+
+
+def test_service_exit_in_status_check_mode_is_left_to_the_checks(make):
+    h = in_check(make)
+    pass_check(h)
+    h.exit(service_pid(h), exited(1))
+    assert h.state == "watch"
+    assert ("daemon_mode", False) in h.guards
+
+
+def test_background_script_is_not_started_twice(make):
+    h = in_check(make, extra=("PeriodicRT-r",))
+    assert spawned(h).count([f"{SRV}/PeriodicRT-r"]) == 1
+    pass_check(h)
+    h.advance(29)
+    assert h.state == "check" and h.engine.cycle_count == 2
+    assert spawned(h).count([f"{SRV}/PeriodicRT-r"]) == 1  # still running: not started again
+    pass_check(h)
+    h.exit(script_pid(h, "PeriodicRT-r"), exited(0))
+    h.advance(29)
+    assert h.engine.cycle_count == 3
+    assert spawned(h).count([f"{SRV}/PeriodicRT-r"]) == 2
+
+
+def test_cycles_run_at_a_fixed_rate(make):
+    h = in_check(make, worktimeout=100)
+    anchor = h.system.clock
+    h.advance(45)  # slower than the 30 s period
+    h.exit(script_pid(h, "PeriodicST-a"), exited(0))
+    assert h.state == "watch"
+    assert h.deadline("cycle") == anchor + 60
+
+
+# -- the stop path --------------------------------------------------------------------------------
+
+
+def _boom(*args, **kwargs):
+    raise RuntimeError("injected fault")
+
+
+def reach_boot(make, mp):
+    h = make(cfg())
+    h.signal(signal.SIGTERM)
+    return h
+
+
+def reach_fault(state, make, mp):
+    """An internal error while in state: the engine stops in order rather than dying."""
+    values = {"sshsrv": {"enable": "yes"}, "inetdail": {"enable": "yes"}}
+    h = make(cfg(**values), scripts=("run.sh", "init.sh") if state == "custom_init" else ("run.sh",))
+    fault = RuntimeError(f"injected fault in {state}")
+    if state == "resolve_target":
+        h.system.fail("read_bytes", fault, MARKER)
+    elif state == "custom_init":
+        h.system.fail("is_executable", fault, f"{SRV}/init.sh")
+    elif state == "load_config":
+        h.system.fail("read_bytes", fault, f"{SRV}/workcfg.json")
+    elif state == "start":
+        h.system.fail("spawn", fault, "./run.sh")
+    else:
+        mp.setattr({"firewall": firewall, "ssh": ssh, "pppoe": pppoe}[state], "apply", _boom)
+    h.begin()
+    return h
+
+
+def reach_env_resume(make, mp):
+    h = make(cfg(), scripts=("run.sh", "EnvResume-1"))
+    h.begin()
+    assert h.state == "env_resume"
+    h.signal(signal.SIGTERM)
+    return h
+
+
+def reach_wait(workcfg, state, how=signal.SIGTERM, **kwargs):
+    def reach(make, mp):
+        h = make(workcfg, **kwargs)
+        h.begin()
+        if state == "handover":
+            h.advance(1.0)
+        if state == "check":
+            h.advance(5)
+        assert h.state == state, h.states
+        if how == "srvctl":
+            assert h.request("stop")["ok"] is True
+        else:
+            h.signal(how)
+        return h
+    return reach
+
+
+def reach_restart(make, mp):
+    h = make(cfg(workwatch=0))
+    h.begin()
+    h.system.stubborn(service_pid(h))
+    h.request("restart")
+    assert h.state == "restart"
+    h.signal(signal.SIGINT)
+    return h
+
+
+STOPS = {
+    "boot": reach_boot,
+    "resolve_target": lambda make, mp: reach_fault("resolve_target", make, mp),
+    "custom_init": lambda make, mp: reach_fault("custom_init", make, mp),
+    "env_resume": reach_env_resume,
+    "load_config": lambda make, mp: reach_fault("load_config", make, mp),
+    "delay": reach_wait(cfg(initdelay=5), "delay"),
+    "firewall": lambda make, mp: reach_fault("firewall", make, mp),
+    "ssh": lambda make, mp: reach_fault("ssh", make, mp),
+    "pppoe": lambda make, mp: reach_fault("pppoe", make, mp),
+    "idle": reach_wait({"initdelay": 0}, "idle", signal.SIGINT),
+    "start": lambda make, mp: reach_fault("start", make, mp),
+    "foreground": reach_wait(cfg(), "foreground"),
+    "handover": reach_wait(cfg(), "handover", "srvctl"),
+    "restart_interval": reach_wait(cfg(workwatch=30), "restart_interval", "srvctl"),
+    "watch": reach_wait(cfg(workwatch=0), "watch"),
+    "check": reach_wait(cfg(workwatch=30), "check", scripts=("run.sh", "PeriodicST-a")),
+    "restart": reach_restart,
+}
+
+
+# The exit status of each: 0 before any service and on srvctl stop, else the service's 128+S.
+STOP_STATUS = dict.fromkeys(STOPS, 0)
+STOP_STATUS.update(foreground=143, watch=143, check=143, restart=137)
+
+
+def test_every_stoppable_state_is_listed_here():
+    assert sorted(STOPS) == sorted(table.STOPPABLE)
+
+
+@pytest.mark.parametrize("state", table.STOPPABLE)
+def test_stop_from_every_state(make, monkeypatch, state):
+    h = STOPS[state](make, monkeypatch)
+    assert (STOP_ROW, state, "stop", "stopping") in h.taken
+    h.advance(60)
+    assert h.states[-3:] == ["stopping", "teardown", "exited"], h.states
+    assert h.engine.loop.stopped
+    assert h.engine.exit_status == STOP_STATUS[state]
+    assert not [p for p in h.system.procs if p != h.system.pid], "processes left behind"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_stop_signal_is_sent_to_the_service_and_becomes_128_plus_s(make, sig):
+    h = make(cfg())
+    h.begin()
+    pid = service_pid(h)
+    h.signal(sig)
+    assert h.system.signals_to(pid) == [sig]
+    assert h.states[-3:] == ["stopping", "teardown", "exited"]
+    assert h.engine.exit_status == 128 + sig
+
+
+def test_stop_kills_a_service_that_outlives_the_grace_time(make):
+    h = make(cfg(workwatch=0), stop_grace=3.0)
+    h.begin()
+    pid = service_pid(h)
+    h.system.stubborn(pid)
+    h.signal(signal.SIGTERM)
+    assert h.state == "stopping"
+    h.advance(2.9)
+    assert h.state == "stopping"
+    h.advance(0.1)
+    assert h.system.signals_to(pid) == [signal.SIGTERM, signal.SIGKILL]
+    assert h.state == "exited" and h.engine.exit_status == 137
+
+
+def test_stop_waits_for_the_whole_session(make):
+    h = make(cfg(workwatch=0))
+    h.begin()
+    pid = service_pid(h)
+    worker = h.system.add_process(ppid=pid)
+    h.system.stubborn(worker)
+    h.signal(signal.SIGTERM)
+    assert not h.system.alive(pid) and h.state == "stopping"
+    h.advance(5)
+    assert h.system.signals_to(worker) == [signal.SIGTERM, signal.SIGKILL]
+    assert h.state == "exited" and h.engine.exit_status == 143
+
+
+def test_srvctl_stop_exits_0_whatever_the_service_status(make):
+    h = make(cfg())
+    h.begin()
+    reply = h.request("stop")
+    assert reply == {"ok": True, "message": "stopping"}
+    assert h.engine.last_exit == 143
+    assert h.state == "exited" and h.engine.exit_status == 0
+
+
+def test_stop_before_any_service_exits_0(make):
+    h = make({"initdelay": 0})
+    h.begin()
+    h.signal(signal.SIGTERM)
+    assert h.state == "exited" and h.engine.exit_status == 0
+
+
+def test_stop_during_a_stop_is_refused_or_ignored(make):
+    h = make(cfg(workwatch=0))
+    h.begin()
+    h.system.stubborn(service_pid(h))
+    h.signal(signal.SIGTERM)
+    assert h.state == "stopping"
+    assert h.request("stop") == {"ok": False, "message": "already stopping"}
+    assert h.request("restart")["ok"] is False
+    h.signal(signal.SIGINT)
+    assert h.state == "stopping" and h.engine.stop_signal == signal.SIGTERM
+    assert h.system.signals_to(service_pid(h)) == [signal.SIGTERM]
+
+
+def test_status_snapshot(make):
+    h = make(cfg(workwatch=0))
+    h.begin()
+    h.advance(12.5)
+    status = h.engine.snapshot()
+    assert status["state"] == "watch" and status["mode"] == "daemon" and status["target"] == SRV
+    assert status["service_pid"] == service_pid(h) and status["uptime"] == 12.5
+    assert status["since"] == 12.5 and status["pid"] == 1
+    assert h.request("status") == {"ok": True, "status": h.engine.snapshot()}
+    assert h.request("dance")["ok"] is False
+
+
+# -- defects found while writing these tests (kept failing on purpose) ----------------------------
+
+
+def test_stop_during_env_resume_starts_no_further_script(make):
+    h = make(cfg(), scripts=("run.sh", "EnvResume-1", "EnvResume-2"))
+    h.begin()
+    assert spawned(h) == [[f"{SRV}/EnvResume-1"]]
+    h.signal(signal.SIGTERM)
+    h.advance(120)
+    assert h.state == "exited"
+    assert spawned(h) == [[f"{SRV}/EnvResume-1"]], "a script was started after the stop"
+
+
+def test_stop_during_a_check_starts_no_further_script(make):
+    h = in_check(make, st=("PeriodicST-a", "PeriodicST-b"), extra=("PeriodicMT-m",))
+    h.system.stubborn(service_pid(h))  # takes its grace time to stop
+    before = spawned(h)
+    h.signal(signal.SIGTERM)
+    assert h.state == "stopping"
+    h.advance(1)
+    h.exit(script_pid(h, "PeriodicST-a"), exited(0))  # the check finishes meanwhile
+    assert spawned(h) == before, "a check script was started during the stop"
+
+
+def test_an_internal_error_stops_fsm_init_in_order(make, capfd):
+    """engine._on_error (on_exception): log the error, then take the stop path."""
+    h = make(cfg())
+    h.system.fail("read_bytes", RuntimeError("disk on fire"), f"{SRV}/workcfg.json")
+    h.begin()  # must not raise
+    h.advance(10)
+    assert h.states[-4:] == ["load_config", "stopping", "teardown", "exited"]
+    assert "internal error" in capfd.readouterr().err and h.engine.exit_status == 0
+
+
+def test_failed_exec_of_the_service_does_not_leave_it_running_under_a_stopped_loop(make):
+    h = make(cfg(), exec_service=True)
+    h.system.exec_error = OSError(errno.ENOENT, "No such file or directory")
+    h.begin()
+    assert [e.argv for e in h.system.execs] == [RUN]
+    if h.engine.loop.stopped:
+        assert h.engine.exit_status == 127
+        assert h.system.spawns == [], "service spawned after the loop was told to stop"
+    else:
+        assert h.state == "foreground"
+
+
+def test_exec_service_replaces_fsm_init_in_non_daemon_mode_only(make):
+    h = make(cfg(), exec_service=True)
+    with pytest.raises(ProcessReplaced):
+        h.begin()
+    assert h.system.execs[0].argv == RUN and "SRVCFG" in h.system.execs[0].env
+    h2 = make(cfg(workwatch=0), exec_service=True)
+    h2.begin()
+    assert h2.system.execs == [] and h2.state == "watch"
+
+
+def test_handover_goes_through_the_system_boundary(make, monkeypatch):
+    """system.py: every process operation the engine performs goes through System."""
+    attempts = []
+
+    def fake_execve(path, argv, env):
+        attempts.append(argv)
+        raise OSError(errno.ENOEXEC, "refused by the test")
+    monkeypatch.setattr(os, "execve", fake_execve)
+    monkeypatch.setattr(reaper, "hand_over", REAL_HAND_OVER)
+    h = make(cfg())
+    h.begin()
+    with pytest.raises(ProcessReplaced):
+        h.advance(1.0)
+    assert h.state == "handover"
+    assert h.system.execs[-1].argv[:3] == [sys.executable, "-I", "-S"]
+    assert attempts == [] and h.system.execs, \
+        f"hand-over called os.execve directly ({len(attempts)} time(s)), not System.execve"
+
+
+# -- coverage of the table: keep last in this file ------------------------------------------------
+
+
+def test_every_transition_and_guard_outcome_was_exercised():
+    """Every row of table.TRANSITIONS (each source of `stop`) was taken by a test above,
+    and every guard was seen both true and false."""
+    expected = set(table_rows())
+    assert TAKEN, "no scenario ran before this test: run the whole module"
+    assert TAKEN <= expected
+    missing = sorted(expected - TAKEN)
+    unseen = sorted((g, v) for g in table.GUARDS for v in (True, False) if (g, v) not in GUARD_OUTCOMES)
+    report = [f"  row {i}: {source} --{trigger}--> {dest}" for i, source, trigger, dest in missing]
+    report += [f"  guard {g} never seen {v}" for g, v in unseen]
+    assert not report, "never exercised:\n" + "\n".join(report)
