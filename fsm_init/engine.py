@@ -221,6 +221,7 @@ class Engine:
         self.run_count += 1
         self.operator = False
         self.cycle_anchor = None
+        self.cycle_count = 0  # $SMCNT counts the cycles of this instance, as in imginit
         self._write_count(start.count_text(self.run_count, self.mode, self.config))
         cmd = start.command(self.config, self.override, self.target.directory, self.system)
         if cmd.note:
@@ -350,6 +351,8 @@ class Engine:
         self.stopper.sweep(self.settings.leftover_grace, self.done)
 
     def on_enter_exited(self) -> None:
+        # The service may be a zombie not reaped yet (it died while the stop path ran).
+        self.loop.reap()
         self.exit_status = 0 if self.stop_requested or self.last_exit is None else self.last_exit
         log.info(f"exiting with status {self.exit_status}")
         if self.control:
@@ -371,10 +374,11 @@ class Engine:
 
     def _on_exit(self, pid: int, status: int) -> None:
         code = exit_code(status)
-        if self.service and pid == self.service.pid:
+        if pid == self.service_pid:
             self.last_exit = code
             log.info(f"service (pid {pid}) {_describe_exit(status)}")
-            self.service_exit()
+            if self.service:
+                self.service_exit()
         elif self.script and pid == self.script.pid:
             script, self.script = self.script, None
             self.loop.cancel("script")

@@ -68,7 +68,7 @@ class EventLoop:
 
     def run(self) -> None:
         # Children may have exited before the loop started (or before an exec handed over).
-        self._reap()
+        self.reap()
         while not self.stopped:
             timeout = None
             if self.deadlines:
@@ -96,15 +96,14 @@ class EventLoop:
             data = os.read(self._wake_r, 4096)
         except BlockingIOError:
             return
-        child = False
+        # Reap first: a service that exited just before a SIGTERM arrived must be seen
+        # to have exited with its own status, not be "stopped" as a zombie.
+        if signal.SIGCHLD in data:
+            self.reap()
         for signum in data:
-            if signum == signal.SIGCHLD:
-                child = True
-            else:
+            if signum != signal.SIGCHLD:
                 self.on_signal(signum)
-        if child:
-            self._reap()
 
-    def _reap(self) -> None:
+    def reap(self) -> None:
         for pid, status in self.system.reap():
             self.on_exit(pid, status)

@@ -31,7 +31,7 @@ def hand_over(engine) -> None:
         "pid": service.pid, "by_session": service.group.by_session,
         "started": service.started, "target": engine.target.directory,
         "run_count": engine.run_count, "control_fd": engine.control.sock.fileno() if engine.control else None,
-        "quiet": log.is_quiet(),
+        "quiet": log.is_quiet(), "supporting": engine.supporting,
     }
     env = dict(os.environ, **{HANDOVER_ENV: json.dumps(state)})
     log.info("init steps done: handing PID duties to the thin reaper")
@@ -54,6 +54,7 @@ class Reaper:
         self.started = state["started"]
         self.target = state["target"]
         self.run_count = state["run_count"]
+        self.supporting = state["supporting"]
         self.last_exit: int | None = None
         self.stop_requested = False
         self.state = "handover"
@@ -105,6 +106,7 @@ class Reaper:
 
     def _exited(self) -> None:
         self._enter("exited")
+        self.loop.reap()
         log.info(f"exiting with status {self.exit_status()}")
         if self.control:
             self.control.close()
@@ -130,7 +132,7 @@ class Reaper:
             "service_pid": self.pid if alive else None,
             "uptime": round(self.system.now() - self.started, 3) if alive else None,
             "run_count": self.run_count, "restarts": 0, "last_exit": self.last_exit,
-            "checks": [], "supporting": {}, "pid": self.system.getpid(),
+            "checks": [], "supporting": self.supporting, "pid": self.system.getpid(),
         }
 
 

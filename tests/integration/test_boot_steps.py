@@ -5,6 +5,7 @@ workstart, idle, and the network steps.  fsm-init runs as PID 1 of a fresh PID n
 import json
 import os
 import re
+import signal
 import stat
 import time
 from pathlib import Path
@@ -180,6 +181,24 @@ def test_env_resume_scripts_run_in_order_once_in_the_foreground_before_the_servi
     wait_for(lambda: lines(d / "order").count("service") == 2, what="the second run")
     assert lines(d / "order") == ["a-start", "a-end", "b-start", "b-end", "c", "service", "service"]
     assert "error: EnvResume-b exited 3; carrying on" in run.log
+
+
+def test_a_stop_during_env_resume_runs_no_further_script_and_no_service(sandbox):
+    d = sandbox.service(
+        "app", {"initdelay": 0, "workstart": "./run.sh", "workwatch": 0},
+        # A child that outlives the TERM keeps the leftover sweep waiting while
+        # EnvResume-a itself exits: that exit must not start EnvResume-b.
+        EnvResume_a="(trap '' TERM; exec sleep 5) &\n"
+                    "trap 'sleep 0.3; echo a-term >> order; exit 0' TERM\n"
+                    "echo a >> order\nwhile :; do sleep 0.05; done\n",
+        EnvResume_b="echo b >> order\n",
+        run__sh="echo service >> order\nexec sleep 1000\n")
+    run = sandbox.start(SRVNAME="app", FSM_INIT_LEFTOVER_GRACE=1)
+    wait_lines(d / "order", 1)
+    run.signal(signal.SIGTERM)
+    assert run.wait() == 0
+    assert lines(d / "order") == ["a", "a-term"], lines(d / "order")
+    assert "outlived the grace time" in run.log
 
 
 # -- $SRVCFG ----------------------------------------------------------------------------------------

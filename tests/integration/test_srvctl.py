@@ -192,6 +192,17 @@ def test_restart_cuts_the_initdelay_short(sandbox):
     assert run.wait_state("watch")["run_count"] == 1
 
 
+def test_restart_reads_workcfg_json_again(sandbox):
+    d = sandbox.service("app", dict(DAEMON, tag="old"),
+                        run__sh="printf '%s\\n' \"$SRVCFG\" >> seen\n" + HOLD)
+    run = sandbox.start(SRVNAME="app")
+    assert json.loads(wait_lines(d / "seen", 1)[0])["tag"] == "old"
+    (d / "workcfg.json").write_text(json.dumps(dict(DAEMON, tag="new", workintvl=2)))
+    assert run.srvctl("restart").returncode == 0
+    assert json.loads(wait_lines(d / "seen", 2, timeout=5)[1])["tag"] == "new"
+    assert count_file(d) == "RestartCount: 2\nWith-Daemoned( Delay: 2 )\n"
+
+
 @pytest.mark.parametrize("handover_after, state", [("0", "foreground"), ("1", "handover")])
 def test_restart_is_refused_in_non_daemon_mode(sandbox, handover_after, state):
     d = sandbox.service("app", NON_DAEMON, run__sh=HOLD)

@@ -7,7 +7,7 @@ forks, signals, sleeps or touches the real file system.
 
 ``Harness`` builds an ``Engine`` on a ``FakeSystem`` without calling ``run()`` (no
 signal handlers, no control socket, no select loop) and drives it the way the
-event loop would: child exits through ``loop._reap()`` / ``engine._on_exit``,
+event loop would: child exits through ``loop.reap()`` / ``engine._on_exit``,
 deadlines through ``loop._fire_due()``.  It also records every state entered, every
 transition taken (as its row of ``table.TRANSITIONS``) and every guard outcome.
 """
@@ -332,7 +332,7 @@ def pump(engine: Engine, limit: int = 1000) -> None:
     for _ in range(limit):
         if engine.loop.stopped:
             return
-        engine.loop._reap()
+        engine.loop.reap()
         now = engine.system.now()
         if engine.system.pending_exits:
             continue
