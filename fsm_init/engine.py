@@ -20,10 +20,11 @@ from fsm_init.control import ControlServer
 from fsm_init.loop import STOP_SIGNALS, EventLoop
 from fsm_init.settings import Settings
 from fsm_init.stop import Group, Stopper
+from fsm_init.supporting import Supporting
 from fsm_init.system import System, Unavailable, exit_code, spawn_error_code, which
 from fsm_init.table import STATES, STOPPABLE, TRANSITIONS
 
-NETWORK_STEPS = {"firewall": firewall, "ssh": ssh, "pppoe": pppoe}
+SUPPORTING_STEPS = {"ssh": ssh, "pppoe": pppoe}
 
 
 class Instance(NamedTuple):
@@ -70,7 +71,10 @@ class Engine:
         self.cycle_count = 0
         self.cycle_anchor: float | None = None
         self.last_checks: list[watch.CheckResult] = []
-        self.supporting: dict[str, str] = {}
+        self.firewall = firewall.Firewall(system, settings)
+        self.firewall_status = ""
+        self.supporters = {name: Supporting(name, system, self.loop, settings.stop_grace) for name in SUPPORTING_STEPS}
+        self.unavailable: dict[str, str] = {}
         self.state_since = system.now()
         self.machine = Machine(
             model=self, states=[name for name, _ in STATES], transitions=TRANSITIONS,
@@ -189,19 +193,40 @@ class Engine:
         log.info(f"initdelay: waiting {seconds}s (srvctl restart goes on at once)")
         self.loop.call_later("state", seconds, self.done)
 
-    def _network_step(self) -> None:
-        step = NETWORK_STEPS[self.state]
-        if not step.enabled(self.config, self.has_config):
-            self.supporting.pop(self.state, None)
-        else:
-            try:
-                self.supporting[self.state] = step.apply(self.config, self.system)
-            except Unavailable as e:
-                self.supporting[self.state] = f"unavailable: {e}"
-                log.warn(f"{self.state}: {e}")
+    def on_enter_firewall(self) -> None:
+        self.firewall_status = ""
+        if firewall.enabled(self.config, self.has_config):
+            self.firewall_status = self._unless_unavailable(lambda: self.firewall.apply(self.config))
         self.done()
 
-    on_enter_firewall = on_enter_ssh = on_enter_pppoe = _network_step
+    def _supporting_step(self) -> None:
+        step = SUPPORTING_STEPS[self.state]
+        spec = None
+        if step.enabled(self.config, self.has_config):
+            spec = self._unless_unavailable(lambda: step.spec(self.config, self.system, self.settings))
+        self.supporters[self.state].apply(spec or None)
+        self.done()
+
+    on_enter_ssh = on_enter_pppoe = _supporting_step
+
+    def _unless_unavailable(self, work):
+        """The step's work; if it cannot be done here, one clear line and the machine goes on."""
+        self.unavailable.pop(self.state, None)
+        try:
+            return work()
+        except Unavailable as e:
+            self.unavailable[self.state] = str(e)
+            log.error(f"{self.state} unavailable: {e}")
+            return ""
+
+    def supporting(self) -> dict[str, str]:
+        status = {name: f"unavailable: {why}" for name, why in self.unavailable.items()}
+        if self.firewall_status:
+            status["firewall"] = self.firewall_status
+        for name, supporter in self.supporters.items():
+            if supporter.spec or supporter.pid:
+                status[name] = supporter.status()
+        return status
 
     def on_enter_idle(self) -> None:
         self.run_count += 1
@@ -279,6 +304,8 @@ class Engine:
         self.loop.call_at("cycle", watch.next_cycle_at(self.cycle_anchor, self.mode.period, now), self.cycle_due)
 
     def on_enter_check(self) -> None:
+        for supporter in self.supporters.values():
+            supporter.keepalive()
         self.cycle_count += 1
         self._write_count(start.count_text(self.run_count, self.mode, self.config, self.cycle_count))
         self._start_background(watch.RT)
@@ -379,6 +406,8 @@ class Engine:
             log.info(f"service (pid {pid}) {_describe_exit(status)}")
             if self.service:
                 self.service_exit()
+        elif any(s.exited(pid, status) for s in self.supporters.values()):
+            pass
         elif self.script and pid == self.script.pid:
             script, self.script = self.script, None
             self.loop.cancel("script")
@@ -457,7 +486,7 @@ class Engine:
             "restarts": max(0, self.run_count - 1),
             "last_exit": self.last_exit,
             "checks": [r._asdict() for r in self.last_checks],
-            "supporting": dict(self.supporting),
+            "supporting": self.supporting(),
             "pid": self.system.getpid(),
         }
 

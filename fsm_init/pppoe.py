@@ -1,5 +1,7 @@
 """Step pppoe: a PPPoE dial-up (pppd) as a supporting service when ``inetdail.enable`` is yes."""
 
+from fsm_init.settings import Settings
+from fsm_init.supporting import Spec
 from fsm_init.system import System, Unavailable
 
 
@@ -7,5 +9,7 @@ def enabled(config: dict, has_config: bool) -> bool:
     return has_config and config["inetdail"]["enable"] == "yes"
 
 
-def apply(config: dict, system: System) -> str:
+def spec(config: dict, system: System, settings: Settings) -> Spec:
+    """Prepares what the process needs (and raises Unavailable when it cannot run here);
+    the engine's Supporting starts, watches and restarts it."""
     raise Unavailable("the PPPoE dial-up is not available in this version of fsm-init")

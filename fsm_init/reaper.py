@@ -31,7 +31,7 @@ def hand_over(engine) -> None:
         "pid": service.pid, "by_session": service.group.by_session,
         "started": service.started, "target": engine.target.directory,
         "run_count": engine.run_count, "control_fd": engine.control.sock.fileno() if engine.control else None,
-        "quiet": log.is_quiet(), "supporting": engine.supporting,
+        "quiet": log.is_quiet(), "supporting": engine.supporting(),
     }
     env = dict(os.environ, **{HANDOVER_ENV: json.dumps(state)})
     log.info("init steps done: handing PID duties to the thin reaper")

@@ -193,7 +193,7 @@ def test_a_stop_during_env_resume_runs_no_further_script_and_no_service(sandbox)
                     "echo a >> order\nwhile :; do sleep 0.05; done\n",
         EnvResume_b="echo b >> order\n",
         run__sh="echo service >> order\nexec sleep 1000\n")
-    run = sandbox.start(SRVNAME="app", FSM_INIT_LEFTOVER_GRACE=1)
+    run = sandbox.start(SRVNAME="app", FSM_INIT_LEFTOVER_GRACE=2)
     wait_lines(d / "order", 1)
     run.signal(signal.SIGTERM)
     assert run.wait() == 0
@@ -387,9 +387,9 @@ def test_enabled_network_steps_are_reported_unavailable_and_the_service_starts(s
     run = sandbox.start(SRVNAME="app", **env)
     wait_lines(d / "pids", 1)
     log = run.log
-    assert "warning: firewall: the iptables firewall is not available in this version" in log
-    assert "warning: ssh: the dropbear SSH service is not available in this version" in log
-    assert "warning: pppoe: the PPPoE dial-up is not available in this version" in log
+    assert "error: firewall unavailable: the iptables firewall is not available in this version" in log
+    assert "error: ssh unavailable: the dropbear SSH service is not available in this version" in log
+    assert "error: pppoe unavailable: the PPPoE dial-up is not available in this version" in log
     supporting = run.wait_state(state)["supporting"]
     assert set(supporting) == {"firewall", "ssh", "pppoe"}, supporting
     assert all(v.startswith("unavailable: ") and "not available" in v for v in supporting.values()), supporting

@@ -277,7 +277,7 @@ def test_network_steps_without_a_config_are_skipped(make):
     h.begin()
     assert h.engine.target.directory is None and h.engine.has_config is False
     assert ["firewall", "ssh", "pppoe"] == [s for s in h.states if s in ("firewall", "ssh", "pppoe")]
-    assert h.engine.supporting == {}
+    assert h.engine.supporting() == {}
     assert h.system.chdirs == []
 
 
@@ -293,7 +293,7 @@ def test_enabled_network_steps_report_unavailable(make):
 def test_disabled_network_steps_are_left_alone(make):
     h = make(cfg(firewall={"enable": "no"}))
     h.begin()
-    assert h.engine.supporting == {}
+    assert h.engine.supporting() == {}
     assert h.state == "foreground"
 
 
@@ -734,7 +734,8 @@ def reach_fault(state, make, mp):
     elif state == "start":
         h.system.fail("spawn", fault, "./run.sh")
     else:
-        mp.setattr({"firewall": firewall, "ssh": ssh, "pppoe": pppoe}[state], "apply", _boom)
+        target, attr = {"firewall": (firewall.Firewall, "apply"), "ssh": (ssh, "spec"), "pppoe": (pppoe, "spec")}[state]
+        mp.setattr(target, attr, _boom)
     h.begin()
     return h
 

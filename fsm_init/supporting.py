@@ -1,0 +1,85 @@
+"""Supporting services: processes that run beside the target service (dropbear, pppd).
+
+imginit's rules, kept: a supporting service is started before the target service;
+before a target restart it is restarted only if its settings changed or it died; in
+status-check mode every cycle restarts it when it is enabled and dead; it is stopped
+when disabled, and with everything else on teardown.  A restart with new settings
+waits for the old process to exit (SIGKILL after the grace time) before starting
+the new one, so the new one can bind the same port; the engine does not wait.
+"""
+
+import signal
+from typing import NamedTuple
+
+from fsm_init import log
+from fsm_init.stop import Group
+from fsm_init.system import System, exit_code
+
+
+class Spec(NamedTuple):
+    argv: list[str]
+    env: dict
+    fingerprint: str  # the settings that matter: a change means a restart
+    summary: str  # for srvctl status, e.g. "port 8022"
+
+
+class Supporting:
+    def __init__(self, name: str, system: System, loop, grace: float) -> None:
+        self.name, self.system, self.loop, self.grace = name, system, loop, grace
+        self.spec: Spec | None = None
+        self.pid: int | None = None
+        self.started = 0.0
+        self.last_exit: int | None = None
+        self.restart_when_gone = False
+
+    def apply(self, spec: Spec | None) -> None:
+        """The settings for this (re)start of the target; None: disabled."""
+        old, self.spec = self.spec, spec
+        if self.pid is None:
+            if spec:
+                self._start()
+        elif spec is None or old is None or spec.fingerprint != old.fingerprint:
+            log.info(f"{self.name}: settings changed, restarting it" if spec else f"{self.name}: disabled, stopping it")
+            self._stop(restart=spec is not None)
+
+    def keepalive(self) -> None:
+        if self.spec and self.pid is None and not self.restart_when_gone:
+            log.warn(f"{self.name} is not running: starting it again")
+            self._start()
+
+    def exited(self, pid: int, status: int) -> bool:
+        if pid != self.pid:
+            return False
+        self.pid, self.last_exit = None, exit_code(status)
+        self.loop.cancel(f"support-{self.name}")
+        log.info(f"{self.name} (pid {pid}) exited with status {self.last_exit}")
+        if self.restart_when_gone:
+            self.restart_when_gone = False
+            self._start()
+        return True
+
+    def status(self) -> str:
+        if self.spec is None:
+            return "disabled"
+        if self.pid is None:
+            return f"not running (last exit {self.last_exit}); {self.spec.summary}"
+        return f"running, pid {self.pid}, up {self.system.now() - self.started:.0f}s; {self.spec.summary}"
+
+    def _start(self) -> None:
+        try:
+            self.pid = self.system.spawn(self.spec.argv, self.spec.env)
+        except OSError as e:
+            log.error(f"cannot start {self.name} ({self.spec.argv[0]}): {e.strerror}")
+            return
+        self.started = self.system.now()
+        log.info(f"{self.name} started (pid {self.pid}): {self.spec.summary}")
+
+    def _stop(self, restart: bool) -> None:
+        self.restart_when_gone = restart
+        Group(self.pid).signal(self.system, signal.SIGTERM)
+        self.loop.call_later(f"support-{self.name}", self.grace, self._kill)
+
+    def _kill(self) -> None:
+        if self.pid is not None:
+            log.warn(f"{self.name} outlived the grace time: SIGKILL")
+            Group(self.pid).signal(self.system, signal.SIGKILL)
