@@ -138,6 +138,24 @@ class System:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             raise
 
+    def run(self, argv: list[str], input: bytes | None = None, timeout: float = 10.0) -> tuple[int, str, str]:
+        """Run a short administrative command (iptables-restore, chpasswd, dropbearkey) to completion.
+
+        It blocks the event loop for the milliseconds these take; a signal arriving
+        meanwhile waits in the wake-up pipe.  Secrets go through ``input``, never argv.
+        Returns (status, stdout, stderr); 127 when the program does not exist.
+        """
+        import subprocess
+
+        try:
+            done = subprocess.run(argv, input=input, capture_output=True, timeout=timeout,
+                                  restore_signals=True, start_new_session=True)
+        except FileNotFoundError as e:
+            return 127, "", str(e)
+        except subprocess.TimeoutExpired:
+            return 124, "", f"{argv[0]} timed out after {timeout:g}s"
+        return done.returncode, done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace")
+
     def set_subreaper(self) -> bool:
         try:
             import prctl
