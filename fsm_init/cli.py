@@ -12,6 +12,7 @@ from fsm_init import __version__, log
 USAGE = """\
 usage: fsm-init [--quiet] [--] [CMD ARGS...]
        fsm-init validate [--json] [FILE|-]
+       fsm-init graph [--format mermaid|dot|svg|png] [-o FILE] [--live]
        fsm-init --version | --help
 
 Runs as the container's PID 1: resolves /srv/$SRVNAME, runs its init steps and
@@ -38,6 +39,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args[:1] == ["validate"]:
         return validate(args[1:])
+    if args[:1] == ["graph"]:
+        from fsm_init import graph
+
+        return graph.main(args[1:])
     return run(args)
 
 
