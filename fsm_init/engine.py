@@ -9,14 +9,17 @@ the small predicates named in the table.  Nothing here sleeps or waits.
 import os
 import signal
 import sys
+import time
 import traceback
 from typing import NamedTuple
 
-from transitions import Machine
+from transitions import Machine, Transition
 
 from fsm_init import (config, custom_init, delay, env_resume, firewall, load_config, log, pppoe,
                       resolve_target, restart_interval, ssh, start, watch)
 from fsm_init.control import ControlServer
+from fsm_init.journal import Journal
+from fsm_init.output import CapturedOutput
 from fsm_init.loop import STOP_SIGNALS, EventLoop
 from fsm_init.settings import Settings
 from fsm_init.stop import Group, Stopper
@@ -25,6 +28,24 @@ from fsm_init.system import System, Unavailable, exit_code, spawn_error_code, wh
 from fsm_init.table import STATES, STOPPABLE, TRANSITIONS
 
 SUPPORTING_STEPS = {"ssh": ssh, "pppoe": pppoe}
+
+
+class _RecordingTransition(Transition):
+    """Records on the model each guard's value and the transition taken, for the journal."""
+
+    def _eval_conditions(self, event_data):
+        model = event_data.model
+        for condition in self.conditions:
+            passed = condition.check(event_data)
+            model.guard_results[condition.func] = passed if condition.target else not passed
+            if not passed:
+                return False
+        model.taking = (self.source, self.dest, event_data.event.name)
+        return True
+
+
+class _Machine(Machine):
+    transition_cls = _RecordingTransition
 
 
 class Instance(NamedTuple):
@@ -39,7 +60,8 @@ class Script(NamedTuple):
     pid: int
     name: str
     started: float
-    on_done: object  # callable(exit | None, duration)
+    on_done: object  # callable(name, exit | None, duration, output)
+    output: CapturedOutput | None
 
 
 class Engine:
@@ -71,16 +93,22 @@ class Engine:
         self.cycle_count = 0
         self.cycle_anchor: float | None = None
         self.last_checks: list[watch.CheckResult] = []
+        self.checks_healthy = False  # the latest cycle of this instance passed
         self.firewall = firewall.Firewall(system, settings)
         self.firewall_status = ""
         self.supporters = {name: Supporting(name, system, self.loop, settings.stop_grace) for name in SUPPORTING_STEPS}
         self.unavailable: dict[str, str] = {}
         self.state_since = system.now()
-        self.machine = Machine(
+        self.journal = Journal(settings.run_dir, system)
+        self.guard_results: dict[str, bool] = {}
+        self.taking = ("", "boot", "")
+        self.cause = ""  # why the next transition happens, set by whoever fires it
+        self.last_transition: dict = {}
+        self.machine = _Machine(
             model=self, states=[name for name, _ in STATES], transitions=TRANSITIONS,
             initial="boot", auto_transitions=False, queued=True, ignore_invalid_triggers=True,
-            before_state_change="_leaving_state", after_state_change="_entered_state",
-            on_exception="_on_error")
+            prepare_event="_new_event", before_state_change="_leaving_state",
+            after_state_change="_entered_state", on_exception="_on_error")
 
     # -- running -----------------------------------------------------------------
 
@@ -94,11 +122,25 @@ class Engine:
         self.loop.run()
         return self.exit_status
 
+    def _new_event(self) -> None:
+        self.guard_results = {}
+
     def _leaving_state(self) -> None:
         self.loop.cancel("state")
 
     def _entered_state(self) -> None:
         self.state_since = self.system.now()
+        source, dest, trigger = self.taking
+        self.last_transition = {
+            "time": round(self.system.wall(), 3), "from": source, "to": dest, "trigger": trigger,
+            "guards": self.guard_results, "cause": self.cause, "restarts": max(0, self.run_count - 1)}
+        self.cause = ""
+        self.journal.record(self.last_transition, self.snapshot())
+
+    def fire(self, trigger: str, cause: str) -> None:
+        """Fire a trigger from the event loop, saying why (for the journal and `srvctl why`)."""
+        self.cause = cause
+        self.trigger(trigger)
 
     def _on_error(self, *_args) -> None:
         # transitions calls this from inside its except block (with the trigger's own
@@ -107,6 +149,7 @@ class Engine:
         if not isinstance(error, Exception):
             raise error
         log.error(f"internal error in state {self.state}: {error!r}")
+        self.cause = f"internal error: {error!r}"
         traceback.print_exception(error, file=sys.stderr)
         if self.state in STOPPABLE:
             self.stop()
@@ -171,7 +214,7 @@ class Engine:
         path = self.env_scripts.pop(0)
         self._run_script(path, env_resume.TIMEOUT, self._env_resume_done, self.environ)
 
-    def _env_resume_done(self, name: str, status: int | None, duration: float) -> None:
+    def _env_resume_done(self, name: str, status: int | None, duration: float, output: str) -> None:
         if status is None:
             log.error(f"{name} timed out after {env_resume.TIMEOUT:g}s and was killed; carrying on")
         elif status:
@@ -191,7 +234,7 @@ class Engine:
     def on_enter_delay(self) -> None:
         seconds = delay.seconds(self.config, self.target.first_start, self.has_config)
         log.info(f"initdelay: waiting {seconds}s (srvctl restart goes on at once)")
-        self.loop.call_later("state", seconds, self.done)
+        self.loop.call_later("state", seconds, lambda: self.fire("done", f"initdelay {seconds}s elapsed"))
 
     def on_enter_firewall(self) -> None:
         self.firewall_status = ""
@@ -233,7 +276,7 @@ class Engine:
         seconds = self.settings.idle_wait
         self._write_count(start.idle_count_text(self.run_count, seconds))
         log.info(f"no workstart configured: reading the config again in {seconds:g}s (srvctl restart: now)")
-        self.loop.call_later("state", seconds, self.done)
+        self.loop.call_later("state", seconds, lambda: self.fire("done", f"idle wait {seconds:g}s elapsed"))
 
     # -- the service -------------------------------------------------------------------
 
@@ -247,6 +290,7 @@ class Engine:
         self.operator = False
         self.cycle_anchor = None
         self.cycle_count = 0  # $SMCNT counts the cycles of this instance, as in imginit
+        self.last_checks, self.checks_healthy = [], False
         self._write_count(start.count_text(self.run_count, self.mode, self.config))
         cmd = start.command(self.config, self.override, self.target.directory, self.system)
         if cmd.note:
@@ -260,7 +304,8 @@ class Engine:
             pid = self.system.spawn(cmd.argv, env, cmd.executable, tty)
         except OSError as e:
             self.last_exit = spawn_error_code(e)
-            log.error(f"cannot execute {cmd.argv[0]}: {e.strerror} (status {self.last_exit})")
+            self.cause = f"cannot execute {cmd.argv[0]}: {e.strerror} (status {self.last_exit})"
+            log.error(self.cause)
             self.spawn_failed()
             return
         self.service = Instance(pid, Group(pid, by_session=tty is None), self.system.now(), self.system.wall())
@@ -277,7 +322,8 @@ class Engine:
 
     def on_enter_foreground(self) -> None:
         if self.settings.handover_after > 0:
-            self.loop.call_later("state", self.settings.handover_after, self.settled)
+            self.loop.call_later("state", self.settings.handover_after,
+                                 lambda: self.fire("settled", f"the service ran {self.settings.handover_after:g}s"))
 
     def on_enter_handover(self) -> None:
         from fsm_init import reaper
@@ -293,7 +339,7 @@ class Engine:
         seconds = restart_interval.seconds(self.config)
         what = "first check" if self.service else "restart"
         log.info(f"workintvl: {what} in {seconds}s")
-        self.loop.call_later("state", seconds, self.done)
+        self.loop.call_later("state", seconds, lambda: self.fire("done", f"workintvl {seconds}s elapsed"))
 
     def on_enter_watch(self) -> None:
         if self.mode.kind != start.STATUS_CHECK:
@@ -301,7 +347,8 @@ class Engine:
         now = self.system.now()
         if self.cycle_anchor is None:
             self.cycle_anchor = now
-        self.loop.call_at("cycle", watch.next_cycle_at(self.cycle_anchor, self.mode.period, now), self.cycle_due)
+        self.loop.call_at("cycle", watch.next_cycle_at(self.cycle_anchor, self.mode.period, now),
+                          lambda: self.fire("cycle_due", f"check cycle {self.cycle_count + 1} due"))
 
     def on_enter_check(self) -> None:
         for supporter in self.supporters.values():
@@ -322,18 +369,21 @@ class Engine:
         path = self.cycle.next_check()
         if path:
             timeout = start.check_timeout(self.config, self.mode.period)
-            self._run_script(path, timeout, self._check_done, self._check_env())
+            self._run_script(path, timeout, self._check_done, self._check_env(), capture=True)
             return
         self.last_checks = self.cycle.results
         failure = self.cycle.failure
+        self.checks_healthy = failure is None
         if failure:
-            log.warn(f"check failed: {failure.describe()}; restarting the service")
+            self.cause = f"check failed: {failure.describe()}"
+            log.warn(f"{self.cause}; restarting the service")
         else:
+            self.cause = "every check passed" if self.cycle.results else "no PeriodicST-* scripts: healthy"
             self._start_background(watch.MT)
         self.checks_done()
 
-    def _check_done(self, name: str, status: int | None, duration: float) -> None:
-        self.cycle.record(watch.CheckResult(name, status, duration, self.system.wall()))
+    def _check_done(self, name: str, status: int | None, duration: float, output: str) -> None:
+        self.cycle.record(watch.CheckResult(name, status, duration, self.system.wall(), output))
         self._next_check()
 
     def _start_background(self, prefix: str) -> None:
@@ -371,11 +421,11 @@ class Engine:
 
     def _instance_gone(self) -> None:
         self.service = None
-        self.group_gone()
+        self.fire("group_gone", "the service's session is gone")
 
     def on_enter_teardown(self) -> None:
         self.loop.cancel("cycle")
-        self.stopper.sweep(self.settings.leftover_grace, self.done)
+        self.stopper.sweep(self.settings.leftover_grace, lambda: self.fire("done", "no leftover process remains"))
 
     def on_enter_exited(self) -> None:
         # The service may be a zombie not reaped yet (it died while the stop path ran).
@@ -394,7 +444,7 @@ class Engine:
             if self.state in STOPPABLE:
                 log.info(f"received {name}: stopping")
                 self.stop_signal = signum
-                self.stop()
+                self.fire("stop", f"received {name}")
             return
         if self.service and self.service.group.signal(self.system, signum):
             log.info(f"forwarded {name} to the service's session")
@@ -403,15 +453,16 @@ class Engine:
         code = exit_code(status)
         if pid == self.service_pid:
             self.last_exit = code
-            log.info(f"service (pid {pid}) {_describe_exit(status)}")
+            cause = f"service (pid {pid}) {_describe_exit(status)}"
+            log.info(cause)
             if self.service:
-                self.service_exit()
+                self.fire("service_exit", cause)
         elif any(s.exited(pid, status) for s in self.supporters.values()):
             pass
         elif self.script and pid == self.script.pid:
             script, self.script = self.script, None
             self.loop.cancel("script")
-            script.on_done(script.name, code, self.system.now() - script.started)
+            self._finish_script(script, code)
         else:
             for name, bg_pid in list(self.background.items()):
                 if bg_pid == pid:
@@ -420,21 +471,26 @@ class Engine:
 
     # -- foreground scripts -----------------------------------------------------------------
 
-    def _run_script(self, path: str, timeout: float, on_done, env: dict) -> None:
+    def _run_script(self, path: str, timeout: float, on_done, env: dict, capture: bool = False) -> None:
         name = watch.name(path)
+        output = CapturedOutput(self.loop, self.system) if capture else None
         try:
-            pid = self.system.spawn([path], env)
+            pid = output.spawn([path], env) if output else self.system.spawn([path], env)
         except OSError as e:
             log.error(f"cannot execute {name}: {e.strerror}")
-            on_done(name, spawn_error_code(e), 0.0)
+            on_done(name, spawn_error_code(e), 0.0, e.strerror)
             return
-        self.script = Script(pid, name, self.system.now(), on_done)
+        self.script = Script(pid, name, self.system.now(), on_done, output)
         self.loop.call_later("script", timeout, self._script_timed_out)
+
+    def _finish_script(self, script: Script, status: int | None) -> None:
+        words = script.output.last_words() if script.output else ""
+        script.on_done(script.name, status, self.system.now() - script.started, words)
 
     def _script_timed_out(self) -> None:
         script = self._abandon_script()
         if script:
-            script.on_done(script.name, None, self.system.now() - script.started)
+            self._finish_script(script, None)
 
     def _abandon_script(self) -> Script | None:
         """Kill the running foreground script with everything it started."""
@@ -450,12 +506,19 @@ class Engine:
         verb = request.get("verb")
         if verb == "status":
             return {"ok": True, "status": self.snapshot()}
+        if verb == "health":
+            healthy, why = self.health()
+            return {"ok": healthy, "message": why}
+        if verb == "live":
+            return {"ok": True, "message": f"fsm-init answers ({self.state})"}
+        if verb == "why":
+            return {"ok": True, "message": self.why()}
         if verb == "restart":
             if not self.may_restart_request():
                 return {"ok": False, "message": self._why_no_restart()}
             log.info("srvctl restart")
             self.operator = True
-            self.restart_request()
+            self.fire("restart_request", "srvctl restart")
             return {"ok": True, "message": f"restarting ({self.state})"}
         if verb == "stop":
             if self.state not in STOPPABLE:
@@ -463,9 +526,52 @@ class Engine:
             log.info("srvctl stop: stopping the service, then exiting 0")
             self.stop_requested = True
             self.stop_signal = signal.SIGTERM
-            self.stop()
+            self.fire("stop", "srvctl stop")
             return {"ok": True, "message": "stopping"}
         return {"ok": False, "message": f"unknown verb {verb!r}"}
+
+    def health(self) -> tuple[bool, str]:
+        """Docker HEALTHCHECK / readiness: this instance runs and has proved itself."""
+        if not self.service:
+            return False, f"no service instance ({self.state})"
+        if self.mode.kind == start.STATUS_CHECK:
+            if self.checks_healthy:
+                return True, "the latest check cycle of this instance passed"
+            return False, "no check cycle of this instance has passed yet" if not self.last_checks \
+                else f"check failed: {self.cycle.failure.describe()}"
+        ran = self.system.now() - self.service.started
+        proof = restart_interval.seconds(self.config)
+        if ran >= proof:
+            return True, f"the service has run {ran:.0f}s"
+        return False, f"the service has run {ran:.1f}s of the {proof}s it needs to count as healthy"
+
+    def why(self) -> str:
+        """The current state as a causal chain, in one paragraph."""
+        t = self.last_transition
+        guards = ", ".join(f"{g} {'yes' if v else 'no'}" for g, v in t.get("guards", {}).items())
+        reason = t.get("cause") or f"from {t.get('from') or 'boot'}" + (f" ({guards})" if guards else "")
+        text = f"{self.state}: {reason}"
+        text += f" at {_clock(t['time'])}" if t.get("time") else ""
+        if self.run_count > 1:
+            text += f"; restart {self.run_count - 1}"
+        upcoming = self._upcoming()
+        return f"{text}; {upcoming}" if upcoming else text
+
+    def _upcoming(self) -> str:
+        when = {name: _clock(self.system.wall() + at - self.system.now())
+                for name, (at, _) in self.loop.deadlines.items()}
+        pid = self.service.pid if self.service else None
+        phrases = {
+            "delay": f"the start goes on at {when.get('state')}",
+            "idle": f"the config is read again at {when.get('state')}",
+            "restart_interval": (f"first check at {when.get('state')}" if pid else f"next start at {when.get('state')}"),
+            "watch": (f"next check at {when.get('cycle')}" if "cycle" in when else f"waiting for the service (pid {pid}) to exit"),
+            "check": f"running {self.script.name}" if self.script else "",
+            "foreground": f"the service (pid {pid}) runs; fsm-init exits with its status",
+            "restart": f"SIGKILL at {when.get('stop-kill')} if it is still there",
+            "stopping": f"SIGKILL at {when.get('stop-kill')} if it is still there",
+        }
+        return phrases.get(self.state, "")
 
     def _why_no_restart(self) -> str:
         if self.state in ("foreground", "handover"):
@@ -486,6 +592,8 @@ class Engine:
             "restarts": max(0, self.run_count - 1),
             "last_exit": self.last_exit,
             "checks": [r._asdict() for r in self.last_checks],
+            "healthy": self.health()[0],
+            "last_transition": self.last_transition,
             "supporting": self.supporting(),
             "pid": self.system.getpid(),
         }
@@ -503,3 +611,7 @@ def _describe_exit(status: int) -> str:
     if os.WIFSIGNALED(status):
         return f"was killed by {signal.Signals(os.WTERMSIG(status)).name} (status {exit_code(status)})"
     return f"exited with status {os.WEXITSTATUS(status)}"
+
+
+def _clock(wall: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(wall))

@@ -1,11 +1,21 @@
-"""Step firewall: takes over inbound and forwarded traffic with iptables.
+"""Step firewall: takes over inbound and forwarded traffic with iptables (and ip6tables).
 
 Runs whenever a configuration exists (as imginit did); ``firewall.enable`` "no"
-leaves iptables alone.  The rule set itself arrives with the network-steps issue.
+leaves iptables alone.  The rule set is in ``iptables_rules``; this module reads
+what is in force (``iptables-save``), applies the change in one
+``iptables-restore --noflush`` per address family, and remembers what it applied so
+that a restart with the same permits touches nothing.  Every OS call goes through
+``System``.
 """
 
+from fsm_init import iptables_rules as rules
+from fsm_init import log
 from fsm_init.settings import Settings
 from fsm_init.system import System, Unavailable
+
+IF_INET6 = "/proc/net/if_inet6"  # present when the kernel has IPv6
+NOT_FILTERED = "inbound traffic is not filtered"
+TIMEOUT = 20.0
 
 
 def enabled(config: dict, has_config: bool) -> bool:
@@ -17,7 +27,77 @@ class Firewall:
 
     def __init__(self, system: System, settings: Settings) -> None:
         self.system, self.settings = system, settings
+        self.applied: str | None = None  # the policy text in force, as last applied
+        self.families: list[rules.Family] = []  # where it is in force
+        self.summary = ""
 
     def apply(self, config: dict) -> str:
         """A one-line summary of what is in force; raises Unavailable when it cannot be done here."""
-        raise Unavailable("the iptables firewall is not available in this version of fsm-init; inbound traffic is not filtered")
+        permits = rules.Permits.from_config(config)
+        families = [rules.IPV4] + ([rules.IPV6] if self.system.read_bytes(IF_INET6) is not None else [])
+        wanted = {family.name: rules.policy(permits, family) for family in families}
+        text = "".join(f"# {name}\n{rules.policy_text(policy)}" for name, policy in wanted.items())
+        if text == self.applied:
+            log.info(f"firewall: permits unchanged, the rules in force are kept ({self.summary})")
+            return self.summary
+        self.applied = None
+        done, failures = [], []
+        for family in families:
+            try:
+                self._restore(family, lambda now: rules.restore_script(wanted[family.name], now))
+            except Unavailable as e:
+                if family is rules.IPV4:
+                    raise
+                failures.append(f"IPv6 inbound traffic is not filtered: {e}")
+            else:
+                done.append(family)
+        self.families = done
+        self.summary = f"{permits.summary()}; {'+'.join(f.name for f in done)}"
+        if failures:
+            self.summary += " (IPv6 not filtered)"
+            for failure in failures:
+                log.error(f"firewall: {failure}")
+        else:
+            self.applied = text  # a partial success is tried again on the next restart
+        log.info(f"firewall applied: {self.summary}")
+        return self.summary
+
+    def withdraw(self) -> str:
+        """firewall.enable turned "no" after fsm-init applied its rules: open INPUT and
+        FORWARD again and empty FSMINIT (the service chains and their rules stay).
+        Does nothing when fsm-init applied nothing."""
+        if not self.families:
+            return ""
+        families, self.families, self.applied, self.summary = self.families, [], None, ""
+        for family in families:
+            self._restore(family, rules.withdraw_script)
+        log.info("firewall disabled: fsm-init's rules removed, inbound and forwarded traffic are open again")
+        return ""
+
+    def _restore(self, family: rules.Family, script) -> None:
+        status, out, err = self.system.run([family.save], timeout=TIMEOUT)
+        if status:
+            raise self._unavailable(family.save, status, err)
+        text = script(rules.parse_save(out))
+        argv = [family.restore, "--wait=5", "--noflush"]
+        status, _, err = self.system.run(argv, input=text.encode(), timeout=TIMEOUT)
+        if status:
+            raise self._unavailable(family.restore, status, err)
+
+    @staticmethod
+    def _unavailable(program: str, status: int, err: str) -> Unavailable:
+        said = _first_line(err)
+        if status == 127:
+            return Unavailable(f"{program} not found (install iptables); {NOT_FILTERED}")
+        if any(s in err for s in ("Permission denied", "Operation not permitted", "must be root")):
+            return Unavailable(f"no NET_ADMIN capability ({said}); {NOT_FILTERED} "
+                               "(give the container NET_ADMIN: docker run --cap-add NET_ADMIN)")
+        return Unavailable(f"{program} failed with status {status}: {said}; {NOT_FILTERED}")
+
+
+def _first_line(text: str) -> str:
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith(("Try `", "Try '")):
+            return line if len(line) <= 200 else line[:197] + "..."
+    return "no message"

@@ -22,8 +22,18 @@ def set_quiet(quiet: bool) -> None:
     _quiet = quiet
 
 
+_json = os.environ.get("FSM_INIT_LOG_FORMAT", "").lower() == "json"
+
+
 def _emit(level: str, message: str) -> None:
-    line = f"fsm-init[{_state()}] {level}{message}\n"
+    if _json:
+        import json
+        import time
+
+        line = json.dumps({"time": round(time.time(), 3), "program": "fsm-init", "state": _state(),
+                           "level": level.rstrip(": ") or "info", "message": message}) + "\n"
+    else:
+        line = f"fsm-init[{_state()}] {level}{message}\n"
     try:
         # One write per line so that lines from fsm-init and its children never interleave mid-line.
         os.write(sys.stderr.fileno(), line.encode("utf-8", "replace"))

@@ -74,7 +74,10 @@ class EventLoop:
             if self.deadlines:
                 timeout = max(0.0, min(when for when, _ in self.deadlines.values()) - self.system.now())
             for key, _ in self.selector.select(timeout):
-                key.data()
+                # An earlier callback of this batch may have unwatched (and closed) this fd,
+                # and its number may already belong to a new file.
+                if self.selector.get_map().get(key.fileobj) is key:
+                    self._call(key.data)
                 if self.stopped:
                     return
             self._fire_due()
@@ -87,9 +90,21 @@ class EventLoop:
         for name, (when, callback) in sorted(self.deadlines.items(), key=lambda item: item[1][0]):
             if when <= now and self.deadlines.get(name) == (when, callback):
                 del self.deadlines[name]
-                callback()
+                self._call(callback)
                 if self.stopped:
                     return
+
+    def _call(self, callback: Callable[[], None]) -> None:
+        """A bug in one reaction must not take PID 1, and the whole container, down."""
+        try:
+            callback()
+        except Exception as error:  # noqa: BLE001
+            import traceback
+
+            from fsm_init import log
+
+            log.error(f"internal error, carrying on: {error!r}")
+            traceback.print_exception(error)
 
     def _drain_signals(self) -> None:
         try:

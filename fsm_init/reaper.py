@@ -32,6 +32,7 @@ def hand_over(engine) -> None:
         "started": service.started, "target": engine.target.directory,
         "run_count": engine.run_count, "control_fd": engine.control.sock.fileno() if engine.control else None,
         "quiet": log.is_quiet(), "supporting": engine.supporting(),
+        "proof": engine.config["workintvl"], "last_transition": engine.last_transition,
     }
     env = dict(os.environ, **{HANDOVER_ENV: json.dumps(state)})
     log.info("init steps done: handing PID duties to the thin reaper")
@@ -55,6 +56,8 @@ class Reaper:
         self.target = state["target"]
         self.run_count = state["run_count"]
         self.supporting = state["supporting"]
+        self.proof = state["proof"]
+        self.last_transition = state["last_transition"]
         self.last_exit: int | None = None
         self.stop_requested = False
         self.state = "handover"
@@ -123,6 +126,17 @@ class Reaper:
             return {"ok": True, "message": "stopping"}
         if verb == "restart":
             return {"ok": False, "message": "the service runs in non-daemon mode: fsm-init does not restart it (set workwatch)"}
+        if verb == "health":
+            ran = self.system.now() - self.started
+            healthy = self.last_exit is None and ran >= self.proof
+            return {"ok": healthy, "message": f"the service has run {ran:.0f}s" if healthy else
+                    f"the service has run {ran:.1f}s of the {self.proof}s it needs" if self.last_exit is None
+                    else f"the service exited with status {self.last_exit}"}
+        if verb == "live":
+            return {"ok": True, "message": f"fsm-init answers ({self.state})"}
+        if verb == "why":
+            return {"ok": True, "message": f"{self.state}: the service (pid {self.pid}) runs in non-daemon mode; "
+                                           "the thin reaper forwards signals, reaps, and exits with its status"}
         return {"ok": False, "message": f"cannot {verb} during {self.state}"}
 
     def snapshot(self) -> dict:
@@ -133,6 +147,7 @@ class Reaper:
             "uptime": round(self.system.now() - self.started, 3) if alive else None,
             "run_count": self.run_count, "restarts": 0, "last_exit": self.last_exit,
             "checks": [], "supporting": self.supporting, "pid": self.system.getpid(),
+            "healthy": self.handle_request({"verb": "health"})["ok"], "last_transition": self.last_transition,
         }
 
 

@@ -7,8 +7,11 @@ Standard library only, so a Docker HEALTHCHECK or a probe answers fast.
 import json
 import sys
 
-USAGE = "usage: srvctl restart|stop|status [--json]\n"
-VERBS = ("restart", "stop", "status")
+USAGE = """\
+usage: srvctl restart|stop|status|why|health|live [--json]
+       srvctl history [-n N] [--json]
+"""
+VERBS = ("restart", "stop", "status", "why", "health", "live", "history")
 DONE, REFUSED, USAGE_ERROR, NO_ENGINE = 0, 1, 2, 3
 
 
@@ -16,13 +19,20 @@ def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     as_json = "--json" in args
     words = [a for a in args if a != "--json"]
+    count = 20
+    if words[:1] == ["history"] and len(words) == 3 and words[1] == "-n" and words[2].isdigit():
+        count, words = int(words[2]), words[:1]
     if len(words) != 1 or words[0] not in VERBS:
         sys.stderr.write(USAGE)
         return USAGE_ERROR
-    from fsm_init import control
     from fsm_init.settings import Settings
 
-    path = Settings().control_socket
+    settings = Settings()
+    if words[0] == "history":
+        return history(settings.run_dir, count, as_json)
+    from fsm_init import control
+
+    path = settings.control_socket
     try:
         reply = control.request(path, words[0])
     except (OSError, ValueError) as e:
@@ -35,6 +45,27 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(reply.get("message", ""))
     return DONE if reply.get("ok") else REFUSED
+
+
+def history(run_dir: str, count: int, as_json: bool) -> int:
+    """The journal's last entries; read from the file, so it works after fsm-init is gone."""
+    import time
+
+    from fsm_init import journal
+
+    entries = journal.read(run_dir, count)
+    if not entries:
+        sys.stderr.write(f"srvctl: no journal in {run_dir}\n")
+        return REFUSED
+    for e in entries:
+        if as_json:
+            print(json.dumps(e))
+            continue
+        guards = " ".join(f"{g}={'yes' if v else 'no'}" for g, v in e.get("guards", {}).items())
+        when = time.strftime("%H:%M:%S", time.localtime(e["time"]))
+        line = f"{when} {e['from'] or '-'} -> {e['to']} ({e['trigger']}{' ' + guards if guards else ''})"
+        print(line + (f": {e['cause']}" if e.get("cause") else ""))
+    return DONE
 
 
 def format_status(status: dict) -> str:

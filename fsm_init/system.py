@@ -50,7 +50,7 @@ class System:
         return os.getpid()
 
     def spawn(self, argv: list[str], env: dict[str, str], executable: str | None = None,
-              tty_fd: int | None = None) -> int:
+              tty_fd: int | None = None, stdout: int | None = None, stderr: int | None = None) -> int:
         """Start argv in a new session (or, given a terminal, a new foreground process group).
 
         posix_spawn, not fork: a child must not inherit PID 1's Python state, and the
@@ -59,6 +59,9 @@ class System:
         program = executable or argv[0]
         spawn = os.posix_spawn if "/" in program else os.posix_spawnp
         kwargs: dict = {"setsigmask": (), "setsigdef": RESET_IN_CHILD}
+        actions = [(os.POSIX_SPAWN_DUP2, fd, target) for fd, target in ((stdout, 1), (stderr, 2)) if fd is not None]
+        if actions:
+            kwargs["file_actions"] = actions
         if tty_fd is None:
             kwargs["setsid"] = True
         else:
@@ -172,15 +175,19 @@ class System:
         except OSError:
             return None
 
-    def write_atomic(self, path: str, data: bytes, mode: int = 0o644) -> None:
-        """Temporary file, fsync, rename: a reader sees the old file or the new one, never half."""
+    def write_atomic(self, path: str, data: bytes, mode: int = 0o644, durable: bool = True) -> None:
+        """Temporary file, fsync, rename: a reader sees the old file or the new one, never half.
+
+        durable=False skips the fsyncs, for files in /run that need not outlive a crash.
+        """
         directory = os.path.dirname(path) or "."
         tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
         try:
             os.fchmod(fd, mode)
             os.write(fd, data)
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         try:
@@ -188,11 +195,26 @@ class System:
         except OSError:
             os.unlink(tmp)
             raise
+        if not durable:
+            return
         dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(dfd)
         finally:
             os.close(dfd)
+
+    def append_line(self, path: str, line: bytes, max_bytes: int) -> None:
+        """Append one line (one write, O_APPEND); past max_bytes the file moves to path.1 first."""
+        try:
+            if os.stat(path).st_size + len(line) > max_bytes:
+                os.replace(path, path + ".1")
+        except FileNotFoundError:
+            pass
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
 
     def makedirs(self, path: str, mode: int = 0o755) -> None:
         os.makedirs(path, mode=mode, exist_ok=True)

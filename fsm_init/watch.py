@@ -20,15 +20,17 @@ class CheckResult(NamedTuple):
     exit: int | None  # None: timed out
     duration: float
     at: float  # wall clock
-
+    output: str = ""  # the end of what it printed
     @property
     def passed(self) -> bool:
         return self.exit == 0
 
     def describe(self) -> str:
         if self.exit is None:
-            return f"{self.name} timed out after {self.duration:.1f}s (killed with everything it started)"
-        return f"{self.name} exited {self.exit} after {self.duration:.2f}s"
+            text = f"{self.name} timed out after {self.duration:.1f}s (killed with everything it started)"
+        else:
+            text = f"{self.name} exited {self.exit} after {self.duration:.2f}s"
+        return f"{text} (output: {self.output})" if self.output and not self.passed else text
 
 
 class Cycle:

@@ -22,6 +22,9 @@ ROOT = Path(__file__).resolve().parent.parent
 FSM_INIT = [sys.executable, "-m", "fsm_init"]
 SRVCTL = [sys.executable, "-m", "fsm_init.srvctl"]
 DEADLINE = 15.0
+# How the image starts fsm-init: the signals stay blocked (pending, not dropped by the
+# kernel as PID 1's default-action signals are) while the interpreter starts.
+BLOCKING_LAUNCHER = ("env", "--block-signal=TERM,INT,HUP,USR1,USR2,QUIT,WINCH,CONT,CHLD")
 
 
 def wait_for(predicate, timeout=DEADLINE, what="condition", interval=0.02):
@@ -49,12 +52,12 @@ needs_pid_namespace = pytest.mark.skipif(not can_unshare(), reason="needs root a
 class Running:
     """One fsm-init running as PID 1 of its own PID namespace."""
 
-    def __init__(self, sandbox: "Sandbox", args, env) -> None:
+    def __init__(self, sandbox: "Sandbox", args, env, launcher=()) -> None:
         self.sandbox = sandbox
         self.out_path = sandbox.root / f"out-{len(sandbox.runs)}.log"
         self.err_path = sandbox.root / f"err-{len(sandbox.runs)}.log"
         self.proc = subprocess.Popen(
-            ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", *FSM_INIT, *args],
+            ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", *launcher, *FSM_INIT, *args],
             env=env, stdin=subprocess.DEVNULL,
             stdout=open(self.out_path, "wb"), stderr=open(self.err_path, "wb"),
             cwd=sandbox.root)
@@ -161,8 +164,8 @@ class Sandbox:
             path.chmod(0o755)
         return directory
 
-    def start(self, *args, **env) -> Running:
-        running = Running(self, args, self.env(**env))
+    def start(self, *args, launcher=(), **env) -> Running:
+        running = Running(self, args, self.env(**env), launcher)
         self.runs.append(running)
         return running
 

@@ -13,7 +13,6 @@ reaper's before it acts).
 """
 
 import errno
-import json
 import os
 import re
 import signal
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import FSM_INIT, ROOT, wait_for, needs_pid_namespace
+from tests.conftest import BLOCKING_LAUNCHER, FSM_INIT, needs_pid_namespace, wait_for
 
 pytestmark = needs_pid_namespace
 
@@ -73,6 +72,16 @@ def cmdline(pid: int) -> str:
 
 def rss_kib(pid: int) -> int:
     return int(proc_status(pid)["VmRSS"].split()[0])
+
+
+def mapped_libraries(pid: int) -> set[str]:
+    """Basenames of the shared objects (C extensions included) mapped into a process."""
+    libs = set()
+    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+        path = line.split()[-1]
+        if ".so" in path:
+            libs.add(os.path.basename(path))
+    return libs
 
 
 def signal_set(hex_mask: str) -> set[int]:
@@ -182,6 +191,8 @@ def phase(request):
 
 def settle(phase, run):
     phase.settle(run.pid1, lambda: run.log)
+    # An answer over the control socket: the program in charge is in its event loop.
+    run.wait_state("foreground" if phase.name == "engine" else "handover")
 
 
 # -- exit status -------------------------------------------------------------------------------
@@ -259,14 +270,14 @@ def test_stop_signal_reaches_the_whole_session(sandbox, phase, sig, traps):
     got, ready = sandbox.root / "got", sandbox.root / "ready"
     trap = "trap 'exit 0' TERM INT\n" if traps else ""
     service = script(sandbox, "service.sh", f"{trap}{PY} {grandchild} {got} {ready} &\nwait\n")
-    run = sandbox.start("--", str(service), FSM_INIT_STOP_GRACE=8, **phase.env)
+    run = sandbox.start("--", str(service), FSM_INIT_STOP_GRACE=12, **phase.env)
     wait_file(ready)
     settle(phase, run)
     run.signal(sig)
     code, elapsed = timed_wait(run, 10)
     assert read_text(got) == sig.name, f"the grandchild did not catch {sig.name}\n{run.log}"
     assert code == (0 if traps else 128 + sig), run.log
-    assert elapsed < 4, f"took {elapsed:.1f}s: the stop waited for the grace time\n{run.log}"
+    assert elapsed < 6, f"took {elapsed:.1f}s: the stop waited for the grace time\n{run.log}"
     assert "outlived the grace time" not in run.log
     # The grandchild was stopped with the session, not swept up later as a leftover.
     assert "leftover processes" not in run.log, run.log
@@ -282,7 +293,7 @@ def test_service_ignoring_sigterm_is_killed_after_the_grace_time(sandbox, phase)
     run.signal(signal.SIGTERM)
     code, elapsed = timed_wait(run, 10)
     assert code == 137, run.log
-    assert 0.9 <= elapsed < 4, f"exit after {elapsed:.2f}s with FSM_INIT_STOP_GRACE=1\n{run.log}"
+    assert 0.9 <= elapsed < 6, f"exit after {elapsed:.2f}s with FSM_INIT_STOP_GRACE=1\n{run.log}"
     assert re.search(r"the service's session outlived the grace time: sent SIGKILL", run.log), run.log
 
 
@@ -352,7 +363,7 @@ def test_stop_signal_during_initdelay(sandbox, sig):
     run.signal(sig)
     code, elapsed = timed_wait(run, 10)
     assert code == 0, run.log
-    assert elapsed < 3, f"{elapsed:.1f}s\n{run.log}"
+    assert elapsed < 8, f"{elapsed:.1f}s\n{run.log}"
     assert not (directory / "ran").exists(), "the service was started after the stop signal"
     assert "starting the service" not in run.log
 
@@ -369,7 +380,7 @@ def test_sigterm_during_a_hanging_foreground_check(sandbox):
     run.signal(signal.SIGTERM)
     code, elapsed = timed_wait(run, 10)
     assert code == 0, run.log
-    assert elapsed < 4, f"{elapsed:.1f}s\n{run.log}"
+    assert elapsed < 8, f"{elapsed:.1f}s\n{run.log}"
 
 
 def test_sigterm_during_a_check_abandons_the_check_cycle(sandbox):
@@ -391,7 +402,7 @@ def test_sigterm_during_a_check_abandons_the_check_cycle(sandbox):
     assert not (directory / "b-ran").exists(), f"PeriodicST-b was started during the stop\n{run.log}"
     assert not (directory / "mt-ran").exists(), f"PeriodicMT-after was started during the stop\n{run.log}"
     assert "restarting the service" not in run.log, run.log
-    assert elapsed < 4, f"{elapsed:.1f}s\n{run.log}"
+    assert elapsed < 8, f"{elapsed:.1f}s\n{run.log}"
 
 
 def test_sigterm_during_the_interval_before_the_first_check(sandbox):
@@ -404,7 +415,7 @@ def test_sigterm_during_the_interval_before_the_first_check(sandbox):
     run.signal(signal.SIGTERM)
     code, elapsed = timed_wait(run, 10)
     assert code == 143, run.log
-    assert elapsed < 4, f"{elapsed:.1f}s\n{run.log}"
+    assert elapsed < 8, f"{elapsed:.1f}s\n{run.log}"
 
 
 def test_sigterm_during_the_interval_before_a_restart(sandbox):
@@ -418,7 +429,7 @@ def test_sigterm_during_the_interval_before_a_restart(sandbox):
     run.signal(signal.SIGTERM)
     code, elapsed = timed_wait(run, 10)
     assert code == 3, run.log
-    assert elapsed < 4, f"{elapsed:.1f}s\n{run.log}"
+    assert elapsed < 8, f"{elapsed:.1f}s\n{run.log}"
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
@@ -429,7 +440,7 @@ def test_stop_signal_during_the_idle_wait(sandbox, sig):
     run.signal(sig)
     code, elapsed = timed_wait(run, 10)
     assert code == 0, run.log
-    assert elapsed < 3, f"{elapsed:.1f}s\n{run.log}"
+    assert elapsed < 8, f"{elapsed:.1f}s\n{run.log}"
 
 
 # -- the children's signal state ----------------------------------------------------------------
@@ -471,6 +482,7 @@ def test_supervised_service_and_checks_start_with_a_clean_signal_state(sandbox):
 # -- zombies -----------------------------------------------------------------------------------
 
 ORPHANS = 3000
+ROUNDS = 4
 ZOMBIE_SERVICE = """\
 #!/bin/sh
 # Each round (a line on ./go): orphan $1 short-lived processes (double fork, so PID 1
@@ -514,7 +526,7 @@ def test_thousands_of_orphans_are_reaped(sandbox, phase):
     wait_for(lambda: len(namespace_states(run)) >= 2, 10, "the service")
     baseline_pids = set(namespace_states(run))
     rss = [rss_kib(run.pid1)]
-    for round_ in (1, 2, 3):
+    for round_ in range(1, ROUNDS + 1):
         _write_fifo(sandbox.root / "go", "go\n")
         wait_file(sandbox.root / "forked", 30, str(round_))
         wait_file(sandbox.root / "released", 30, str(round_))
@@ -526,7 +538,7 @@ def test_thousands_of_orphans_are_reaped(sandbox, phase):
 
         start = time.monotonic()
         try:
-            wait_for(settled, 20, "every orphan to be reaped", interval=0.05)
+            wait_for(settled, 20, "every orphan to be reaped", interval=0.2)
         except AssertionError:
             states = namespace_states(run)
             zombies = sum(1 for s in states.values() if s == "Z")
@@ -537,10 +549,13 @@ def test_thousands_of_orphans_are_reaped(sandbox, phase):
         rss.append(rss_kib(run.pid1))
     assert run.proc.poll() is None, run.log
     phase.check(run.pid1, lambda: run.log)
-    # No per-orphan state: once the first round has warmed the allocator up, two more
-    # rounds of the same size must not grow PID 1 (my_init grows ~78 KiB per 1000 orphans).
-    assert rss[3] - rss[1] < 128, f"RSS grew {rss[3] - rss[1]} KiB in rounds 2-3 (KiB: {rss})"
-    assert rss[3] - rss[0] < 1024, f"RSS grew {rss[3] - rss[0]} KiB over {3 * ORPHANS} orphans (KiB: {rss})"
+    # No per-orphan state.  The first round warms the allocator up (up to ~1.5 MiB seen,
+    # the burst of exits is reaped in large batches); after it, growth is allocator noise
+    # that stays bounded (<= ~150 KiB seen), while state kept per orphan grows with every
+    # round (my_init: ~78 KiB per 1000 orphans, ~700 KiB over these rounds).
+    later = rss[-1] - rss[1]
+    assert later < 384, f"RSS grew {later} KiB over {(ROUNDS - 1) * ORPHANS} orphans after the first round (KiB: {rss})"
+    assert rss[-1] - rss[0] < 3072, f"RSS grew {rss[-1] - rss[0]} KiB over {ROUNDS * ORPHANS} orphans (KiB: {rss})"
     run.signal(signal.SIGTERM)
     assert run.wait(10) == 143
 
@@ -554,7 +569,7 @@ def test_leftover_daemon_is_stopped_when_the_service_exits(sandbox, phase, daemo
     daemon = script(sandbox, "daemon.sh", f"{trap}\necho $$ > {ready}\nwhile :; do sleep 0.1; done\n")
     service = script(sandbox, "service.sh",
                      f"setsid {daemon} &\nwhile [ ! -e {go} ]; do sleep 0.02; done\nexit 5\n")
-    grace = 1 if daemon_ignores_term else 6
+    grace = 1 if daemon_ignores_term else 12
     run = sandbox.start("--", str(service), FSM_INIT_LEFTOVER_GRACE=grace, **phase.env)
     wait_file(ready, contains="\n")
     settle(phase, run)
@@ -565,13 +580,13 @@ def test_leftover_daemon_is_stopped_when_the_service_exits(sandbox, phase, daemo
     assert code == 5, run.log
     if daemon_ignores_term:
         # SIGKILL at the grace deadline, then exit as soon as nothing is left: well before
-        # the grace plus the 1 s KILL_SETTLE that would pass if the SIGKILL did not land.
-        assert 0.9 <= after_sweep < grace + 0.6, \
+        # the grace plus stop.KILL_SETTLE (1 s) that would pass if the SIGKILL did not land.
+        assert 0.9 <= after_sweep < grace + 0.75, \
             f"exit {after_sweep:.2f}s after the sweep with FSM_INIT_LEFTOVER_GRACE={grace}\n{run.log}"
         assert re.search(r"leftover processes outlived the grace time: sent SIGKILL", run.log), run.log
     else:
         assert read_text(got) == "TERM\n", f"the leftover daemon got no catchable SIGTERM\n{run.log}"
-        assert elapsed < 4, f"{elapsed:.1f}s: waited for the leftover grace time\n{run.log}"
+        assert elapsed < 6, f"{elapsed:.1f}s: waited for the leftover grace time\n{run.log}"
         assert "outlived the grace time" not in run.log
     phase.check(run.pid1, lambda: run.log)
 
@@ -619,30 +634,47 @@ def _descendants(root: int) -> list[int]:
     return found
 
 
+def _until(path: Path) -> str:
+    """A shell loop that waits for path, bounded (~30 s) so that nothing outlives a failed test."""
+    return f"n=0; while [ ! -e {path} ] && [ $n -lt 1500 ]; do sleep 0.02; n=$((n+1)); done\n"
+
+
+def ppid(pid: int) -> int | None:
+    try:
+        return int(proc_status(pid)["PPid"])
+    except (OSError, KeyError):
+        return None
+
+
 def test_not_pid1_fsm_init_is_a_subreaper(sandbox, plain, phase):
+    """Not PID 1 (no namespace): fsm-init adopts the service's orphans and reaps them."""
     d = sandbox.root
     orphan = script(sandbox, "orphan.sh", f"echo $$ > {d}/orphan.pid.tmp; mv {d}/orphan.pid.tmp {d}/orphan.pid\n"
-                                          f"while [ ! -e {d}/release ]; do sleep 0.02; done\n")
-    service = script(sandbox, "service.sh",
-                     f"while [ ! -e {d}/spawn ]; do sleep 0.02; done\n"
-                     f"( {orphan} & )\n"
-                     f"while [ ! -e {d}/done ]; do sleep 0.02; done\n")
+                                          + _until(d / "release"))
+    service = script(sandbox, "service.sh", _until(d / "spawn") + f"( {orphan} & )\n" + _until(d / "done"))
     proc, log = plain("--", str(service), **phase.env)
-    wait_for(lambda: "starting the service" in log(), 10, "the service to start")
-    phase.settle(proc.pid, log)
-    assert proc_status(proc.pid)["NSpid"].split()[-1] != "1"
-    (d / "spawn").touch()
-    pid = int(wait_file(d / "orphan.pid"))
-    wait_for(lambda: proc_state(pid) is None or proc_status(pid)["PPid"] == str(proc.pid), 5,
-             f"the orphan {pid} to be re-parented to fsm-init {proc.pid}")
-    assert proc_status(pid)["PPid"] == str(proc.pid), "the orphan was not re-parented to fsm-init"
-    (d / "release").touch()
-    wait_for(lambda: gone(pid), 10, f"the orphan {pid} to be reaped (state {proc_state(pid)})\n--- log:\n{log()}")
-    assert proc.poll() is None
-    (d / "done").touch()
-    assert proc.wait(10) == 0, log()
-    assert "cannot become a child subreaper" not in log()
-    phase.check(proc.pid, log)
+    try:
+        wait_for(lambda: "starting the service" in log(), 10, "the service to start")
+        phase.settle(proc.pid, log)
+        assert proc_status(proc.pid)["NSpid"].split()[-1] != "1"
+        (d / "spawn").touch()  # after the handover in the reaper phase: the attribute survived the exec
+        pid = int(wait_file(d / "orphan.pid"))
+        try:
+            wait_for(lambda: ppid(pid) == proc.pid, 5, "re-parenting")
+        except AssertionError:
+            raise AssertionError(f"the orphan {pid} has parent {ppid(pid)} ({cmdline(ppid(pid) or 0)!r}), "
+                                 f"not fsm-init {proc.pid}\n--- log:\n{log()}") from None
+        (d / "release").touch()
+        wait_for(lambda: gone(pid), 10,
+                 f"the orphan {pid} to be reaped (state {proc_state(pid)})\n--- log:\n{log()}")
+        assert proc.poll() is None
+        (d / "done").touch()
+        assert proc.wait(10) == 0, log()
+        assert "cannot become a child subreaper" not in log()
+        phase.check(proc.pid, log)
+    finally:
+        for name in ("spawn", "release", "done"):
+            (d / name).touch()
 
 
 # -- the thin reaper handover -------------------------------------------------------------------
@@ -676,13 +708,19 @@ def test_handover_to_the_thin_reaper(sandbox):
     wait_file(directory / "ready")
     before = run.status()
     assert before["state"] == "foreground" and before["mode"] == "non-daemon"
-    engine_rss = rss_kib(run.pid1)
+    engine_rss, engine_libs = rss_kib(run.pid1), mapped_libraries(run.pid1)
     _wait_handover(run)
-    after = wait_for(lambda: run.status(), 10, "the reaper to answer srvctl")
-    assert after["state"] == "handover"
+    after = run.wait_state("handover")
     assert after["pid"] == 1
     assert after["service_pid"] == before["service_pid"]
     assert "transitions" not in cmdline(run.pid1) and "marshmallow" not in cmdline(run.pid1)
+    # transitions and marshmallow are pure Python, so they leave no mapping of their own;
+    # the C extensions that only they (and the engine's typing/contextvars use) pull in do:
+    # marshmallow imports decimal and uuid.
+    reaper_libs = mapped_libraries(run.pid1)
+    assert reaper_libs <= engine_libs, f"the reaper maps more than the engine: {reaper_libs - engine_libs}"
+    heavy = {lib for lib in reaper_libs if re.match(r"_(decimal|uuid|typing|contextvars)\.", lib)}
+    assert not heavy, f"the thin reaper loaded {heavy}"
     reaper_rss = rss_kib(run.pid1)
     assert reaper_rss < engine_rss, f"RSS {engine_rss} KiB before the handover, {reaper_rss} KiB after"
     assert run.proc.poll() is None
@@ -746,7 +784,58 @@ def _wait_log_fast(run, text, timeout=10.0):
 def test_sigterm_right_at_the_handover_is_not_lost(sandbox, attempt):
     run, directory = _handover_run(sandbox, after="0.2")
     _wait_log_fast(run, HANDOVER_LINE)
-    run.signal(signal.SIGTERM)
+    run.signal(signal.SIGTERM)  # the engine has blocked it and is about to exec the reaper
     code, elapsed = timed_wait(run, 8)
     assert code == 143, run.log
     assert "received SIGTERM: stopping" in run.log
+
+
+@pytest.mark.parametrize("attempt", range(3))
+def test_sighup_right_at_the_handover_is_forwarded(sandbox, attempt):
+    run, directory = _handover_run(sandbox, after="0.2")
+    wait_file(directory / "ready")
+    _wait_log_fast(run, HANDOVER_LINE)
+    run.signal(signal.SIGHUP)
+    wait_file(directory / "got", 8, contains="HUP")
+    assert run.wait_state("handover")
+    run.signal(signal.SIGTERM)
+    assert run.wait(8) == 143, run.log
+
+
+@pytest.mark.parametrize("attempt", range(3))
+def test_service_exit_around_the_handover_is_not_missed(sandbox, attempt):
+    """The service exits about when the engine execs the reaper (before, during or just
+    after): its exit status must still be fsm-init's, promptly."""
+    run = sandbox.start("--", "sh", "-c", "sleep 0.2; exit 9", FSM_INIT_HANDOVER_AFTER="0.2")
+    code, elapsed = timed_wait(run, 8)
+    assert code == 9, run.log
+
+
+@pytest.mark.parametrize("outcome, expected", [("exit 0", 0), ("exit 7", 7), ("exit 255", 255),
+                                               ("kill -HUP $$", 129), ("kill -KILL $$", 137)])
+def test_exit_status_is_passed_through_after_settling(sandbox, phase, outcome, expected):
+    """The same passthrough when the service ends later: from the engine's foreground
+    state, or from the thin reaper."""
+    go = sandbox.root / "go"
+    run = sandbox.start("--", "sh", "-c", f"until [ -e {go} ]; do sleep 0.02; done; {outcome}", **phase.env)
+    settle(phase, run)
+    go.touch()
+    assert run.wait(10) == expected, run.log
+    phase.check(run.pid1, lambda: run.log)
+
+
+def test_sigterm_while_the_interpreter_starts_is_not_lost(sandbox):
+    """SIGTERM sent as soon as PID 1 has exec'd fsm-init's interpreter (a `docker stop`
+    right after `docker run`).  PID 1's signals with the default action are discarded by
+    the kernel, so they must be blocked from the exec on: the image starts fsm-init
+    through `env --block-signal=...` (a C program blocks them within microseconds;
+    the interpreter needs ~20 ms before fsm-init's own code can)."""
+    run = sandbox.start("--", "sleep", "30", launcher=BLOCKING_LAUNCHER, FSM_INIT_HANDOVER_AFTER="0")
+    wait_for(lambda: "fsm_init" in cmdline(run.pid1), 10, "PID 1 to exec fsm-init", interval=0.0005)
+    run.signal(signal.SIGTERM)
+    try:
+        code = run.proc.wait(5)
+    except subprocess.TimeoutExpired:
+        raise AssertionError("the SIGTERM sent while fsm-init's interpreter started was lost\n--- log:\n"
+                             + run.log) from None
+    assert code in (0, 143), run.log  # 0: stopped before the service started

@@ -83,6 +83,10 @@ class FakeSystem:
         self.tty: int | None = None  # what terminal() returns
         self.terminal_grants: list[tuple[int, int]] = []
         self.subreaper_ok = True
+        # short admin commands (System.run): program -> (status, stdout, stderr) or
+        # callable(argv, input) returning that; a program not listed is not installed (127)
+        self.commands: dict[str, object] = {}
+        self.runs: list[tuple[list, bytes | None]] = []
         self.subreaper_calls = 0
         # files
         self.files: dict[str, bytes] = {}
@@ -119,7 +123,7 @@ class FakeSystem:
 
     # -- processes ---------------------------------------------------------------------
 
-    def spawn(self, argv, env, executable=None, tty_fd=None) -> int:
+    def spawn(self, argv, env, executable=None, tty_fd=None, stdout=None, stderr=None) -> int:
         self.calls.append(("spawn", list(argv)))
         program = executable or argv[0]
         self._maybe_fail("spawn", program)
@@ -172,6 +176,15 @@ class FakeSystem:
         if self.exec_error is not None:
             raise self.exec_error
         raise ProcessReplaced(argv)
+
+    def run(self, argv, input=None, timeout=10.0) -> tuple[int, str, str]:
+        self.calls.append(("run", list(argv)))
+        self.runs.append((list(argv), input))
+        self._maybe_fail("run", argv[0])
+        handler = self.commands.get(argv[0])
+        if handler is None:
+            return 127, "", f"[Errno 2] No such file or directory: {argv[0]!r}"
+        return handler(list(argv), input) if callable(handler) else handler
 
     def set_subreaper(self) -> bool:
         self.subreaper_calls += 1
@@ -245,7 +258,18 @@ class FakeSystem:
         self._maybe_fail("read_bytes", path)
         return self.files.get(path)
 
-    def write_atomic(self, path: str, data: bytes, mode: int = 0o644) -> None:
+    def append_line(self, path: str, line: bytes, max_bytes: int) -> None:
+        path = self._abs(path)
+        self.calls.append(("append_line", path))
+        self._maybe_fail("append_line", path)
+        if posixpath.dirname(path) not in self.dirs:
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
+        old = self.files.get(path, b"")
+        if len(old) + len(line) > max_bytes:
+            self.files[path + ".1"], old = old, b""
+        self.files[path] = old + line
+
+    def write_atomic(self, path: str, data: bytes, mode: int = 0o644, durable: bool = True) -> None:
         path = self._abs(path)
         self.calls.append(("write_atomic", path))
         self._maybe_fail("write_atomic", path)
