@@ -197,6 +197,22 @@ class DialSchema(Schema):
     usedefgw = YesNo(load_default="no")
 
 
+class GiveUpAction(Lenient, fields.Field):
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, str) and value.strip().lower() in ("exit", "stay"):
+            return value.strip().lower()
+        raise ValidationError('is not "exit" or "stay"')
+
+
+class RetrySchema(Schema):
+    class Meta:
+        unknown = INCLUDE
+
+    max = Count(0, load_default=DEFAULTS["workretry"]["max"])
+    window = Count(1, load_default=DEFAULTS["workretry"]["window"])
+    action = GiveUpAction(load_default=DEFAULTS["workretry"]["action"])
+
+
 class WorkcfgSchema(Schema):
     class Meta:
         unknown = INCLUDE
@@ -206,6 +222,9 @@ class WorkcfgSchema(Schema):
     workwatch = WorkWatch()
     workintvl = Count(1, load_default=DEFAULTS["workintvl"])
     worktimeout = Count(1, load_default=None)
+    workbackoff = Count(1, load_default=DEFAULTS["workbackoff"])
+    workstable = Count(1, load_default=DEFAULTS["workstable"])
+    workretry = Section(RetrySchema, load_default=lambda: RetrySchema().load({}))
     firewall = Section(FirewallSchema, load_default=lambda: FirewallSchema().load({}))
     sshsrv = Section(SshSchema, load_default=lambda: SshSchema().load({}))
     inetdail = Section(DialSchema, load_default=lambda: DialSchema().load({}))

@@ -81,6 +81,8 @@ class Engine:
         self.service: Instance | None = None
         self.service_pid: int | None = None  # the leader of the latest instance, alive or not
         self.run_count = 0
+        self.failures = 0  # consecutive failure restarts: the back-off exponent
+        self.failure_times: list[float] = []  # for workretry's window
         self.last_exit: int | None = None
         self.exit_status = 0
         self.operator = False
@@ -178,6 +180,12 @@ class Engine:
 
     def operator_request(self) -> bool:
         return self.operator
+
+    def retries_exhausted(self) -> bool:
+        return restart_interval.exhausted(self.config, self.failure_times, self.system.now())
+
+    def give_up_exits(self) -> bool:
+        return self.config["workretry"]["action"] == "exit"
 
     # -- boot path -------------------------------------------------------------------
 
@@ -336,9 +344,17 @@ class Engine:
             self.control.sock.set_inheritable(False)
 
     def on_enter_restart_interval(self) -> None:
-        seconds = restart_interval.seconds(self.config)
-        what = "first check" if self.service else "restart"
-        log.info(f"workintvl: {what} in {seconds}s")
+        if self.service:
+            seconds = restart_interval.seconds(self.config)
+            log.info(f"workintvl: first check in {seconds}s")
+        else:
+            now = self.system.now()
+            self.failures += 1
+            window = self.config["workretry"]["window"]
+            self.failure_times = [t for t in self.failure_times if now - t < window] + [now]
+            seconds = restart_interval.backoff(self.config, self.failures)
+            log.info(f"restart in {seconds}s (failure {self.failures} in a row"
+                     f"{', backing off' if self.failures > 1 else ''})")
         self.loop.call_later("state", seconds, lambda: self.fire("done", f"workintvl {seconds}s elapsed"))
 
     def on_enter_watch(self) -> None:
@@ -400,8 +416,21 @@ class Engine:
 
     def on_enter_restart(self) -> None:
         self.loop.cancel("cycle")
+        stable = self.config["workstable"]
+        if self.failures and self.service and self.system.now() - self.service.started >= stable:
+            log.info(f"the instance ran {stable}s or more: the restart back-off starts over")
+            self.failures = 0
         self._abandon_script()
         self._stop_service(signal.SIGTERM)
+
+    def on_enter_gave_up(self) -> None:
+        retry = self.config["workretry"]
+        action = "exiting with the service's last status" if self.give_up_exits() else \
+            "staying up for debugging (srvctl restart tries again)"
+        self.cause = f"{len(self.failure_times) + 1} failure restarts within {retry['window']}s (workretry.max {retry['max']})"
+        log.error(f"gave up: {self.cause}; {action}")
+        self.failure_times, self.failures = [], 0
+        self.done()
 
     # -- stop path ---------------------------------------------------------------------
 
@@ -510,6 +539,8 @@ class Engine:
             healthy, why = self.health()
             return {"ok": healthy, "message": why}
         if verb == "live":
+            if self.state == "gave_up":
+                return {"ok": False, "message": f"fsm-init gave up: {self.last_transition.get('cause')}"}
             return {"ok": True, "message": f"fsm-init answers ({self.state})"}
         if verb == "why":
             return {"ok": True, "message": self.why()}
@@ -570,6 +601,7 @@ class Engine:
             "foreground": f"the service (pid {pid}) runs; fsm-init exits with its status",
             "restart": f"SIGKILL at {when.get('stop-kill')} if it is still there",
             "stopping": f"SIGKILL at {when.get('stop-kill')} if it is still there",
+            "gave_up": "srvctl restart tries again",
         }
         return phrases.get(self.state, "")
 
@@ -590,6 +622,7 @@ class Engine:
             "uptime": round(now - self.service.started, 3) if self.service else None,
             "run_count": self.run_count,
             "restarts": max(0, self.run_count - 1),
+            "failures": self.failures,
             "last_exit": self.last_exit,
             "checks": [r._asdict() for r in self.last_checks],
             "healthy": self.health()[0],

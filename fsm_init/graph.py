@@ -52,6 +52,22 @@ from collections import namedtuple
 from fsm_init import table
 
 USAGE = "usage: fsm-init graph [--format mermaid|dot|svg|png] [-o FILE] [--live]\n"
+HELP = USAGE + """
+Draw fsm-init's lifecycle from the table the engine runs (fsm_init/table.py).
+
+  --format F   mermaid (the default) or dot: text, no binary needed; svg or png:
+               rendered by Graphviz's dot.  Without --format, the extension of
+               -o FILE decides (.mmd .dot .gv .svg .png)
+  -o FILE      write FILE (atomically) instead of stdout
+  --live       ask the running fsm-init (on $FSM_INIT_RUN_DIR/control.sock) for its
+               state and mark it, the state before it and the transition between
+
+An edge reads "trigger [guard & !unless-guard]"; dashed edges (dot) are fallbacks.
+The stop edge from every state not already stopping is drawn once, from a
+pseudo-state "any state except stopping, teardown, exited".
+
+exit status: 0 drawn, 1 failed (no dot, cannot write), 2 usage, 3 no engine answers
+"""
 FORMATS = ("mermaid", "dot", "svg", "png")
 EXTENSIONS = {".mmd": "mermaid", ".mermaid": "mermaid", ".dot": "dot", ".gv": "dot", ".svg": "svg", ".png": "png"}
 OK, FAILED, USAGE_ERROR, NO_ENGINE = 0, 1, 2, 3
@@ -129,13 +145,17 @@ def build(live: dict | None = None) -> Drawing:
     current = previous = None
     note = ""
     if live is not None:
-        current = live.get("state")
-        note = f"live: state {current}"
+        # Only states of this table are marked: an engine of another version may
+        # report one it does not have (``main`` warns), and its name goes into no ID.
+        current = live.get("state") if live.get("state") in states else None
+        note = f"live: state {live.get('state')}"
         last = live.get("last_transition")
         if isinstance(last, dict) and last.get("from") and last.get("to"):
-            previous = last["from"] if last["from"] != current else None
+            if last["from"] in states and last["from"] != current:
+                previous = last["from"]
             note += f", last transition {last['from']} -> {last['to']} ({last.get('trigger')})"
             edges = _mark_last(edges, nodes, last)
+        note = re.sub(r"\s+", " ", note)
     return Drawing(nodes, edges, initial, finals, current, previous, note)
 
 
@@ -222,11 +242,12 @@ def _attrs(attrs: dict) -> str:
 
 
 def dot(drawing: Drawing) -> str:
-    title = TITLE + (f"\\n{drawing.note}" if drawing.note else "")
+    title = "\n".join([TITLE] + ([drawing.note] if drawing.note else [])
+                      + ["dashed edge: the fallback, taken when no guarded edge above it passes"])
     lines = [
         f"// {TITLE}, {HEADER}",
         "digraph fsm_init {",
-        f'    graph [label="{title}\\ndashed edge: the fallback, taken when no guarded edge above it passes", '
+        f"    graph [label={_quote(title)}, "
         'labelloc=t, fontname="Helvetica", fontsize=13, rankdir=TB, nodesep=0.35, ranksep=0.45];',
         '    node [shape=box, style="rounded,filled", fillcolor="#ffffff", color="#555555", '
         'fontname="Helvetica", fontsize=11, margin="0.12,0.05"];',
@@ -370,7 +391,7 @@ def main(args: list[str]) -> int:
         sys.stderr.write(f"fsm-init graph: {problem}\n{USAGE}")
         return USAGE_ERROR
     if options["help"]:
-        sys.stdout.write(USAGE + "\n" + __doc__.split("\n\n", 2)[2])
+        sys.stdout.write(HELP)
         return OK
     live = None
     if options["live"]:
@@ -398,9 +419,12 @@ def main(args: list[str]) -> int:
                 sys.stderr.write(f"fsm-init graph: {e}\n")
                 return FAILED
     if options["output"] is None:
-        sys.stdout.flush()
-        sys.stdout.buffer.write(data)
-        sys.stdout.buffer.flush()
+        if fmt in ("mermaid", "dot"):
+            sys.stdout.write(data.decode())
+        else:
+            sys.stdout.flush()
+            sys.stdout.buffer.write(data)
+            sys.stdout.buffer.flush()
         return OK
     try:
         write_atomic(options["output"], data)

@@ -14,6 +14,8 @@ Guards (methods of the engine, named for what they ask):
   has_instance      a service instance was started in this round and not yet stopped
   checks_passed     every PeriodicST-* of this cycle exited 0 in time
   operator_request  the restart was asked for with ``srvctl restart``
+  retries_exhausted one more failure restart would exceed workretry.max within workretry.window
+  give_up_exits     workretry.action is "exit" (not "stay", which keeps the container up for debugging)
 """
 
 STATES = [
@@ -34,6 +36,7 @@ STATES = [
     ("watch", "supervised: wait for the next check cycle (or, in daemon mode, the service's exit)"),
     ("check", "PeriodicRT-* in the background, PeriodicST-* in turn, PeriodicMT-* when all passed"),
     ("restart", "stop the previous instance's whole session: TERM, grace, KILL"),
+    ("gave_up", "too many failure restarts within workretry.window: exit, or stay up for debugging"),
     ("stopping", "the stop signal sent to the service's session; KILL at the grace deadline"),
     ("teardown", "TERM, then KILL, every leftover process"),
     ("exited", "fsm-init exits with the service's status"),
@@ -68,6 +71,7 @@ TRANSITIONS = [
     _t("spawned", "start", "watch", ["daemon_mode"]),
     _t("spawned", "start", "restart_interval"),
     _t("spawn_failed", "start", "teardown", ["non_daemon"]),
+    _t("spawn_failed", "start", "gave_up", ["retries_exhausted"]),
     _t("spawn_failed", "start", "restart_interval"),
     # non-daemon: the service's exit is fsm-init's exit.
     _t("service_exit", "foreground", "teardown"),
@@ -85,7 +89,10 @@ TRANSITIONS = [
     _t("checks_done", "check", "restart"),
     _t("restart_request", "check", "restart"),
     _t("group_gone", "restart", "load_config", ["operator_request"]),
+    _t("group_gone", "restart", "gave_up", ["retries_exhausted"]),
     _t("group_gone", "restart", "restart_interval"),
+    _t("done", "gave_up", "teardown", ["give_up_exits"]),
+    _t("restart_request", "gave_up", "load_config"),
     # stop path: a stop signal or `srvctl stop`, from anywhere.
     _t("stop", STOPPABLE, "stopping"),
     _t("group_gone", "stopping", "teardown"),

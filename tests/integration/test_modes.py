@@ -121,7 +121,7 @@ def test_daemon_mode_restarts_after_workintvl(sandbox):
              what=f"the second run in service.run.count\n--- log:\n{run.log}")
     first, second = (float(t) for t in wait_lines(d / "starts", 2)[:2])
     assert second - first >= 1.9, f"restarted {second - first:.2f}s after the exit, workintvl is 2"
-    assert "workintvl: restart in 2s" in run.log
+    assert "restart in 2s (failure 1 in a row)" in run.log
     status = run.wait_state("watch")
     assert status["mode"] == "daemon"
     assert status["restarts"] == 1

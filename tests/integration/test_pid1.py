@@ -423,7 +423,7 @@ def test_sigterm_during_the_interval_before_a_restart(sandbox):
                             **NO_FIREWALL},
                     run__sh="exit 3\n")
     run = sandbox.start(SRVNAME="svc")
-    run.wait_log(r"workintvl: restart in 30s")
+    run.wait_log(r"restart in 30s \(failure 1 in a row\)")
     status = run.wait_state("restart_interval")
     assert status["service_pid"] is None and status["last_exit"] == 3
     run.signal(signal.SIGTERM)

@@ -87,6 +87,8 @@ class FakeSystem:
         # callable(argv, input) returning that; a program not listed is not installed (127)
         self.commands: dict[str, object] = {}
         self.runs: list[tuple[list, bytes | None]] = []
+        # namespace kind -> inode (a container's own, not the machine's initial ones)
+        self.namespaces: dict[str, int] = {"net": 4026532200, "pid": 4026532201}
         self.subreaper_calls = 0
         # files
         self.files: dict[str, bytes] = {}
@@ -185,6 +187,9 @@ class FakeSystem:
         if handler is None:
             return 127, "", f"[Errno 2] No such file or directory: {argv[0]!r}"
         return handler(list(argv), input) if callable(handler) else handler
+
+    def namespace(self, kind: str) -> int | None:
+        return self.namespaces.get(kind)
 
     def set_subreaper(self) -> bool:
         self.subreaper_calls += 1

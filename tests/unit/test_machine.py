@@ -410,7 +410,9 @@ def test_supervised_spawn_failure_retries_after_workintvl(make):
     h.advance(4)
     assert h.state == "restart_interval" and h.engine.run_count == 2
     del h.system.spawn_errors["./run.sh"]
-    h.advance(4)
+    h.advance(7.9)
+    assert h.state == "restart_interval", "the second failure in a row waits twice as long"
+    h.advance(0.1)
     assert h.state == "watch" and spawned(h) == [RUN]
     assert ("restart_interval", "done", "load_config") in taken_rows(h)
 
@@ -765,6 +767,21 @@ def reach_wait(workcfg, state, how=signal.SIGTERM, **kwargs):
     return reach
 
 
+def reach_gave_up(make, action, how):
+    """Daemon mode, a service that exits at once, workretry.max 2: the third failure gives up."""
+    h = make(cfg(workwatch=0, workintvl=1, workretry={"max": 2, "window": 600, "action": action}))
+    h.begin()
+    for _ in range(3):
+        assert h.state == "watch", h.states
+        h.exit(service_pid(h), exited(4))
+        if h.state == "restart_interval":
+            h.advance(60)
+    assert "gave_up" in h.states, h.states
+    if how == "srvctl" and h.state == "gave_up":
+        assert h.request("stop")["ok"] is True
+    return h
+
+
 def reach_restart(make, mp):
     h = make(cfg(workwatch=0))
     h.begin()
@@ -793,6 +810,7 @@ STOPS = {
     "watch": reach_wait(cfg(workwatch=0), "watch"),
     "check": reach_wait(cfg(workwatch=30), "check", scripts=("run.sh", "PeriodicST-a")),
     "restart": reach_restart,
+    "gave_up": lambda make, mp: reach_gave_up(make, "stay", "srvctl"),
 }
 
 
@@ -968,6 +986,73 @@ def test_handover_goes_through_the_system_boundary(make, monkeypatch):
     assert h.system.execs[-1].argv[:3] == [sys.executable, "-I", "-S"]
     assert attempts == [] and h.system.execs, \
         f"hand-over called os.execve directly ({len(attempts)} time(s)), not System.execve"
+
+
+# -- crash-loop policy ---------------------------------------------------------------------------
+
+
+def test_failure_restarts_back_off_exponentially_up_to_the_cap(make):
+    h = make(cfg(workwatch=0, workintvl=2, workbackoff=5))
+    h.begin()
+    waits = []
+    for _ in range(4):
+        h.exit(service_pid(h), exited(1))
+        assert h.state == "restart_interval"
+        waits.append(h.engine.loop.deadlines["state"][0] - h.system.now())
+        h.advance(waits[-1])
+        assert h.state == "watch"
+    assert waits == [2, 4, 5, 5]
+
+
+def test_back_off_starts_over_after_a_stable_instance(make):
+    h = make(cfg(workwatch=0, workintvl=2, workstable=30))
+    h.begin()
+    for wait in (2, 4):
+        h.exit(service_pid(h), exited(1))
+        h.advance(wait)
+    assert h.engine.failures == 2
+    h.advance(30)  # the third instance stays up for workstable
+    h.exit(service_pid(h), exited(1))
+    assert h.engine.failures == 1
+    assert h.engine.loop.deadlines["state"][0] - h.system.now() == 2
+
+
+def test_give_up_and_exit_with_the_last_status(make):
+    h = reach_gave_up(make, "exit", None)
+    assert h.states[-3:] == ["gave_up", "teardown", "exited"]
+    assert h.engine.exit_status == 4
+    assert ("restart", "group_gone", "gave_up") in taken_rows(h)
+
+
+def test_give_up_and_stay_up_for_debugging_until_srvctl_restart(make):
+    h = reach_gave_up(make, "stay", None)
+    assert h.state == "gave_up"
+    assert h.request("live")["ok"] is False
+    assert h.request("health")["ok"] is False
+    assert "srvctl restart" in h.request("why")["message"]
+    assert h.request("restart")["ok"] is True
+    assert h.state == "watch" and h.engine.failures == 0
+
+
+def test_a_spawn_failure_loop_gives_up_too(make):
+    h = make(cfg(workwatch=0, workintvl=1, workretry={"max": 1, "window": 600, "action": "exit"}))
+    h.system.spawn_errors["./run.sh"] = errno.ENOENT
+    h.begin()
+    assert h.state == "restart_interval"
+    h.advance(1)
+    assert h.states[-3:] == ["gave_up", "teardown", "exited"] and h.engine.exit_status == 127
+    assert ("start", "spawn_failed", "gave_up") in taken_rows(h)
+
+
+def test_failures_outside_the_window_do_not_count(make):
+    h = make(cfg(workwatch=0, workintvl=1, workbackoff=1, workretry={"max": 2, "window": 10, "action": "exit"}))
+    h.begin()
+    for _ in range(5):
+        h.exit(service_pid(h), exited(1))
+        h.advance(1)
+        assert h.state == "watch"
+        h.advance(10)
+    assert "gave_up" not in h.states
 
 
 # -- coverage of the table: keep last in this file ------------------------------------------------
