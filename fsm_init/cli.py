@@ -13,6 +13,8 @@ USAGE = """\
 usage: fsm-init [--quiet] [--] [CMD ARGS...]
        fsm-init validate [--json] [FILE|-]
        fsm-init graph [--format mermaid|dot|svg|png] [-o FILE] [--live]
+       fsm-init pppoe detect
+       fsm-init status [--json] [--once] [--interval S]
        fsm-init --version | --help
 
 Runs as the container's PID 1: resolves /srv/$SRVNAME, runs its init steps and
@@ -22,6 +24,8 @@ supervises its service (see the README).  CMD replaces the config's workstart.
   validate     print the effective config of FILE (default ./workcfg.json,
                - for stdin) with secrets masked, and every problem found;
                exit 1 when there is any problem
+  pppoe detect the interfaces where a PPPoE access concentrator answers,
+               one "INTERFACE<tab>NAME" line each; exit 1 when none does
 
 environment: SRVNAME SRVCFG FSM_INIT_SRV_ROOT FSM_INIT_STATE_DIR FSM_INIT_RUN_DIR
              FSM_INIT_STOP_GRACE FSM_INIT_LEFTOVER_GRACE FSM_INIT_IDLE_WAIT
@@ -39,10 +43,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args[:1] == ["validate"]:
         return validate(args[1:])
+    if args[:2] == ["pppoe", "detect"]:
+        from fsm_init import dial
+
+        return dial.main(args[1:])
     if args[:1] == ["graph"]:
         from fsm_init import graph
 
         return graph.main(args[1:])
+    if args[:1] == ["status"]:
+        from fsm_init import status_view
+
+        return status_view.main(args[1:])
     return run(args)
 
 
@@ -72,7 +84,9 @@ def run(args: list[str]) -> int:
     from fsm_init.settings import Settings
     from fsm_init.system import System
 
-    return Engine(System(), Settings(), dict(os.environ), command or None).run()
+    from fsm_init.reaper import _exit
+
+    _exit(Engine(System(), Settings(), dict(os.environ), command or None).run())
 
 
 def validate(args: list[str]) -> int:

@@ -248,6 +248,8 @@ class Engine:
         self.firewall_status = ""
         if firewall.enabled(self.config, self.has_config):
             self.firewall_status = self._unless_unavailable(lambda: self.firewall.apply(self.config))
+        elif self.firewall.families:  # switched off after fsm-init applied its rules
+            self._unless_unavailable(self.firewall.withdraw)
         self.done()
 
     def _supporting_step(self) -> None:
@@ -277,6 +279,9 @@ class Engine:
         for name, supporter in self.supporters.items():
             if supporter.spec or supporter.pid:
                 status[name] = supporter.status()
+                describe = getattr(SUPPORTING_STEPS[name], "describe", None)  # pppoe: the link
+                if describe and supporter.pid:
+                    status[name] += f"; {describe(self.system, self.settings)}"
         return status
 
     def on_enter_idle(self) -> None:
@@ -496,7 +501,7 @@ class Engine:
             for name, bg_pid in list(self.background.items()):
                 if bg_pid == pid:
                     del self.background[name]
-        self.stopper.check()
+        self.stopper.check_soon()
 
     # -- foreground scripts -----------------------------------------------------------------
 

@@ -8,6 +8,7 @@ that a restart with the same permits touches nothing.  Every OS call goes throug
 ``System``.
 """
 
+
 from fsm_init import iptables_rules as rules
 from fsm_init import log
 from fsm_init.settings import Settings
@@ -16,6 +17,10 @@ from fsm_init.system import System, Unavailable
 IF_INET6 = "/proc/net/if_inet6"  # present when the kernel has IPv6
 NOT_FILTERED = "inbound traffic is not filtered"
 TIMEOUT = 20.0
+# The inode numbers the kernel gives its initial namespaces (include/linux/proc_ns.h);
+# the initial network namespace has one only on recent kernels (6.18 here).
+PID_INIT_INO = 0xEFFFFFFC
+NET_INIT_INO = 0xEFFFFFF9
 
 
 def enabled(config: dict, has_config: bool) -> bool:
@@ -33,6 +38,7 @@ class Firewall:
 
     def apply(self, config: dict) -> str:
         """A one-line summary of what is in force; raises Unavailable when it cannot be done here."""
+        self._refuse_host_network()
         permits = rules.Permits.from_config(config)
         families = [rules.IPV4] + ([rules.IPV6] if self.system.read_bytes(IF_INET6) is not None else [])
         wanted = {family.name: rules.policy(permits, family) for family in families}
@@ -73,6 +79,16 @@ class Firewall:
             self._restore(family, rules.withdraw_script)
         log.info("firewall disabled: fsm-init's rules removed, inbound and forwarded traffic are open again")
         return ""
+
+    def _refuse_host_network(self) -> None:
+        """A container run with --network host shares the machine's network namespace:
+        its iptables rules are the host's.  Only fsm-init as the init of the whole
+        machine (PID 1 of the initial PID namespace) may filter that one."""
+        if self.system.namespace("net") != NET_INIT_INO:
+            return
+        if self.system.getpid() != 1 or self.system.namespace("pid") != PID_INIT_INO:
+            raise Unavailable("this is the host's network namespace (a container run with --network host, "
+                              "or fsm-init started on the host): fsm-init leaves the host's iptables alone")
 
     def _restore(self, family: rules.Family, script) -> None:
         status, out, err = self.system.run([family.save], timeout=TIMEOUT)

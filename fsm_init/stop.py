@@ -18,16 +18,25 @@ class Group:
         self.leader = leader
         self.by_session = by_session
 
-    def members(self, system: System) -> list[int]:
+    def _procs(self, system: System):
         if self.by_session:
-            return [p.pid for p in system.processes() if p.sid == self.leader]
-        return [p.pid for p in system.processes() if p.pgid == self.leader]
+            return [p for p in system.processes() if p.sid == self.leader]
+        return [p for p in system.processes() if p.pgid == self.leader]
+
+    def members(self, system: System) -> list[int]:
+        return [p.pid for p in self._procs(system)]
 
     def signal(self, system: System, sig: int) -> int:
-        members = self.members(system)
-        for pid in members:
-            system.kill(pid, sig)
-        return len(members)
+        """sig to every member, once each; returns how many there were."""
+        # The leader's process group first, in one syscall, then the members that
+        # moved to process groups of their own (found by a /proc scan).
+        reached_group = system.kill(-self.leader, sig)
+        procs = self._procs(system)
+        for p in procs:
+            if p.pgid != self.leader:
+                system.kill(p.pid, sig)
+        # The scan may come after the group died of the signal: it was there all the same.
+        return max(len(procs), int(reached_group))
 
 
 def leftovers(system: System) -> list[int]:
@@ -65,30 +74,40 @@ class Stopper:
 
     def __init__(self, system: System, loop) -> None:
         self.system, self.loop = system, loop
-        self.find = None
-        self.then = None
+        self.find = self.send = self.then = None
         self.label = ""
 
     def stop_group(self, group: Group, sig: int, grace: float, then) -> None:
-        self._start(lambda: group.members(self.system), sig, grace, then, "the service's session")
+        self._start(lambda: group.members(self.system), lambda s: group.signal(self.system, s),
+                    sig, grace, then, "the service's session")
 
     def sweep(self, grace: float, then) -> None:
-        self._start(lambda: leftovers(self.system), signal.SIGTERM, grace, then, "leftover processes")
+        def send(sig: int) -> int:
+            pids = leftovers(self.system)
+            for pid in pids:
+                self.system.kill(pid, sig)
+            return len(pids)
 
-    def _start(self, find, sig: int, grace: float, then, label: str) -> None:
-        self.find, self.then, self.label = find, then, label
-        pids = find()
-        if not pids:
+        self._start(lambda: leftovers(self.system), send, signal.SIGTERM, grace, then, "leftover processes")
+
+    def _start(self, find, send, sig: int, grace: float, then, label: str) -> None:
+        self.find, self.send, self.then, self.label = find, send, then, label
+        count = send(sig)
+        if not count:
             self._finish()
             return
-        for pid in pids:
-            self.system.kill(pid, sig)
-        log.info(f"sent {signal.Signals(sig).name} to {label} ({len(pids)} process(es)); SIGKILL in {grace:g}s")
+        log.info(f"sent {signal.Signals(sig).name} to {label} ({count} process(es)); SIGKILL in {grace:g}s")
         self.loop.call_later("stop-kill", grace, self._kill)
         self.loop.call_later("stop-poll", POLL, self.check)
 
+    def check_soon(self) -> None:
+        """After a child exit: look again once the current batch of exits is handled
+        (a /proc scan per reaped orphan would make reaping 10 000 of them quadratic)."""
+        if self.find is not None:
+            self.loop.call_later("stop-poll", 0, self.check)
+
     def check(self) -> None:
-        """Called on every child exit, and by its own poll: finish when nothing is left."""
+        """Finish when nothing is left; polls itself while something is."""
         if self.find is None:
             return
         if self.find():
@@ -97,11 +116,9 @@ class Stopper:
             self._finish()
 
     def _kill(self) -> None:
-        pids = self.find()
-        for pid in pids:
-            self.system.kill(pid, signal.SIGKILL)
-        if pids:
-            log.warn(f"{self.label} outlived the grace time: sent SIGKILL to {len(pids)} process(es)")
+        count = self.send(signal.SIGKILL)
+        if count:
+            log.warn(f"{self.label} outlived the grace time: sent SIGKILL to {count} process(es)")
         self.loop.call_later("stop-kill", KILL_SETTLE, self._finish)
 
     def _finish(self) -> None:

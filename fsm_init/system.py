@@ -83,18 +83,17 @@ class System:
         # The child may have touched the terminal before it was its own and been stopped.
         self.kill(-pgid, signal.SIGCONT)
 
-    def reap(self) -> list[tuple[int, int]]:
-        """Collect every exited child; one SIGCHLD may stand for many."""
-        reaped = []
+    def reap(self):
+        """Yield every exited child; one SIGCHLD may stand for many.  A generator, not a
+        list: 10 000 orphans handed over at once must not grow PID 1's memory."""
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
-                break
+                return
             if pid == 0:
-                break
-            reaped.append((pid, status))
-        return reaped
+                return
+            yield pid, status
 
     def kill(self, pid: int, sig: int) -> bool:
         try:
@@ -158,6 +157,19 @@ class System:
         except subprocess.TimeoutExpired:
             return 124, "", f"{argv[0]} timed out after {timeout:g}s"
         return done.returncode, done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace")
+
+    def interfaces(self) -> list[str]:
+        """The network interfaces of fsm-init's network namespace (netifaces: getifaddrs)."""
+        import netifaces
+
+        return netifaces.interfaces()
+
+    def namespace(self, kind: str) -> int | None:
+        """The inode number of this process's namespace of that kind ("net", "pid")."""
+        try:
+            return os.stat(f"/proc/self/ns/{kind}").st_ino
+        except OSError:
+            return None
 
     def set_subreaper(self) -> bool:
         try:

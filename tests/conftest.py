@@ -22,6 +22,16 @@ ROOT = Path(__file__).resolve().parent.parent
 FSM_INIT = [sys.executable, "-m", "fsm_init"]
 SRVCTL = [sys.executable, "-m", "fsm_init.srvctl"]
 DEADLINE = 15.0
+# Each fsm-init under test gets its own network namespace (loopback up), a private
+# overlay over /etc and an empty /root: a firewall, chpasswd or authorized_keys written
+# by a test must never reach this machine.  unshare makes the new mounts private.
+ISOLATE = (
+    'box=$1; shift; ip link set lo up || exit 1; '
+    'mkdir -p "$box/.etc-up" "$box/.etc-work" "$box/.root" && '
+    'mount -t overlay overlay -o "lowerdir=/etc,upperdir=$box/.etc-up,workdir=$box/.etc-work" /etc && '
+    'mount --bind "$box/.root" /root || exit 1; '
+    'exec "$@"'
+)
 # How the image starts fsm-init: the signals stay blocked (pending, not dropped by the
 # kernel as PID 1's default-action signals are) while the interpreter starts.
 BLOCKING_LAUNCHER = ("env", "--block-signal=TERM,INT,HUP,USR1,USR2,QUIT,WINCH,CONT,CHLD")
@@ -57,7 +67,8 @@ class Running:
         self.out_path = sandbox.root / f"out-{len(sandbox.runs)}.log"
         self.err_path = sandbox.root / f"err-{len(sandbox.runs)}.log"
         self.proc = subprocess.Popen(
-            ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", *launcher, *FSM_INIT, *args],
+            ["unshare", "--pid", "--net", "--fork", "--mount-proc", "--kill-child",
+             "sh", "-c", ISOLATE, "isolate", str(sandbox.root), *launcher, *FSM_INIT, *args],
             env=env, stdin=subprocess.DEVNULL,
             stdout=open(self.out_path, "wb"), stderr=open(self.err_path, "wb"),
             cwd=sandbox.root)

@@ -188,6 +188,9 @@ class FakeSystem:
             return 127, "", f"[Errno 2] No such file or directory: {argv[0]!r}"
         return handler(list(argv), input) if callable(handler) else handler
 
+    def interfaces(self) -> list[str]:
+        return self.list_dir("/sys/class/net")
+
     def namespace(self, kind: str) -> int | None:
         return self.namespaces.get(kind)
 
