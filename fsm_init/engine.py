@@ -10,10 +10,11 @@ import os
 import signal
 import sys
 import time
-import traceback
 from typing import NamedTuple
 
-from transitions import Machine, Transition
+from functools import partial
+
+from transitions import Event, EventData, Machine, Transition
 
 from fsm_init import (config, custom_init, delay, env_resume, firewall, load_config, log, pppoe,
                       resolve_target, restart_interval, ssh, start, watch)
@@ -44,8 +45,24 @@ class _RecordingTransition(Transition):
         return True
 
 
+class _CausedEvent(Event):
+    """Carries the cause given to ``Engine.fire`` with the queued trigger: with
+    queued=True a trigger fired while another transition runs is processed later,
+    and must not lend its cause to the transition still being recorded."""
+
+    def trigger(self, model, *args, **kwargs):
+        data = EventData(None, self, self.machine, model, args=args, kwargs=kwargs)
+        data.cause, model.next_cause = model.next_cause, ""
+        return self.machine._process(partial(self._trigger, data))
+
+    def _trigger(self, event_data):
+        event_data.model.cause = event_data.cause
+        return super()._trigger(event_data)
+
+
 class _Machine(Machine):
     transition_cls = _RecordingTransition
+    event_cls = _CausedEvent
 
 
 class Instance(NamedTuple):
@@ -104,7 +121,9 @@ class Engine:
         self.journal = Journal(settings.run_dir, system)
         self.guard_results: dict[str, bool] = {}
         self.taking = ("", "boot", "")
-        self.cause = ""  # why the next transition happens, set by whoever fires it
+        self.cause = ""  # why the transition being processed happens
+        self.next_cause = ""  # taken by the next trigger called (see _CausedEvent)
+        self.restart_cause = ""  # what set off the restart in progress, for `srvctl why`
         self.last_transition: dict = {}
         self.machine = _Machine(
             model=self, states=[name for name, _ in STATES], transitions=TRANSITIONS,
@@ -136,12 +155,11 @@ class Engine:
         self.last_transition = {
             "time": round(self.system.wall(), 3), "from": source, "to": dest, "trigger": trigger,
             "guards": self.guard_results, "cause": self.cause, "restarts": max(0, self.run_count - 1)}
-        self.cause = ""
         self.journal.record(self.last_transition, self.snapshot())
 
     def fire(self, trigger: str, cause: str) -> None:
-        """Fire a trigger from the event loop, saying why (for the journal and `srvctl why`)."""
-        self.cause = cause
+        """Fire a trigger, saying why (for the journal and `srvctl why`)."""
+        self.next_cause = cause
         self.trigger(trigger)
 
     def _on_error(self, *_args) -> None:
@@ -150,13 +168,14 @@ class Engine:
         error = sys.exc_info()[1]
         if not isinstance(error, Exception):
             raise error
+        import traceback  # only on this path: it costs PID 1's start-up 3 ms
+
         log.error(f"internal error in state {self.state}: {error!r}")
-        self.cause = f"internal error: {error!r}"
         traceback.print_exception(error, file=sys.stderr)
         if self.state in STOPPABLE:
-            self.stop()
+            self.fire("stop", f"internal error: {error!r}")
         elif self.state != "exited":
-            self.loop.call_later("state", 0, self.done)
+            self.loop.call_later("state", 0, lambda: self.fire("done", f"internal error: {error!r}"))
 
     # -- guards --------------------------------------------------------------------
 
@@ -317,9 +336,9 @@ class Engine:
             pid = self.system.spawn(cmd.argv, env, cmd.executable, tty)
         except OSError as e:
             self.last_exit = spawn_error_code(e)
-            self.cause = f"cannot execute {cmd.argv[0]}: {e.strerror} (status {self.last_exit})"
-            log.error(self.cause)
-            self.spawn_failed()
+            cause = f"cannot execute {cmd.argv[0]}: {e.strerror} (status {self.last_exit})"
+            log.error(cause)
+            self.fire("spawn_failed", cause)
             return
         self.service = Instance(pid, Group(pid, by_session=tty is None), self.system.now(), self.system.wall())
         self.service_pid = pid
@@ -353,6 +372,8 @@ class Engine:
             seconds = restart_interval.seconds(self.config)
             log.info(f"workintvl: first check in {seconds}s")
         else:
+            if self.taking[0] == "start":
+                self.restart_cause = self.cause
             now = self.system.now()
             self.failures += 1
             window = self.config["workretry"]["window"]
@@ -396,12 +417,12 @@ class Engine:
         failure = self.cycle.failure
         self.checks_healthy = failure is None
         if failure:
-            self.cause = f"check failed: {failure.describe()}"
-            log.warn(f"{self.cause}; restarting the service")
+            cause = f"check failed: {failure.describe()}"
+            log.warn(f"{cause}; restarting the service")
         else:
-            self.cause = "every check passed" if self.cycle.results else "no PeriodicST-* scripts: healthy"
+            cause = "every check passed" if self.cycle.results else "no PeriodicST-* scripts: healthy"
             self._start_background(watch.MT)
-        self.checks_done()
+        self.fire("checks_done", cause)
 
     def _check_done(self, name: str, status: int | None, duration: float, output: str) -> None:
         self.cycle.record(watch.CheckResult(name, status, duration, self.system.wall(), output))
@@ -420,6 +441,7 @@ class Engine:
                 log.error(f"cannot execute {name}: {e.strerror}")
 
     def on_enter_restart(self) -> None:
+        self.restart_cause = self.cause
         self.loop.cancel("cycle")
         stable = self.config["workstable"]
         if self.failures and self.service and self.system.now() - self.service.started >= stable:
@@ -432,10 +454,11 @@ class Engine:
         retry = self.config["workretry"]
         action = "exiting with the service's last status" if self.give_up_exits() else \
             "staying up for debugging (srvctl restart tries again)"
-        self.cause = f"{len(self.failure_times) + 1} failure restarts within {retry['window']}s (workretry.max {retry['max']})"
-        log.error(f"gave up: {self.cause}; {action}")
+        cause = f"{len(self.failure_times) + 1} failure restarts within {retry['window']}s (workretry.max {retry['max']})"
+        log.error(f"gave up: {cause}; {action}")
+        self.last_transition["cause"] = cause
         self.failure_times, self.failures = [], 0
-        self.done()
+        self.fire("done", f"gave up ({retry['action']})")
 
     # -- stop path ---------------------------------------------------------------------
 
@@ -586,6 +609,8 @@ class Engine:
         t = self.last_transition
         guards = ", ".join(f"{g} {'yes' if v else 'no'}" for g, v in t.get("guards", {}).items())
         reason = t.get("cause") or f"from {t.get('from') or 'boot'}" + (f" ({guards})" if guards else "")
+        if self.state in ("restart", "gave_up") or (self.state == "restart_interval" and not self.service):
+            reason = self.restart_cause or reason
         text = f"{self.state}: {reason}"
         text += f" at {_clock(t['time'])}" if t.get("time") else ""
         if self.run_count > 1:

@@ -187,21 +187,30 @@ class System:
         except OSError:
             return None
 
-    def write_atomic(self, path: str, data: bytes, mode: int = 0o644, durable: bool = True) -> None:
+    def write_atomic(self, path: str, data: bytes, mode: int = 0o644, durable: bool = True,
+                     gid: int | None = None) -> None:
         """Temporary file, fsync, rename: a reader sees the old file or the new one, never half.
 
         durable=False skips the fsyncs, for files in /run that need not outlive a crash.
+        gid: the file's group, set before the rename (so it never appears with the wrong one).
         """
         directory = os.path.dirname(path) or "."
         tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
         try:
+            if gid is not None:
+                os.fchown(fd, -1, gid)
             os.fchmod(fd, mode)
-            os.write(fd, data)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
             if durable:
                 os.fsync(fd)
-        finally:
+        except BaseException:
             os.close(fd)
+            os.unlink(tmp)
+            raise
+        os.close(fd)
         try:
             os.rename(tmp, path)
         except OSError:
@@ -230,6 +239,24 @@ class System:
 
     def makedirs(self, path: str, mode: int = 0o755) -> None:
         os.makedirs(path, mode=mode, exist_ok=True)
+
+    def euid(self) -> int:
+        return os.geteuid()
+
+    def group_id(self, name: str) -> int | None:
+        """The gid of group name, or None when there is no such group."""
+        import grp
+
+        try:
+            return grp.getgrnam(name).gr_gid
+        except KeyError:
+            return None
+
+    def set_mode(self, path: str, mode: int, gid: int | None = None) -> None:
+        """chmod, and chgrp when gid is given (the owner is left alone)."""
+        if gid is not None:
+            os.chown(path, -1, gid)
+        os.chmod(path, mode)
 
     def is_dir(self, path: str) -> bool:
         return os.path.isdir(path)

@@ -97,6 +97,10 @@ class FakeSystem:
         self.cwd = "/"
         self.chdirs: list[str] = []
         self.writes: list[tuple[str, bytes, int]] = []
+        self.groups: dict[str, int] = {}  # path -> gid given by write_atomic / set_mode
+        self.uid = 0  # euid()
+        self.group_ids: dict[str, int] = {}  # group name -> gid (group_id)
+        self.member_of: set[int] = set()  # gids a non-root uid may chgrp to
         # fault injection: (method, key) -> exception; key None matches any call
         self.faults: dict[tuple[str, str | None], BaseException] = {}
         self.calls: list[tuple] = []  # every call, in order: (method, *args)
@@ -277,15 +281,42 @@ class FakeSystem:
             self.files[path + ".1"], old = old, b""
         self.files[path] = old + line
 
-    def write_atomic(self, path: str, data: bytes, mode: int = 0o644, durable: bool = True) -> None:
+    def write_atomic(self, path: str, data: bytes, mode: int = 0o644, durable: bool = True,
+                     gid: int | None = None) -> None:
         path = self._abs(path)
         self.calls.append(("write_atomic", path))
         self._maybe_fail("write_atomic", path)
         if posixpath.dirname(path) not in self.dirs:
             raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
+        if gid is not None:
+            self._check_group(path, gid)
         self.files[path] = bytes(data)
         self.modes[path] = mode
+        if gid is not None:
+            self.groups[path] = gid
         self.writes.append((path, bytes(data), mode))
+
+    def euid(self) -> int:
+        return self.uid
+
+    def group_id(self, name: str) -> int | None:
+        return self.group_ids.get(name)
+
+    def set_mode(self, path: str, mode: int, gid: int | None = None) -> None:
+        path = self._abs(path)
+        self.calls.append(("set_mode", path, mode, gid))
+        self._maybe_fail("set_mode", path)
+        if path not in self.files and path not in self.dirs:
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
+        if gid is not None:
+            self._check_group(path, gid)
+            self.groups[path] = gid
+        self.modes[path] = mode
+
+    def _check_group(self, path: str, gid: int) -> None:
+        """As the kernel: only root may give a file a group it is not a member of."""
+        if self.uid != 0 and gid not in self.member_of:
+            raise PermissionError(errno.EPERM, os.strerror(errno.EPERM), path)
 
     def makedirs(self, path: str, mode: int = 0o755) -> None:
         self.calls.append(("makedirs", self._abs(path)))
