@@ -53,6 +53,7 @@ def _defaults_table() -> dict:
         "worktimeout": None,
         "workbackoff": 300,
         "workstable": 60,
+        "workuser": None,
         "workretry": {"max": 0, "window": 600, "action": "exit"},
         "firewall": {"enable": "yes", "tcpportpmt": "", "udpportpmt": "", "icmppermit": "no",
                      "igmppermit": "no", "grepermit": "no", "esppermit": "no", "ahpermit": "no"},

@@ -108,6 +108,27 @@ class Command(Lenient, fields.Field):
         raise ValidationError("is not a command string or a non-empty array of strings")
 
 
+_ACCOUNT = r"(?:[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?|[0-9]{1,10})"
+
+
+class WorkUser(Lenient, fields.Field):
+    """"user" or "user:group" (names or numeric ids); "" or null: run as fsm-init's own user.
+
+    Only the form is checked here: whether the user exists is checked when the service
+    starts, in the container that runs it."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if value is None or value == "":
+            return None
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            value = str(value)  # a numeric uid written as a JSON number
+        if not isinstance(value, str):
+            raise ValidationError('is not a string "user" or "user:group"')
+        if not re.fullmatch(f"{_ACCOUNT}(?::{_ACCOUNT})?", value.strip()):
+            raise ValidationError('is not "user" or "user:group" (names or numeric ids)')
+        return value.strip()
+
+
 class PortList(Lenient, fields.Field):
     """A multiport list such as "80:86,125,8080"; invalid entries are reported and dropped."""
 
@@ -224,6 +245,7 @@ class WorkcfgSchema(Schema):
     worktimeout = Count(1, load_default=None)
     workbackoff = Count(1, load_default=DEFAULTS["workbackoff"])
     workstable = Count(1, load_default=DEFAULTS["workstable"])
+    workuser = WorkUser(load_default=None)
     workretry = Section(RetrySchema, load_default=lambda: RetrySchema().load({}))
     firewall = Section(FirewallSchema, load_default=lambda: FirewallSchema().load({}))
     sshsrv = Section(SshSchema, load_default=lambda: SshSchema().load({}))

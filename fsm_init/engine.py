@@ -18,6 +18,7 @@ from transitions import Event, EventData, Machine, Transition
 
 from fsm_init import (config, custom_init, delay, env_resume, firewall, load_config, log, pppoe,
                       resolve_target, restart_interval, ssh, start, watch)
+from fsm_init.container_env import ContainerEnvironment
 from fsm_init.control import ControlServer
 from fsm_init.journal import Journal
 from fsm_init.output import CapturedOutput
@@ -25,6 +26,7 @@ from fsm_init.loop import STOP_SIGNALS, EventLoop
 from fsm_init.settings import Settings
 from fsm_init.stop import Group, Stopper
 from fsm_init.supporting import Supporting
+from fsm_init.syslog_relay import SyslogRelay
 from fsm_init.system import System, Unavailable, exit_code, spawn_error_code, which
 from fsm_init.table import STATES, STOPPABLE, TRANSITIONS
 
@@ -97,6 +99,7 @@ class Engine:
         self.mode = start.mode(self.config)
         self.service: Instance | None = None
         self.service_pid: int | None = None  # the leader of the latest instance, alive or not
+        self.leader_alive = False
         self.run_count = 0
         self.failures = 0  # consecutive failure restarts: the back-off exponent
         self.failure_times: list[float] = []  # for workretry's window
@@ -117,6 +120,10 @@ class Engine:
         self.firewall_status = ""
         self.supporters = {name: Supporting(name, system, self.loop, settings.stop_grace) for name in SUPPORTING_STEPS}
         self.unavailable: dict[str, str] = {}
+        self.container_env = ContainerEnvironment.from_environ(system, self.environ)
+        # FSM_INIT_SYSLOG_SOCKET moves /dev/log (tests), "off" disables the relay.
+        self.syslog_path = self.environ.get("FSM_INIT_SYSLOG_SOCKET") or "/dev/log"
+        self.syslog = SyslogRelay(self.loop, self.syslog_path)
         self.state_since = system.now()
         self.journal = Journal(settings.run_dir, system)
         self.guard_results: dict[str, bool] = {}
@@ -139,6 +146,8 @@ class Engine:
         if self.system.getpid() != 1 and not self.system.set_subreaper():
             log.warn("not PID 1 and cannot become a child subreaper: orphans will not be reaped")
         self.control = ControlServer.listen(self.settings.control_socket, self.loop, self.handle_request)
+        if self.syslog_path != "off":
+            self.syslog.start()
         self.begin()
         self.loop.run()
         return self.exit_status
@@ -209,6 +218,9 @@ class Engine:
     # -- boot path -------------------------------------------------------------------
 
     def on_enter_resolve_target(self) -> None:
+        # my_init's order: /etc/container_environment first, so that everything after
+        # (SRVNAME, SRVCFG, a custom init, the service) sees it; then the whole dump.
+        self.environ = self.container_env.start(self.environ)
         self.target, notes = resolve_target.resolve(self.settings, self.environ, self.system)
         for note in notes:
             log.info(note)
@@ -223,11 +235,14 @@ class Engine:
             log.info(f"custom init {path} takes over (exec, keeping this PID and environment)")
             if self.control:
                 self.control.close()
+            self.syslog.close()
             try:
                 self.system.execve([path], self.environ)
             except OSError as e:
                 log.error(f"cannot exec {path}: {e.strerror}; carrying on with fsm-init's own steps")
                 self.control = ControlServer.listen(self.settings.control_socket, self.loop, self.handle_request)
+                if self.syslog.tried:
+                    self.syslog.start()
         self.done()
 
     def on_enter_env_resume(self) -> None:
@@ -295,6 +310,8 @@ class Engine:
         status = {name: f"unavailable: {why}" for name, why in self.unavailable.items()}
         if self.firewall_status:
             status["firewall"] = self.firewall_status
+        if self.syslog.tried:
+            status["syslog"] = self.syslog.status()
         for name, supporter in self.supporters.items():
             if supporter.spec or supporter.pid:
                 status[name] = supporter.status()
@@ -327,7 +344,18 @@ class Engine:
         cmd = start.command(self.config, self.override, self.target.directory, self.system)
         if cmd.note:
             log.warn(cmd.note)
-        log.info(f"starting the service (run {self.run_count}, {self.mode.kind} mode): {' '.join(cmd.argv)}")
+        workuser = self.config["workuser"]
+        problem = start.workuser_problem(workuser)
+        if problem:
+            self.last_exit = 126
+            cause = f"cannot start the service as workuser {workuser!r}: {problem} (status 126)"
+            log.error(cause)
+            self.fire("spawn_failed", cause)
+            return
+        as_whom = f" as {workuser} (setuser, no_new_privs)" if workuser else ""
+        log.info(f"starting the service (run {self.run_count}, {self.mode.kind} mode){as_whom}: {' '.join(cmd.argv)}")
+        if workuser:
+            cmd = start.Command(start.as_user(cmd.argv, workuser, cmd.executable), None, cmd.note)
         env = self._service_env()
         tty = self.system.terminal() if self.non_daemon() else None
         try:
@@ -341,7 +369,7 @@ class Engine:
             self.fire("spawn_failed", cause)
             return
         self.service = Instance(pid, Group(pid, by_session=tty is None), self.system.now(), self.system.wall())
-        self.service_pid = pid
+        self.service_pid, self.leader_alive = pid, True
         self.spawned()
 
     def _exec_service(self, cmd: start.Command, env: dict) -> None:
@@ -350,6 +378,7 @@ class Engine:
         if self.control:
             self.control.close()
             self.control = None
+        self.syslog.close()
         self.system.execve(cmd.argv, env, cmd.executable or which(cmd.argv[0]) or cmd.argv[0])
 
     def on_enter_foreground(self) -> None:
@@ -362,10 +391,14 @@ class Engine:
 
         if self.control:
             self.control.sock.set_inheritable(True)
+        relaying = self.syslog.sock is not None
+        self.syslog.close()  # the thin reaper does not relay: remove /dev/log, not leave it stale
         reaper.hand_over(self)
         # Only reached when the exec failed: this engine carries on reaping.
         if self.control:
             self.control.sock.set_inheritable(False)
+        if relaying:
+            self.syslog.start()
 
     def on_enter_restart_interval(self) -> None:
         if self.service:
@@ -411,7 +444,8 @@ class Engine:
         path = self.cycle.next_check()
         if path:
             timeout = start.check_timeout(self.config, self.mode.period)
-            self._run_script(path, timeout, self._check_done, self._check_env(), capture=True)
+            self._run_script(path, timeout, self._check_done, self._check_env(), capture=True,
+                             workuser=self.config["workuser"])
             return
         self.last_checks = self.cycle.results
         failure = self.cycle.failure
@@ -436,7 +470,7 @@ class Engine:
                 log.info(f"{name} is still running from an earlier cycle: not started again")
                 continue
             try:
-                self.background[name] = self.system.spawn([path], env)
+                self.background[name] = self.system.spawn(start.as_user([path], self.config["workuser"]), env)
             except OSError as e:
                 log.error(f"cannot execute {name}: {e.strerror}")
 
@@ -491,6 +525,7 @@ class Engine:
         log.info(f"exiting with status {self.exit_status}")
         if self.control:
             self.control.close()
+        self.syslog.close()
         self.loop.stop()
 
     # -- events from the loop ---------------------------------------------------------------
@@ -509,7 +544,7 @@ class Engine:
     def _on_exit(self, pid: int, status: int) -> None:
         code = exit_code(status)
         if pid == self.service_pid:
-            self.last_exit = code
+            self.last_exit, self.leader_alive = code, False
             cause = f"service (pid {pid}) {_describe_exit(status)}"
             log.info(cause)
             if self.service:
@@ -528,11 +563,13 @@ class Engine:
 
     # -- foreground scripts -----------------------------------------------------------------
 
-    def _run_script(self, path: str, timeout: float, on_done, env: dict, capture: bool = False) -> None:
+    def _run_script(self, path: str, timeout: float, on_done, env: dict, capture: bool = False,
+                    workuser: str | None = None) -> None:
         name = watch.name(path)
+        argv = start.as_user([path], workuser)
         output = CapturedOutput(self.loop, self.system) if capture else None
         try:
-            pid = output.spawn([path], env) if output else self.system.spawn([path], env)
+            pid = output.spawn(argv, env) if output else self.system.spawn(argv, env)
         except OSError as e:
             log.error(f"cannot execute {name}: {e.strerror}")
             on_done(name, spawn_error_code(e), 0.0, e.strerror)
@@ -611,10 +648,14 @@ class Engine:
         reason = t.get("cause") or f"from {t.get('from') or 'boot'}" + (f" ({guards})" if guards else "")
         if self.state in ("restart", "gave_up") or (self.state == "restart_interval" and not self.service):
             reason = self.restart_cause or reason
+        elif self.state == "restart_interval" and self.restart_cause:
+            reason = f"started again after {self.restart_cause}"
         text = f"{self.state}: {reason}"
         text += f" at {_clock(t['time'])}" if t.get("time") else ""
-        if self.run_count > 1:
-            text += f"; restart {self.run_count - 1}"
+        # In a failure's restart interval, name the restart that is coming.
+        restart = self.run_count if self.state == "restart_interval" and not self.service else self.run_count - 1
+        if restart > 0:
+            text += f"; restart {restart}"
         upcoming = self._upcoming()
         return f"{text}; {upcoming}" if upcoming else text
 
@@ -648,8 +689,10 @@ class Engine:
             "mode": self.mode.kind,
             "period": self.mode.period,
             "target": self.target.directory if self.target else None,
-            "service_pid": self.service.pid if self.service else None,
-            "uptime": round(now - self.service.started, 3) if self.service else None,
+            # In status-check mode an instance outlives its leader (a start script may
+            # daemonise): the pid is shown only while the leader lives.
+            "service_pid": self.service.pid if self.service and self.leader_alive else None,
+            "uptime": round(now - self.service.started, 3) if self.service and self.leader_alive else None,
             "run_count": self.run_count,
             "restarts": max(0, self.run_count - 1),
             "failures": self.failures,

@@ -7,6 +7,7 @@ exit is fsm-init's exit); 0 → daemon (restart when it exits); N > 0 → status
 
 import os
 import shlex
+import sys
 from typing import NamedTuple
 
 from fsm_init.system import System, which
@@ -63,6 +64,45 @@ def command(config: dict, override: list[str] | None, directory: str | None, sys
     if not _executable(argv[0], directory, system):
         return _do_nothing([], f"the service {argv[0]!r} is not an executable file")
     return Command(argv, None, "")
+
+
+def as_user(argv: list[str], workuser: str | None, executable: str | None = None) -> list[str]:
+    """argv run through setuser as workuser ("user" or "user:group"); argv itself without one.
+
+    Pure: the user is looked up by setuser in the child (and by ``workuser_problem``
+    before the service starts).  ``executable`` is what to exec when it differs from
+    argv[0] (DoNothing): setuser execs it, so the caller spawns the result as it is.
+    ``-P`` keeps the service's directory (the child's cwd) off sys.path: setuser runs
+    as root until it switches, and must not import a module the workuser could plant.
+    """
+    if not workuser:
+        return list(argv)
+    user, group = split_workuser(workuser)
+    prefix = [sys.executable, "-P", "-m", "fsm_init.setuser"]
+    if group is not None:
+        prefix += ["--group", group]
+    if executable:
+        prefix += ["--executable", executable]
+    return prefix + [user, "--"] + list(argv)
+
+
+def split_workuser(workuser: str) -> tuple[str, str | None]:
+    """"user[:group]" as (user, group or None)."""
+    user, colon, group = workuser.partition(":")
+    return user, (group if colon else None)
+
+
+def workuser_problem(workuser: str | None) -> str:
+    """Why the service cannot run as workuser (an unknown user or group), or ""."""
+    if not workuser:
+        return ""
+    from fsm_init import setuser
+
+    try:
+        setuser.resolve(*split_workuser(workuser))
+    except setuser.Failure as e:
+        return str(e)
+    return ""
 
 
 def _executable(program: str, directory: str | None, system: System) -> bool:

@@ -157,7 +157,9 @@ class Sandbox:
     def env(self, **extra) -> dict:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("SRV", "FSM_INIT_"))}
         env.update(FSM_INIT_SRV_ROOT=str(self.srv), FSM_INIT_STATE_DIR=str(self.state_dir),
-                   FSM_INIT_RUN_DIR=str(self.run_dir), PYTHONPATH=str(ROOT))
+                   FSM_INIT_RUN_DIR=str(self.run_dir), PYTHONPATH=str(ROOT),
+                   FSM_INIT_SYSLOG_SOCKET="off",  # a test that wants the relay names a path
+                   FSM_INIT_CONTAINER_ENVIRONMENT=str(self.root / "container_environment"))
         env.update({k: str(v) for k, v in extra.items()})
         return env
 

@@ -150,14 +150,16 @@ class Bench:
         (nd / "srv").mkdir(parents=True)
         self.nd_run = nd / "run"
         self.nd_env = dict(self.base_env, FSM_INIT_SRV_ROOT=str(nd / "srv"),
-                           FSM_INIT_STATE_DIR=str(nd / "state"), FSM_INIT_RUN_DIR=str(self.nd_run))
+                           FSM_INIT_STATE_DIR=str(nd / "state"), FSM_INIT_RUN_DIR=str(self.nd_run),
+                           FSM_INIT_SYSLOG_SOCKET=str(nd / "log"))
         # status-check: srv root with bench/workcfg.json, SRVNAME=bench
         sc = self.root / "sc"
         (sc / "srv" / "bench").mkdir(parents=True)
         (sc / "srv" / "bench" / "workcfg.json").write_text(json.dumps(STATUS_CHECK_CFG))
         self.sc_run = sc / "run"
         self.sc_env = dict(self.base_env, SRVNAME="bench", FSM_INIT_SRV_ROOT=str(sc / "srv"),
-                           FSM_INIT_STATE_DIR=str(sc / "state"), FSM_INIT_RUN_DIR=str(self.sc_run))
+                           FSM_INIT_STATE_DIR=str(sc / "state"), FSM_INIT_RUN_DIR=str(self.sc_run),
+                           FSM_INIT_SYSLOG_SOCKET=str(sc / "log"))
         self.helper = self.root / "helper"
         subprocess.run(["gcc", "-O2", "-Wall", "-o", str(self.helper), str(HERE / "helper.c")], check=True)
         self.inits = {

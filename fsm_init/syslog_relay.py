@@ -1,0 +1,292 @@
+"""The syslog relay: /dev/log messages into the container log.
+
+Daemons that log through syslog(3) (cron, pppd, dropbear without -E) write
+datagrams to /dev/log; in a container nobody reads them and they are lost.  When
+fsm-init can create /dev/log and nobody else owns it, it binds a unix datagram
+socket there and writes one line per message to its own output::
+
+    syslog[cron.info] CRON[42]: (root) CMD (run-parts /etc/cron.hourly)
+
+Bounded by construction: one preallocated receive buffer (a message is cut at
+MAX_MESSAGE bytes), at most PER_EVENT datagrams read per wake-up (the event loop
+serves everything else in between), and a token bucket on the lines written (the
+rest are read and counted, not written).  The kernel socket buffer is the only
+queue; a sender that outruns it blocks in its own send.  Drops and truncations are
+reported in one summary line per SUMMARY_EVERY seconds, only when there were some,
+so an idle relay never wakes the loop.
+"""
+
+import errno
+import os
+import re
+import socket
+import stat
+import sys
+
+from fsm_init import log
+
+MAX_MESSAGE = 8192
+PER_EVENT = 64
+RATE = 2000.0  # lines per second written, on average
+BURST = 2000  # lines written at once before the rate applies
+SUMMARY_EVERY = 10.0
+
+FACILITIES = ("kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp", "cron",
+              "authpriv", "ftp", "ntp", "security", "console", "solaris-cron",
+              "local0", "local1", "local2", "local3", "local4", "local5", "local6", "local7")
+SEVERITIES = ("emerg", "alert", "crit", "err", "warning", "notice", "info", "debug")
+DEFAULT_PRI = 13  # user.notice, RFC 3164 section 4.3.3
+
+_PRI = re.compile(rb"<(\d{1,3})>")
+# Mmm dd hh:mm:ss (RFC 3164; the day is space-padded), then one space.
+_BSD_TIME = re.compile(rb"[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d ")
+# RFC 5424: VERSION SP TIMESTAMP SP HOSTNAME SP APP-NAME SP PROCID SP MSGID SP SD [SP MSG]
+_RFC5424 = re.compile(rb"1 (\S+) (\S+) (\S+) (\S+) (\S+) (-|(?:\[(?:[^\]\\]|\\.)*\])+) ?")
+# A tag: prog, prog[pid] or prog[pid] ending in ':' (glibc, logger, busybox).
+_TAG = re.compile(rb"([^\s\[\]:]{1,64})(?:\[(\d{1,10})\])?:(?: |$)")
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7f) if c != 0x09}
+_CONTROL[0x0a] = "\\n"
+
+
+class Message:
+    __slots__ = ("facility", "severity", "program", "pid", "text")
+
+    def __init__(self, facility: str, severity: str, program: str, pid: str, text: str) -> None:
+        self.facility, self.severity, self.program, self.pid, self.text = facility, severity, program, pid, text
+
+    def __repr__(self) -> str:
+        return f"Message({self.facility}.{self.severity} {self.program}[{self.pid}]: {self.text!r})"
+
+    def line(self) -> str:
+        who = self.program + (f"[{self.pid}]" if self.pid else "")
+        return f"syslog[{self.facility}.{self.severity}] {who + ': ' if who else ''}{self.text}"
+
+
+def _text(raw: bytes) -> str:
+    return raw.decode("utf-8", "replace").translate(_CONTROL)
+
+
+def parse(data: bytes) -> Message:
+    """One datagram as sent by syslog(3), logger or an RFC 5424 client.  Never fails:
+    what is not understood stays in the message text."""
+    data = data.rstrip(b"\n\x00")
+    pri = DEFAULT_PRI
+    match = _PRI.match(data)
+    if match and int(match.group(1)) < len(FACILITIES) * 8:
+        pri = int(match.group(1))
+        data = data[match.end():]
+    facility, severity = FACILITIES[pri >> 3], SEVERITIES[pri & 7]
+    program = pid = ""
+    match = _RFC5424.match(data)
+    if match:
+        app, procid = match.group(3), match.group(4)
+        program = "" if app == b"-" else _text(app)
+        pid = "" if procid == b"-" else _text(procid)
+        data = data[match.end():]
+        if data.startswith(b"\xef\xbb\xbf"):  # the BOM RFC 5424 allows before MSG
+            data = data[3:]
+        return Message(facility, severity, program, pid, _text(data))
+    match = _BSD_TIME.match(data)
+    if match:
+        data = data[match.end():]
+    tag = _TAG.match(data)
+    if tag is None and match:
+        # RFC 3164 from the network carries a HOSTNAME before the tag.
+        host, _, rest = data.partition(b" ")
+        if host and b":" not in host and b"[" not in host:
+            tag = _TAG.match(rest)
+            if tag:
+                data = rest
+    if tag:
+        program, pid = _text(tag.group(1)), (tag.group(2) or b"").decode()
+        data = data[tag.end():]
+    return Message(facility, severity, program, pid, _text(data))
+
+
+class SyslogRelay:
+    def __init__(self, loop, path: str = "/dev/log", out: int | None = None,
+                 rate: float = RATE, burst: int = BURST, summary_every: float = SUMMARY_EVERY,
+                 json_lines: bool | None = None) -> None:
+        self.loop, self.path = loop, path
+        self.out = sys.stderr.fileno() if out is None else out
+        self.rate, self.burst, self.summary_every = rate, burst, summary_every
+        self.json_lines = log._json if json_lines is None else json_lines
+        self.sock: socket.socket | None = None
+        self.off = "not started"
+        self.tried = False  # start() was called: status() is worth showing
+        self.relayed = self.dropped = self.truncated = 0
+        self._dropped = self._truncated = 0  # since the last summary
+        self.tokens = float(burst)
+        self.refilled = loop.system.now()
+        self._buffer = bytearray(MAX_MESSAGE)
+        self._view = memoryview(self._buffer)
+
+    # -- life cycle -----------------------------------------------------------------------
+
+    def start(self) -> bool:
+        """Listen on path when nobody else does; one line says why not otherwise."""
+        if self.sock is not None:
+            return True
+        self.tried = True
+        owner = self._owner()
+        if owner:
+            self.off = f"{self.path} {owner}: left alone"
+            log.info(f"syslog relay off: {self.off}")
+            return False
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
+        old = os.umask(0)
+        try:
+            sock.bind(self.path)
+            os.chmod(self.path, 0o666)  # every user's daemons may log
+        except OSError as e:
+            sock.close()
+            self.off = f"cannot create {self.path}: {e.strerror}"
+            log.info(f"syslog relay off: {self.off}")
+            return False
+        finally:
+            os.umask(old)
+        self.sock, self.off = sock, ""
+        self._identity = _identity(self.path)
+        self.loop.watch(sock, self._readable)
+        log.info(f"syslog relay: listening on {self.path}")
+        return True
+
+    def _owner(self) -> str:
+        """Why path is not ours to take ("" when it is free or a stale socket, removed)."""
+        try:
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            return ""
+        except OSError as e:
+            return f"cannot be checked ({e.strerror})"
+        if not stat.S_ISSOCK(st.st_mode):
+            return "exists and is not a socket"
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        try:
+            probe.connect(self.path)
+        except ConnectionRefusedError:
+            pass  # nobody listens: a stale socket, ours to replace
+        except OSError as e:
+            if e.errno != errno.EPROTOTYPE:  # a stream socket (syslog-ng can listen so): owned
+                return f"cannot be checked ({e.strerror})"
+            return "is owned by another process (a stream socket)"
+        else:
+            return "is owned by another process"
+        finally:
+            probe.close()
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            return f"is a stale socket that cannot be removed ({e.strerror})"
+        log.info(f"syslog relay: replacing the stale socket {self.path}")
+        return ""
+
+    def close(self) -> None:
+        """Stop listening; remove the socket file if it is still the one bound here."""
+        if self.sock is None:
+            return
+        self.loop.unwatch(self.sock)
+        self.loop.cancel("syslog-summary")
+        self._summary()
+        self.sock.close()
+        self.sock = None
+        self.off = "closed"
+        if _identity(self.path) == self._identity:
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+
+    def status(self) -> str:
+        """One line for srvctl status."""
+        counts = f"{self.relayed} relayed"
+        if self.dropped:
+            counts += f", {self.dropped} dropped"
+        if self.truncated:
+            counts += f", {self.truncated} truncated"
+        if self.sock is None:
+            return f"off: {self.off}" + (f" ({counts})" if self.relayed or self.dropped else "")
+        return f"listening on {self.path}; {counts}"
+
+    # -- the event ---------------------------------------------------------------------------
+
+    def _readable(self) -> None:
+        if self.sock is None:
+            return
+        lines = []
+        now = self.loop.system.now()
+        self.tokens = min(float(self.burst), self.tokens + (now - self.refilled) * self.rate)
+        self.refilled = now
+        for _ in range(PER_EVENT):
+            try:
+                size = self.sock.recv_into(self._view, MAX_MESSAGE, socket.MSG_TRUNC)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                break
+            if self.tokens < 1:
+                self._count_drop()
+                continue
+            self.tokens -= 1
+            if size > MAX_MESSAGE:
+                self.truncated += 1
+                self._truncated += 1
+                self._summary_soon()
+            message = parse(bytes(self._view[:min(size, MAX_MESSAGE)]))
+            lines.append(self._format(message, size > MAX_MESSAGE))
+        if lines:
+            self._write("".join(lines).encode("utf-8", "replace"), len(lines))
+
+    def _format(self, message: Message, truncated: bool) -> str:
+        if self.json_lines:
+            import json
+            import time
+
+            return json.dumps({"time": round(time.time(), 3), "program": message.program or "syslog",
+                               "pid": message.pid or None, "facility": message.facility,
+                               "severity": message.severity, "message": message.text,
+                               "source": "syslog", "truncated": truncated or None}) + "\n"
+        return message.line() + (" [truncated]" if truncated else "") + "\n"
+
+    def _write(self, data: bytes, count: int) -> None:
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(self.out, view):]
+        except OSError:
+            # The output cannot take more now (a non-blocking pipe is full, or it is gone):
+            # what was not written is dropped, never queued here.
+            left = view.tobytes().count(b"\n")
+            count -= left
+            for _ in range(left):
+                self._count_drop()
+        self.relayed += count
+
+    def _count_drop(self) -> None:
+        self.dropped += 1
+        self._dropped += 1
+        self._summary_soon()
+
+    def _summary_soon(self) -> None:
+        if "syslog-summary" not in self.loop.deadlines:
+            self.loop.call_later("syslog-summary", self.summary_every, self._summary)
+
+    def _summary(self) -> None:
+        parts = []
+        if self._dropped:
+            parts.append(f"{self._dropped} messages dropped (more than {self.rate:g} a second)")
+        if self._truncated:
+            parts.append(f"{self._truncated} messages cut at {MAX_MESSAGE} bytes")
+        self._dropped = self._truncated = 0
+        if parts:
+            log.warn(f"syslog relay: {', '.join(parts)} in the last {self.summary_every:g}s")
+
+
+def _identity(path: str):
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
