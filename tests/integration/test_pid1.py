@@ -831,7 +831,9 @@ def test_sigterm_while_the_interpreter_starts_is_not_lost(sandbox):
     through `env --block-signal=...` (a C program blocks them within microseconds;
     the interpreter needs ~20 ms before fsm-init's own code can)."""
     run = sandbox.start("--", "sleep", "30", launcher=BLOCKING_LAUNCHER, FSM_INIT_HANDOVER_AFTER="0")
-    wait_for(lambda: "fsm_init" in cmdline(run.pid1), 10, "PID 1 to exec fsm-init", interval=0.0005)
+    # PID 1 is first the harness's isolating shell, then the launcher, then the interpreter.
+    wait_for(lambda: cmdline(run.pid1).startswith(FSM_INIT[0] + " "), 10, "PID 1 to exec fsm-init",
+             interval=0.0005)
     run.signal(signal.SIGTERM)
     try:
         code = run.proc.wait(5)
