@@ -95,16 +95,12 @@ def import_env(environ: dict, system, directory: str = DIRECTORY) -> dict:
     return env
 
 
-def reload_env(environ: dict, system, directory: str = DIRECTORY, dumped=()) -> dict:
-    """After a start-up script: the directory's variables override environ, and a
-    variable in ``dumped`` (known to be in the directory before the script ran)
-    whose file the script deleted is unset.  Nothing else is dropped: unlike
-    my_init, which clears the environment, a variable that could not be dumped (or
-    HOME, never dumped) survives.  An unreadable directory leaves environ as it is."""
-    return _reload(environ, read_directory(system, directory), dumped)
-
-
 def _reload(environ: dict, found: dict | None, dumped) -> dict:
+    """After a start-up script: the directory's variables (found) override environ, and a
+    variable in ``dumped`` (known to be in the directory before the script ran) whose
+    file the script deleted is unset.  Nothing else is dropped: unlike my_init, which
+    clears the environment, a variable that could not be dumped (or HOME, never dumped)
+    survives.  An unreadable directory (found None) leaves environ as it is."""
     if found is None:
         return dict(environ)
     env = {name: value for name, value in environ.items() if name not in dumped or name in found}

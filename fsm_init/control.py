@@ -14,6 +14,8 @@ from collections.abc import Callable
 from fsm_init import log
 
 MAX_REQUEST = 4096
+# The answer to `srvctl restart` in non-daemon mode, from the engine or the thin reaper.
+NOT_SUPERVISED = "the service runs in non-daemon mode: fsm-init does not restart it (set workwatch)"
 
 
 def make_listener(path: str) -> socket.socket:

@@ -19,7 +19,7 @@ from transitions import Event, EventData, Machine, Transition
 from fsm_init import (config, custom_init, delay, env_resume, firewall, load_config, log, pppoe,
                       resolve_target, restart_interval, ssh, start, watch)
 from fsm_init.container_env import ContainerEnvironment
-from fsm_init.control import ControlServer
+from fsm_init.control import NOT_SUPERVISED, ControlServer
 from fsm_init.journal import Journal
 from fsm_init.output import CapturedOutput
 from fsm_init.loop import STOP_SIGNALS, EventLoop
@@ -71,7 +71,6 @@ class Instance(NamedTuple):
     pid: int
     group: Group
     started: float  # monotonic
-    started_wall: float
 
 
 class Script(NamedTuple):
@@ -131,6 +130,7 @@ class Engine:
         self.cause = ""  # why the transition being processed happens
         self.next_cause = ""  # taken by the next trigger called (see _CausedEvent)
         self.restart_cause = ""  # what set off the restart in progress, for `srvctl why`
+        self.gave_up_reason = ""  # for `srvctl live` while in gave_up
         self.last_transition: dict = {}
         self.machine = _Machine(
             model=self, states=[name for name, _ in STATES], transitions=TRANSITIONS,
@@ -368,7 +368,7 @@ class Engine:
             log.error(cause)
             self.fire("spawn_failed", cause)
             return
-        self.service = Instance(pid, Group(pid, by_session=tty is None), self.system.now(), self.system.wall())
+        self.service = Instance(pid, Group(pid, by_session=tty is None), self.system.now())
         self.service_pid, self.leader_alive = pid, True
         self.spawned()
 
@@ -490,7 +490,7 @@ class Engine:
             "staying up for debugging (srvctl restart tries again)"
         cause = f"{len(self.failure_times) + 1} failure restarts within {retry['window']}s (workretry.max {retry['max']})"
         log.error(f"gave up: {cause}; {action}")
-        self.last_transition["cause"] = cause
+        self.gave_up_reason = cause
         self.failure_times, self.failures = [], 0
         self.fire("done", f"gave up ({retry['action']})")
 
@@ -605,7 +605,7 @@ class Engine:
             return {"ok": healthy, "message": why}
         if verb == "live":
             if self.state == "gave_up":
-                return {"ok": False, "message": f"fsm-init gave up: {self.last_transition.get('cause')}"}
+                return {"ok": False, "message": f"fsm-init gave up: {self.gave_up_reason}"}
             return {"ok": True, "message": f"fsm-init answers ({self.state})"}
         if verb == "why":
             return {"ok": True, "message": self.why()}
@@ -678,7 +678,7 @@ class Engine:
 
     def _why_no_restart(self) -> str:
         if self.state in ("foreground", "handover"):
-            return "the service runs in non-daemon mode: fsm-init does not restart it (set workwatch)"
+            return NOT_SUPERVISED
         return f"cannot restart during {self.state}"
 
     def snapshot(self) -> dict:

@@ -15,7 +15,7 @@ import socket
 import sys
 
 from fsm_init import log
-from fsm_init.control import ControlServer
+from fsm_init.control import NOT_SUPERVISED, ControlServer
 from fsm_init.loop import CAUGHT, STOP_SIGNALS, EventLoop
 from fsm_init.settings import Settings
 from fsm_init.stop import Group, Stopper
@@ -125,7 +125,7 @@ class Reaper:
             self._stop(signal.SIGTERM)
             return {"ok": True, "message": "stopping"}
         if verb == "restart":
-            return {"ok": False, "message": "the service runs in non-daemon mode: fsm-init does not restart it (set workwatch)"}
+            return {"ok": False, "message": NOT_SUPERVISED}
         if verb == "health":
             ran = self.system.now() - self.started
             healthy = self.last_exit is None and ran >= self.proof

@@ -49,6 +49,26 @@ def wait_for(predicate, timeout=DEADLINE, what="condition", interval=0.02):
         time.sleep(interval)
 
 
+def lines(path: Path) -> list[str]:
+    """The lines of a file a service or script writes; [] until it exists."""
+    try:
+        return path.read_text().splitlines()
+    except FileNotFoundError:
+        return []
+
+
+def wait_lines(path: Path, n: int, timeout=DEADLINE) -> list[str]:
+    return wait_for(lambda: len(lines(path)) >= n and lines(path), timeout, f"{n} line(s) in {path.name}")
+
+
+def count_file(directory: Path) -> str:
+    """./service.run.count, or "" before fsm-init wrote it."""
+    try:
+        return (directory / "service.run.count").read_text()
+    except FileNotFoundError:
+        return ""
+
+
 def can_unshare() -> bool:
     if os.geteuid() != 0 or not shutil.which("unshare"):
         return False

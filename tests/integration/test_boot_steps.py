@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import needs_pid_namespace, wait_for
+from tests.conftest import count_file, lines, needs_pid_namespace, wait_for, wait_lines
 from tests.integration.nsbox import launcher, netns  # noqa: F401  (ssh may change root's password: contained)
 
 pytestmark = needs_pid_namespace
@@ -21,24 +21,6 @@ pytestmark = needs_pid_namespace
 SHOW_CFG = "printf '%s\\n' \"$SRVCFG\" >> seen\n"
 HOLD = "echo $$ >> pids\nwhile [ ! -e release ]; do sleep 0.05; done\n"
 NO_FIREWALL = {"enable": "no"}
-
-
-def lines(path: Path) -> list[str]:
-    try:
-        return path.read_text().splitlines()
-    except FileNotFoundError:
-        return []
-
-
-def wait_lines(path: Path, n: int, timeout=15.0) -> list[str]:
-    return wait_for(lambda: len(lines(path)) >= n and lines(path), timeout, f"{n} line(s) in {path.name}")
-
-
-def count_file(directory: Path) -> str:
-    try:
-        return (directory / "service.run.count").read_text()
-    except FileNotFoundError:
-        return ""
 
 
 def ns_cmdlines(run) -> dict[int, list[str]]:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from fsm_init import control
-from tests.conftest import SRVCTL, Sandbox, needs_pid_namespace, wait_for
+from tests.conftest import SRVCTL, Sandbox, lines, needs_pid_namespace, wait_for, wait_lines
 
 pytestmark = needs_pid_namespace
 
@@ -26,17 +26,6 @@ pytestmark = needs_pid_namespace
 HOLD = "date +%s.%N >> started\necho $$ >> pids\nwhile [ ! -e release ]; do sleep 0.05; done\n"
 JOURNAL_KEYS = {"time", "from", "to", "trigger", "guards", "cause", "restarts"}
 HEAVY = ("transitions", "marshmallow", "rich")
-
-
-def lines(path: Path) -> list[str]:
-    try:
-        return path.read_text().splitlines()
-    except FileNotFoundError:
-        return []
-
-
-def wait_lines(path: Path, n: int, timeout=15.0) -> list[str]:
-    return wait_for(lambda: len(lines(path)) >= n and lines(path), timeout, f"{n} line(s) in {path.name}")
 
 
 def srvctl(sandbox, *args) -> subprocess.CompletedProcess:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import needs_pid_namespace, wait_for
+from tests.conftest import count_file, lines, needs_pid_namespace, wait_for, wait_lines
 
 pytestmark = needs_pid_namespace
 
@@ -31,24 +31,6 @@ def ns_pids(run) -> dict[int, int]:
         except OSError:
             pass
     return found
-
-
-def lines(path: Path) -> list[str]:
-    try:
-        return path.read_text().splitlines()
-    except FileNotFoundError:
-        return []
-
-
-def wait_lines(path: Path, n: int, timeout=15.0) -> list[str]:
-    return wait_for(lambda: len(lines(path)) >= n and lines(path), timeout, f"{n} line(s) in {path.name}")
-
-
-def count_file(directory: Path) -> str:
-    try:
-        return (directory / "service.run.count").read_text()
-    except FileNotFoundError:
-        return ""
 
 
 # -- non-daemon -------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SRVCTL, needs_pid_namespace, wait_for
+from tests.conftest import SRVCTL, count_file, lines, needs_pid_namespace, wait_for, wait_lines
 
 pytestmark = needs_pid_namespace
 
@@ -27,17 +27,6 @@ HOLD_EXIT_9 = "trap 'exit 9' TERM\necho $$ >> pids\nwhile [ ! -e release ]; do s
 DAEMON = {"initdelay": 0, "workstart": "./run.sh", "workwatch": 0, "workintvl": 1}
 CHECKED = {"initdelay": 0, "workstart": "./run.sh", "workwatch": 1, "workintvl": 1}
 NON_DAEMON = {"initdelay": 0, "workstart": "./run.sh"}
-
-
-def lines(path: Path) -> list[str]:
-    try:
-        return path.read_text().splitlines()
-    except FileNotFoundError:
-        return []
-
-
-def wait_lines(path: Path, n: int, timeout=15.0) -> list[str]:
-    return wait_for(lambda: len(lines(path)) >= n and lines(path), timeout, f"{n} line(s) in {path.name}")
 
 
 def ns_pids(run) -> set[int]:
@@ -56,13 +45,6 @@ def ns_pids(run) -> set[int]:
 def srvctl(sandbox, *args) -> subprocess.CompletedProcess:
     """srvctl with the sandbox's environment, whether or not an fsm-init runs."""
     return subprocess.run([*SRVCTL, *args], env=sandbox.env(), capture_output=True, text=True, timeout=15)
-
-
-def count_file(directory: Path) -> str:
-    try:
-        return (directory / "service.run.count").read_text()
-    except FileNotFoundError:
-        return ""
 
 
 # -- status --------------------------------------------------------------------------------
