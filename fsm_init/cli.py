@@ -10,7 +10,7 @@ import sys
 from fsm_init import __version__, log
 
 USAGE = """\
-usage: fsm-init [--quiet] [--] [CMD ARGS...]
+usage: fsm-init [--quiet] [--skip-startup-files] [--skip-runit] [--no-kill-all-on-exit] [--] [CMD ARGS...]
        fsm-init validate [--json] [FILE|-]
        fsm-init graph [--format mermaid|dot|svg|png] [-o FILE] [--live]
        fsm-init pppoe detect
@@ -21,6 +21,11 @@ Runs as the container's PID 1: resolves /srv/$SRVNAME, runs its init steps and
 supervises its service (see the README).  CMD replaces the config's workstart.
 
   --quiet      only warnings and errors from fsm-init itself
+  --skip-startup-files  run neither /etc/my_init.d, /etc/rc.local nor the
+               pre/post-shutdown scripts (my_init's option)
+  --skip-runit do not start the /etc/service daemons (my_init's option)
+  --no-kill-all-on-exit  leave leftover processes alone on exit (as PID 1, the
+               kernel kills them when fsm-init exits)
   validate     print the effective config of FILE (default ./workcfg.json,
                - for stdin) with secrets masked, and every problem found;
                exit 1 when there is any problem
@@ -28,8 +33,11 @@ supervises its service (see the README).  CMD replaces the config's workstart.
                one "INTERFACE<tab>NAME" line each; exit 1 when none does
 
 environment: SRVNAME SRVCFG FSM_INIT_SRV_ROOT FSM_INIT_STATE_DIR FSM_INIT_RUN_DIR
-             FSM_INIT_STOP_GRACE FSM_INIT_LEFTOVER_GRACE FSM_INIT_IDLE_WAIT
-             FSM_INIT_HANDOVER_AFTER FSM_INIT_EXEC_SERVICE
+             FSM_INIT_STOP_GRACE (KILL_PROCESS_TIMEOUT) FSM_INIT_LEFTOVER_GRACE
+             (KILL_ALL_PROCESSES_TIMEOUT) FSM_INIT_IDLE_WAIT FSM_INIT_HANDOVER_AFTER
+             FSM_INIT_EXEC_SERVICE FSM_INIT_STARTUP_TIMEOUT ENV_INIT_DIRECTORY
+             FSM_INIT_PRE_SHUTDOWN_DIRECTORY FSM_INIT_POST_SHUTDOWN_DIRECTORY
+             FSM_INIT_SERVICE_DIRECTORY (the README lists them all)
 """
 
 
@@ -66,14 +74,23 @@ def run(args: list[str]) -> int:
     # Until the event loop's handlers are installed, a signal with its default action
     # is dropped by the kernel for PID 1; blocked, it stays pending and is handled.
     signal.pthread_sigmask(signal.SIG_BLOCK, CAUGHT)
+    from fsm_init.settings import Settings
+
+    settings = Settings()
     command = None
     while args:
         arg = args.pop(0)
         if arg == "--":
             command = args
             break
-        if arg == "--quiet":
+        if arg in MY_INIT_OPTIONS:
+            setattr(settings, *MY_INIT_OPTIONS[arg])
+        elif arg == "--quiet":
             log.set_quiet(True)
+        elif arg == "--enable-insecure-key":
+            sys.stderr.write(f"fsm-init: {arg} is my_init's publicly known SSH key: not supported; "
+                             "use sshsrv.authkeys in workcfg.json (see the README)\n")
+            return 2
         elif arg.startswith("-"):
             sys.stderr.write(f"fsm-init: unknown option {arg}\n{USAGE}")
             return 2
@@ -81,12 +98,19 @@ def run(args: list[str]) -> int:
             command = [arg] + args
             break
     from fsm_init.engine import Engine
-    from fsm_init.settings import Settings
     from fsm_init.system import System
 
     from fsm_init.reaper import _exit
 
-    _exit(Engine(System(), Settings(), dict(os.environ), command or None).run())
+    _exit(Engine(System(), settings, dict(os.environ), command or None).run())
+
+
+# my_init's options: option -> the Settings attribute and its value.
+MY_INIT_OPTIONS = {
+    "--skip-startup-files": ("skip_startup_files", True),
+    "--skip-runit": ("skip_runit", True),
+    "--no-kill-all-on-exit": ("kill_all_on_exit", False),
+}
 
 
 def validate(args: list[str]) -> int:

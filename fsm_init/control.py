@@ -100,12 +100,12 @@ class ControlServer:
             pass
 
 
-def request(path: str, verb: str, timeout: float = 10.0) -> dict:
+def request(path: str, verb: str, timeout: float = 10.0, **fields) -> dict:
     """Send one request and wait for its answer; raises OSError when no engine listens."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as sock:
         sock.settimeout(timeout)
         sock.connect(path)
-        sock.sendall(json.dumps({"verb": verb}).encode() + b"\n")
+        sock.sendall(json.dumps({"verb": verb, **fields}).encode() + b"\n")
         data = b""
         while not data.endswith(b"\n"):
             chunk = sock.recv(65536)

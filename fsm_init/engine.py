@@ -17,9 +17,10 @@ from functools import partial
 from transitions import Event, EventData, Machine, Transition
 
 from fsm_init import (config, custom_init, delay, env_resume, firewall, load_config, log, pppoe,
-                      resolve_target, restart_interval, ssh, start, watch)
+                      resolve_target, restart_interval, shutdown_scripts, ssh, start, startup_scripts, watch)
 from fsm_init.container_env import ContainerEnvironment
 from fsm_init.control import NOT_SUPERVISED, ControlServer
+from fsm_init.daemons import Daemons
 from fsm_init.journal import Journal
 from fsm_init.output import CapturedOutput
 from fsm_init.loop import STOP_SIGNALS, EventLoop
@@ -27,7 +28,7 @@ from fsm_init.settings import Settings
 from fsm_init.stop import Group, Stopper
 from fsm_init.supporting import Supporting
 from fsm_init.syslog_relay import SyslogRelay
-from fsm_init.system import System, Unavailable, exit_code, spawn_error_code, which
+from fsm_init.system import System, Unavailable, describe_exit, exit_code, spawn_error_code, which
 from fsm_init.table import STATES, STOPPABLE, TRANSITIONS
 
 SUPPORTING_STEPS = {"ssh": ssh, "pppoe": pppoe}
@@ -74,7 +75,7 @@ class Instance(NamedTuple):
 
 
 class Script(NamedTuple):
-    """A script run in the foreground: EnvResume-* or PeriodicST-*."""
+    """A script run in the foreground: a start-up or shutdown script, EnvResume-* or PeriodicST-*."""
     pid: int
     name: str
     started: float
@@ -107,7 +108,7 @@ class Engine:
         self.operator = False
         self.stop_signal = signal.SIGTERM
         self.stop_requested = False  # srvctl stop: exit 0 whatever the service's status
-        self.env_scripts: list[str] = []
+        self.in_turn: list[str] = []  # the foreground scripts still to run in this state
         self.script: Script | None = None
         self.background: dict[str, int] = {}
         self.cycle: watch.Cycle | None = None
@@ -118,6 +119,7 @@ class Engine:
         self.firewall = firewall.Firewall(system, settings)
         self.firewall_status = ""
         self.supporters = {name: Supporting(name, system, self.loop, settings.stop_grace) for name in SUPPORTING_STEPS}
+        self.daemons = Daemons(system, self.loop, settings.stop_grace, lambda: self.config)
         self.unavailable: dict[str, str] = {}
         self.container_env = ContainerEnvironment.from_environ(system, self.environ)
         # FSM_INIT_SYSLOG_SOCKET moves /dev/log (tests), "off" disables the relay.
@@ -215,12 +217,32 @@ class Engine:
     def give_up_exits(self) -> bool:
         return self.config["workretry"]["action"] == "exit"
 
+    def keeps_supervising(self) -> bool:
+        return bool(self.daemons.names or self._shutdown_scripts(self.settings.pre_shutdown_dir)
+                    or self._shutdown_scripts(self.settings.post_shutdown_dir))
+
     # -- boot path -------------------------------------------------------------------
 
-    def on_enter_resolve_target(self) -> None:
+    def on_enter_startup_scripts(self) -> None:
         # my_init's order: /etc/container_environment first, so that everything after
-        # (SRVNAME, SRVCFG, a custom init, the service) sees it; then the whole dump.
+        # (the start-up scripts, SRVNAME, SRVCFG, a custom init, the service) sees it.
         self.environ = self.container_env.start(self.environ)
+        timeout = self.settings.startup_timeout
+        self._run_in_turn(startup_scripts.pending(self.settings, self.system), timeout,
+                          partial(self._startup_script_done, timeout), self.done)
+
+    def _startup_script_done(self, timeout: float, path: str, status: int | None) -> bool:
+        # What a script wrote to /etc/container_environment reaches the next one and the services.
+        self.environ = self.container_env.after_script(self.environ)
+        if status == 0:
+            return True
+        cause = startup_scripts.describe_failure(path, status, timeout)
+        log.error(f"{cause}: the start-up stops (exit {startup_scripts.FAILED_STATUS})")
+        self.last_exit = startup_scripts.FAILED_STATUS
+        self.fire("script_failed", cause)
+        return False
+
+    def on_enter_resolve_target(self) -> None:
         self.target, notes = resolve_target.resolve(self.settings, self.environ, self.system)
         for note in notes:
             log.info(note)
@@ -246,22 +268,15 @@ class Engine:
         self.done()
 
     def on_enter_env_resume(self) -> None:
-        self.env_scripts = env_resume.pending(self.target.directory, self.system)
-        self._next_env_resume()
+        self._run_in_turn(env_resume.pending(self.target.directory, self.system), env_resume.TIMEOUT,
+                          partial(_carry_on, env_resume.TIMEOUT), self.done)
 
-    def _next_env_resume(self) -> None:
-        if not self.env_scripts:
-            self.done()
-            return
-        path = self.env_scripts.pop(0)
-        self._run_script(path, env_resume.TIMEOUT, self._env_resume_done, self.environ)
-
-    def _env_resume_done(self, name: str, status: int | None, duration: float, output: str) -> None:
-        if status is None:
-            log.error(f"{name} timed out after {env_resume.TIMEOUT:g}s and was killed; carrying on")
-        elif status:
-            log.error(f"{name} exited {status}; carrying on")
-        self._next_env_resume()
+    def on_enter_daemons(self) -> None:
+        if self.settings.skip_runit:
+            log.info(f"--skip-runit: {self.settings.service_dir} is not read")
+        else:
+            self.daemons.start_all(self.settings.service_dir, self.environ)
+        self.done()
 
     def on_enter_load_config(self) -> None:
         loaded = self.source.load()
@@ -496,12 +511,15 @@ class Engine:
 
     # -- stop path ---------------------------------------------------------------------
 
-    def on_enter_stopping(self) -> None:
+    def on_enter_pre_shutdown(self) -> None:
         self.loop.cancel("cycle")
-        # A check or EnvResume script still running is a leftover now: teardown stops
-        # it with the rest, and its exit must not start the next script.
-        self.script, self.env_scripts = None, []
+        # A script still running (start-up, EnvResume, check) is a leftover now:
+        # teardown stops it with the rest, and its exit must not start the next one.
+        self.script, self.in_turn = None, []
         self.loop.cancel("script")
+        self._run_shutdown_scripts(self.settings.pre_shutdown_dir)
+
+    def on_enter_stopping(self) -> None:
         self._stop_service(self.stop_signal)
 
     def _stop_service(self, sig: int) -> None:
@@ -514,8 +532,26 @@ class Engine:
         self.service = None
         self.fire("group_gone", "the service's session is gone")
 
+    def on_enter_stop_daemons(self) -> None:
+        self.daemons.stop_all(lambda: self.fire("done", f"no {self.settings.service_dir} daemon runs"))
+
+    def on_enter_post_shutdown(self) -> None:
+        self._run_shutdown_scripts(self.settings.post_shutdown_dir)
+
+    def _shutdown_scripts(self, directory: str) -> list[str]:
+        return shutdown_scripts.pending(directory, self.settings, self.system)
+
+    def _run_shutdown_scripts(self, directory: str) -> None:
+        paths, grace = self._shutdown_scripts(directory), self.settings.stop_grace
+        cause = f"{len(paths)} script(s) of {directory} run" if paths else f"no script in {directory}"
+        self._run_in_turn(paths, grace, partial(_carry_on, grace), lambda: self.fire("done", cause))
+
     def on_enter_teardown(self) -> None:
         self.loop.cancel("cycle")
+        if not self.settings.kill_all_on_exit:
+            log.info("--no-kill-all-on-exit: leftover processes are left alone")
+            self.fire("done", "--no-kill-all-on-exit")
+            return
         self.stopper.sweep(self.settings.leftover_grace, lambda: self.fire("done", "no leftover process remains"))
 
     def on_enter_exited(self) -> None:
@@ -545,11 +581,11 @@ class Engine:
         code = exit_code(status)
         if pid == self.service_pid:
             self.last_exit, self.leader_alive = code, False
-            cause = f"service (pid {pid}) {_describe_exit(status)}"
+            cause = f"service (pid {pid}) {describe_exit(status)}"
             log.info(cause)
             if self.service:
                 self.fire("service_exit", cause)
-        elif any(s.exited(pid, status) for s in self.supporters.values()):
+        elif any(s.exited(pid, status) for s in self.supporters.values()) or self.daemons.exited(pid, status):
             pass
         elif self.script and pid == self.script.pid:
             script, self.script = self.script, None
@@ -562,6 +598,21 @@ class Engine:
         self.stopper.check_soon()
 
     # -- foreground scripts -----------------------------------------------------------------
+
+    def _run_in_turn(self, paths: list[str], timeout: float, after_each, after_all) -> None:
+        """Run paths one at a time in the foreground; ``after_each(path, status)`` (status
+        None: timed out and killed) returns False to stop there, without ``after_all``."""
+        self.in_turn = list(paths)
+
+        def next_one() -> None:
+            if not self.in_turn:
+                after_all()
+                return
+            path = self.in_turn.pop(0)
+            self._run_script(path, timeout, lambda _name, status, *_: after_each(path, status) and next_one(),
+                             self.environ)
+
+        next_one()
 
     def _run_script(self, path: str, timeout: float, on_done, env: dict, capture: bool = False,
                     workuser: str | None = None) -> None:
@@ -598,6 +649,11 @@ class Engine:
 
     def handle_request(self, request: dict) -> dict:
         verb = request.get("verb")
+        if "name" in request:  # one /etc/service daemon
+            if verb not in ("start", "stop", "restart"):
+                return {"ok": False, "message": f"{verb} does not take a service name"}
+            ok, message = self.daemons.request(verb, str(request["name"]))
+            return {"ok": ok, "message": message}
         if verb == "status":
             return {"ok": True, "status": self.snapshot()}
         if verb == "health":
@@ -701,6 +757,7 @@ class Engine:
             "healthy": self.health()[0],
             "last_transition": self.last_transition,
             "supporting": self.supporting(),
+            "daemons": self.daemons.status(),
             "pid": self.system.getpid(),
         }
 
@@ -713,10 +770,13 @@ class Engine:
             log.warn(f"cannot write service.run.count: {e.strerror}")
 
 
-def _describe_exit(status: int) -> str:
-    if os.WIFSIGNALED(status):
-        return f"was killed by {signal.Signals(os.WTERMSIG(status)).name} (status {exit_code(status)})"
-    return f"exited with status {os.WEXITSTATUS(status)}"
+def _carry_on(timeout: float, path: str, status: int | None) -> bool:
+    """A script whose failure is reported, not fatal (EnvResume-*, shutdown scripts)."""
+    if status is None:
+        log.error(f"{path} timed out after {timeout:g}s and was killed; carrying on")
+    elif status:
+        log.error(f"{path} exited with status {status}; carrying on")
+    return True
 
 
 def _clock(wall: float) -> str:

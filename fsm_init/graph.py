@@ -25,8 +25,8 @@ What the picture shows:
 - a row whose source is a list (``stop``, from every ``table.STOPPABLE`` state) would
   draw one edge from nearly every node.  It is drawn once, from a dashed pseudo-node
   ``<trigger>_from_any`` (``stop_from_any``) whose label names its sources in full:
-  "any state except stopping, teardown, exited" (the complement, when that is the
-  shorter list) or "any of: a, b, c".  ``sources_of_label`` reads such a label back,
+  "any state except pre_shutdown, stopping, ..." (the complement, when that is
+  the shorter list) or "any of: a, b, c".  ``sources_of_label`` reads such a label back,
   so a test can still check every expanded row;
 - ``[*] --> boot`` for the initial state (the table's first), and ``--> [*]`` from
   every state no row leaves (``exited``).
@@ -63,8 +63,8 @@ Draw fsm-init's lifecycle from the table the engine runs (fsm_init/table.py).
                state and mark it, the state before it and the transition between
 
 An edge reads "trigger [guard & !unless-guard]"; dashed edges (dot) are fallbacks.
-The stop edge from every state not already stopping is drawn once, from a
-pseudo-state "any state except stopping, teardown, exited".
+The stop edge from every state not already on the stop path is drawn once, from a
+pseudo-state "any state except" the stop path's states.
 
 exit status: 0 drawn, 1 failed (no dot, cannot write), 2 usage, 3 no engine answers
 """

@@ -32,6 +32,7 @@ def hand_over(engine) -> None:
         "started": service.started, "target": engine.target.directory,
         "run_count": engine.run_count, "control_fd": engine.control.sock.fileno() if engine.control else None,
         "quiet": log.is_quiet(), "supporting": engine.supporting(),
+        "kill_all_on_exit": engine.settings.kill_all_on_exit,
         "proof": engine.config["workintvl"], "last_transition": engine.last_transition,
     }
     env = dict(os.environ, **{HANDOVER_ENV: json.dumps(state)})
@@ -58,6 +59,7 @@ class Reaper:
         self.supporting = state["supporting"]
         self.proof = state["proof"]
         self.last_transition = state["last_transition"]
+        self.kill_all_on_exit = state.get("kill_all_on_exit", True)
         self.last_exit: int | None = None
         self.stop_requested = False
         self.state = "handover"
@@ -105,7 +107,10 @@ class Reaper:
 
     def _teardown(self) -> None:
         self._enter("teardown")
-        self.stopper.sweep(self.settings.leftover_grace, self._exited)
+        if self.kill_all_on_exit:
+            self.stopper.sweep(self.settings.leftover_grace, self._exited)
+        else:
+            self._exited()
 
     def _exited(self) -> None:
         self._enter("exited")

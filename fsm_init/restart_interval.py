@@ -17,6 +17,13 @@ def backoff(config: dict, failures: int) -> int:
     return min(config["workintvl"] * 2 ** max(0, min(failures - 1, 32)), max(config["workbackoff"], config["workintvl"]))
 
 
+def daemon_backoff(config: dict, failures: int) -> int:
+    """The wait before restarting a supporting daemon's run (/etc/service/NAME) after
+    its failures-th consecutive exit: runit's fixed 1 s pause, doubled per failure up
+    to workbackoff, so a daemon that dies at once cannot spin the CPU either."""
+    return backoff({**config, "workintvl": 1}, failures)
+
+
 def exhausted(config: dict, failure_times: list[float], now: float) -> bool:
     limit = config["workretry"]["max"]
     recent = [t for t in failure_times if now - t < config["workretry"]["window"]]

@@ -9,9 +9,11 @@ import sys
 
 USAGE = """\
 usage: srvctl restart|stop|status|why|health|live [--json]
+       srvctl restart|stop|start NAME     one /etc/service daemon
        srvctl history [-n N] [--json]
 """
 VERBS = ("restart", "stop", "status", "why", "health", "live", "history")
+DAEMON_VERBS = ("restart", "stop", "start")
 DONE, REFUSED, USAGE_ERROR, NO_ENGINE = 0, 1, 2, 3
 
 
@@ -22,7 +24,10 @@ def main(argv: list[str] | None = None) -> int:
     count = 20
     if words[:1] == ["history"] and len(words) == 3 and words[1] == "-n" and words[2].isdigit():
         count, words = int(words[2]), words[:1]
-    if len(words) != 1 or words[0] not in VERBS:
+    fields = {}
+    if len(words) == 2 and words[0] in DAEMON_VERBS:
+        fields["name"] = words.pop()
+    if len(words) != 1 or words[0] not in (DAEMON_VERBS if fields else VERBS):
         sys.stderr.write(USAGE)
         return USAGE_ERROR
     from fsm_init.settings import Settings
@@ -34,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
 
     path = settings.control_socket
     try:
-        reply = control.request(path, words[0])
+        reply = control.request(path, words[0], **fields)
     except (OSError, ValueError) as e:
         sys.stderr.write(f"srvctl: no fsm-init answers on {path} ({getattr(e, 'strerror', None) or e})\n")
         return NO_ENGINE
@@ -80,10 +85,23 @@ def format_status(status: dict) -> str:
     ]
     for name, text in status.get("supporting", {}).items():
         lines.append(f"{name + ':':<11} {text}")
+    for daemon in status.get("daemons", []):
+        lines.append(f"{'daemon:':<11} {daemon['name']}: {describe_daemon(daemon)}")
     for check in status.get("checks", []):
         result = "timed out" if check["exit"] is None else f"exit {check['exit']}"
         lines.append(f"check:      {check['name']}: {result} in {check['duration']:.2f}s")
     return "\n".join(lines)
+
+
+def describe_daemon(daemon: dict) -> str:
+    """One /etc/service daemon of the status snapshot, as srvctl and the status view show it."""
+    if daemon["state"] == "running":
+        text = f"running, pid {daemon['pid']}, up {daemon['uptime']:.0f}s"
+    else:
+        text = daemon["state"] + (" (down file)" if daemon.get("down_file") and daemon["state"] == "down" else "")
+    if daemon.get("last_exit") is not None:
+        text += f", last exit {daemon['last_exit']}"
+    return text + (f", restarts {daemon['restarts']}" if daemon.get("restarts") else "")
 
 
 if __name__ == "__main__":

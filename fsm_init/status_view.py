@@ -39,6 +39,7 @@ import time
 from collections import namedtuple
 
 from fsm_init import control, journal, table
+from fsm_init.srvctl import describe_daemon
 
 USAGE = "usage: fsm-init status [--json] [--once] [--interval S]\n"
 HELP = USAGE + """
@@ -74,6 +75,7 @@ ASSUMED = {
     "operator_request": False,  # srvctl restart is not the normal course
     "retries_exhausted": False,
     "give_up_exits": None,
+    "keeps_supervising": None,  # /etc/service daemons or shutdown scripts keep the engine
 }
 MODE_GUARDS = {"non_daemon": NON_DAEMON, "daemon_mode": DAEMON}
 INSTANCE_GUARD = "has_instance"
@@ -81,7 +83,7 @@ INSTANCE_GUARD = "has_instance"
 # spawn), the modes a trigger happens in when not all, and what a trigger does to the
 # instance the walk follows.
 ON_COURSE = {"begin", "done", "spawned", "settled", "service_exit", "cycle_due", "checks_done", "group_gone"}
-OFF_COURSE = {"stop", "restart_request", "spawn_failed"}
+OFF_COURSE = {"stop", "restart_request", "spawn_failed", "script_failed"}
 TRIGGER_MODES = {"cycle_due": {STATUS_CHECK}, "settled": {NON_DAEMON}}
 INSTANCE_EFFECT = {"spawned": True, "group_gone": False}
 
@@ -358,6 +360,9 @@ def supporting(status: dict) -> list[tuple[str, str, str]]:
             tone = "bad" if text.startswith("unavailable") else ("dim" if text == "disabled" else
                                                                  "warn" if text.startswith("not running") else "good")
             out.append((name, text, tone))
+    for daemon in status.get("daemons") or []:
+        tone = "good" if daemon.get("state") == "running" else "dim" if daemon.get("state") == "down" else "warn"
+        out.append((f"service/{daemon.get('name')}", describe_daemon(daemon), tone))
     return out
 
 

@@ -32,6 +32,13 @@ def exit_code(status: int) -> int:
     return 128 - code if code < 0 else code
 
 
+def describe_exit(status: int) -> str:
+    """A wait status in words, for the log: "exited with status 3", "was killed by SIGKILL (status 137)"."""
+    if os.WIFSIGNALED(status):
+        return f"was killed by {signal.Signals(os.WTERMSIG(status)).name} (status {exit_code(status)})"
+    return f"exited with status {os.WEXITSTATUS(status)}"
+
+
 def spawn_error_code(error: OSError) -> int:
     """126/127 as a shell reports a command it could not execute."""
     return 127 if error.errno == errno.ENOENT else 126
@@ -50,8 +57,10 @@ class System:
         return os.getpid()
 
     def spawn(self, argv: list[str], env: dict[str, str], executable: str | None = None,
-              tty_fd: int | None = None, stdout: int | None = None, stderr: int | None = None) -> int:
-        """Start argv in a new session (or, given a terminal, a new foreground process group).
+              tty_fd: int | None = None, stdout: int | None = None, stderr: int | None = None,
+              cwd: str | None = None) -> int:
+        """Start argv in a new session (or, given a terminal, a new foreground process group),
+        in the directory cwd when given (a relative program path is then taken from there).
 
         posix_spawn, not fork: a child must not inherit PID 1's Python state, and the
         kernel reports exec failures (ENOENT, EACCES) straight to the caller.
@@ -66,7 +75,20 @@ class System:
             kwargs["setsid"] = True
         else:
             kwargs["setpgroup"] = 0
-        pid = spawn(program, argv, env, **kwargs)
+        if cwd is None:
+            pid = spawn(program, argv, env, **kwargs)
+        else:
+            # os.posix_spawn offers no chdir file action (glibc's addchdir_np is not exposed),
+            # so fsm-init steps into cwd around the call and back: the child inherits cwd,
+            # and PID 1 is single-threaded, so no other code ever runs in the detour.
+            # O_PATH: fsm-init may stand in a directory it may enter but not read (non-root).
+            here = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.chdir(cwd)
+                pid = spawn(program, argv, env, **kwargs)
+            finally:
+                os.fchdir(here)
+                os.close(here)
         if tty_fd is not None:
             self.give_terminal(tty_fd, pid)
         return pid

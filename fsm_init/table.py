@@ -16,13 +16,16 @@ Guards (methods of the engine, named for what they ask):
   operator_request  the restart was asked for with ``srvctl restart``
   retries_exhausted one more failure restart would exceed workretry.max within workretry.window
   give_up_exits     workretry.action is "exit" (not "stay", which keeps the container up for debugging)
+  keeps_supervising /etc/service daemons or shutdown scripts need the engine: the thin reaper cannot take over
 """
 
 STATES = [
     ("boot", "PID 1 duties taken over: signals, reaping, control socket"),
+    ("startup_scripts", "import /etc/container_environment; /etc/my_init.d/* in name order, then /etc/rc.local"),
     ("resolve_target", "choose /srv/$SRVNAME (or the imginit fall-back) and remember it"),
     ("custom_init", "exec ./init.sh when the target has one (it keeps PID 1)"),
     ("env_resume", "run ./EnvResume-* in order, once per container start"),
+    ("daemons", "start each /etc/service/NAME/run, supervised beside the service"),
     ("load_config", "$SRVCFG on the first start, then ./workcfg.json, validated"),
     ("delay", "initdelay seconds, on the first start only"),
     ("firewall", "inbound and forward policy (iptables)"),
@@ -37,13 +40,17 @@ STATES = [
     ("check", "PeriodicRT-* in the background, PeriodicST-* in turn, PeriodicMT-* when all passed"),
     ("restart", "stop the previous instance's whole session: TERM, grace, KILL"),
     ("gave_up", "too many failure restarts within workretry.window: exit, or stay up for debugging"),
+    ("pre_shutdown", "/etc/my_init.pre_shutdown.d/* in name order, while everything still runs"),
     ("stopping", "the stop signal sent to the service's session; KILL at the grace deadline"),
+    ("stop_daemons", "the /etc/service daemons one by one, in reverse order: TERM, grace, KILL"),
+    ("post_shutdown", "/etc/my_init.post_shutdown.d/* in name order"),
     ("teardown", "TERM, then KILL, every leftover process"),
     ("exited", "fsm-init exits with the service's status"),
 ]
 
 # The stop path is reachable from every state that is not already on it.
-STOPPABLE = [name for name, _ in STATES if name not in ("stopping", "teardown", "exited")]
+STOP_PATH = ("pre_shutdown", "stopping", "stop_daemons", "post_shutdown", "teardown", "exited")
+STOPPABLE = [name for name, _ in STATES if name not in STOP_PATH]
 
 
 def _t(trigger, source, dest, conditions=(), unless=()):
@@ -52,10 +59,13 @@ def _t(trigger, source, dest, conditions=(), unless=()):
 
 
 TRANSITIONS = [
-    _t("begin", "boot", "resolve_target"),
+    _t("begin", "boot", "startup_scripts"),
+    _t("done", "startup_scripts", "resolve_target"),
+    _t("script_failed", "startup_scripts", "teardown"),
     _t("done", "resolve_target", "custom_init"),
     _t("done", "custom_init", "env_resume"),
-    _t("done", "env_resume", "load_config"),
+    _t("done", "env_resume", "daemons"),
+    _t("done", "daemons", "load_config"),
     _t("done", "load_config", "delay", ["delay_due"]),
     _t("done", "load_config", "firewall"),
     _t("done", "delay", "firewall"),
@@ -70,12 +80,12 @@ TRANSITIONS = [
     _t("spawned", "start", "foreground", ["non_daemon"]),
     _t("spawned", "start", "watch", ["daemon_mode"]),
     _t("spawned", "start", "restart_interval"),
-    _t("spawn_failed", "start", "teardown", ["non_daemon"]),
+    _t("spawn_failed", "start", "pre_shutdown", ["non_daemon"]),
     _t("spawn_failed", "start", "gave_up", ["retries_exhausted"]),
     _t("spawn_failed", "start", "restart_interval"),
     # non-daemon: the service's exit is fsm-init's exit.
-    _t("service_exit", "foreground", "teardown"),
-    _t("settled", "foreground", "handover"),
+    _t("service_exit", "foreground", "pre_shutdown"),
+    _t("settled", "foreground", "handover", unless=["keeps_supervising"]),
     _t("service_exit", "handover", "teardown"),
     # supervised: interval, watch, check, restart.
     _t("done", "restart_interval", "watch", ["has_instance"]),
@@ -91,11 +101,14 @@ TRANSITIONS = [
     _t("group_gone", "restart", "load_config", ["operator_request"]),
     _t("group_gone", "restart", "gave_up", ["retries_exhausted"]),
     _t("group_gone", "restart", "restart_interval"),
-    _t("done", "gave_up", "teardown", ["give_up_exits"]),
+    _t("done", "gave_up", "pre_shutdown", ["give_up_exits"]),
     _t("restart_request", "gave_up", "load_config"),
     # stop path: a stop signal or `srvctl stop`, from anywhere.
-    _t("stop", STOPPABLE, "stopping"),
-    _t("group_gone", "stopping", "teardown"),
+    _t("stop", STOPPABLE, "pre_shutdown"),
+    _t("done", "pre_shutdown", "stopping"),
+    _t("group_gone", "stopping", "stop_daemons"),
+    _t("done", "stop_daemons", "post_shutdown"),
+    _t("done", "post_shutdown", "teardown"),
     _t("done", "teardown", "exited"),
 ]
 

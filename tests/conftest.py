@@ -6,13 +6,16 @@ and starts fsm-init as real PID 1 of a fresh PID namespace
 event (a log line, a file, a process state); none is a bare sleep.
 """
 
+import grp
 import json
 import os
+import pwd
 import re
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -197,6 +200,18 @@ class Sandbox:
             path.chmod(0o755)
         return directory
 
+    def etc(self, relative: str, body: str | None = None, mode: int = 0o755) -> Path:
+        """/etc/RELATIVE as fsm-init sees it: a file (body given) or a directory in the upper
+        layer of the sandbox's private overlay over /etc; the machine's /etc is never touched."""
+        path = self.root / ".etc-up" / relative
+        if body is None:
+            path.mkdir(parents=True, exist_ok=True)
+            return path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(body if body.startswith("#!") else "#!/bin/sh\n" + body)
+        path.chmod(mode)
+        return path
+
     def start(self, *args, launcher=(), **env) -> Running:
         running = Running(self, args, self.env(**env), launcher)
         self.runs.append(running)
@@ -209,3 +224,37 @@ def sandbox(tmp_path):
     yield box
     for running in box.runs:
         running.kill()
+
+
+# -- fsm-init itself as a non-root user --------------------------------------------------------
+
+AS_NOBODY = ("setpriv", "--reuid", "nobody", "--regid", "nogroup", "--clear-groups")
+
+
+def _nobody() -> tuple[int, int] | None:
+    try:
+        return pwd.getpwnam("nobody").pw_uid, grp.getgrnam("nogroup").gr_gid
+    except KeyError:
+        return None
+
+
+NOBODY = _nobody()
+needs_nobody = pytest.mark.skipif(NOBODY is None or not shutil.which("setpriv"),
+                                  reason="needs the nobody user, the nogroup group and setpriv")
+
+
+@pytest.fixture
+def nobody_sandbox():
+    """(Sandbox, out) fsm-init can run in as nobody (launcher=AS_NOBODY): a root-owned
+    0711 root (nobody cannot create files in it), state, run and out directories nobody owns."""
+    root = Path(tempfile.mkdtemp(prefix="nobody-sandbox-"))
+    root.chmod(0o711)
+    box = Sandbox(root)
+    out = root / "out"
+    for directory in (box.state_dir, box.run_dir, out):
+        directory.mkdir()
+        os.chown(directory, *NOBODY)
+    yield box, out
+    for running in box.runs:
+        running.kill()
+    shutil.rmtree(root, ignore_errors=True)

@@ -407,9 +407,11 @@ def test_give_up_with_action_exit_exits_with_the_services_last_status(sandbox):
     assert run.wait(20) == 7, run.log
     assert len(lines(d / "starts")) == 3, run.log
     assert re.search(r"gave up: 3 failure restarts within 60s \(workretry.max 2\)", run.log), run.log
-    tail = [(e["from"], e["to"]) for e in journal(sandbox)[-3:]]
-    assert tail == [("restart", "gave_up"), ("gave_up", "teardown"), ("teardown", "exited")], tail
-    history = srvctl(sandbox, "history", "-n", "3")
+    tail = [(e["from"], e["to"]) for e in journal(sandbox)[-7:]]
+    assert tail == [("restart", "gave_up"), ("gave_up", "pre_shutdown"), ("pre_shutdown", "stopping"),
+                    ("stopping", "stop_daemons"), ("stop_daemons", "post_shutdown"), ("post_shutdown", "teardown"),
+                    ("teardown", "exited")], tail
+    history = srvctl(sandbox, "history", "-n", "7")
     assert history.returncode == 0 and "restart -> gave_up" in history.stdout, history
 
 

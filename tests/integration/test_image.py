@@ -624,12 +624,14 @@ def test_the_image_holds_what_services_rely_on_and_nothing_of_the_builder(run):
                             "-2000", ")"], capture_output=True, text=True)
     assert setid.stdout == "", f"SUID/SGID files: {setid.stdout}"
     assert Path(root, "usr/sbin/pppd").exists()  # one that Debian ships SUID root
-    # srvctl, fsm-init and DoNothing on the PATH; DoNothing is sleep.
-    where = container.exec("sh", "-c", 'for c in fsm-init srvctl DoNothing; do command -v "$c"; done; '
+    # srvctl, fsm-init, setuser and DoNothing on the PATH; DoNothing is sleep.
+    where = container.exec("sh", "-c", 'for c in fsm-init srvctl setuser DoNothing; do command -v "$c"; done; '
                            'readlink -f "$(command -v DoNothing)"')
-    assert where.stdout.split() == ["/usr/local/bin/fsm-init", "/usr/local/bin/srvctl", "/usr/local/bin/DoNothing",
-                                    "/usr/bin/sleep"], where
+    assert where.stdout.split() == ["/usr/local/bin/fsm-init", "/usr/local/bin/srvctl", "/usr/local/bin/setuser",
+                                    "/usr/local/bin/DoNothing", "/usr/bin/sleep"], where
     assert container.exec("DoNothing", "0").returncode == 0
+    # my_init's /sbin/setuser, as baseimage-docker's run scripts call it.
+    assert container.exec("/sbin/setuser", "nobody", "id", "-u").stdout.strip() == "65534"
     version = container.exec("fsm-init", "--version")
     assert version.returncode == 0 and version.stdout.startswith("fsm-init "), version
     # The virtualenv has its compiled dependencies and no installer.

@@ -276,7 +276,8 @@ def test_exit_3_when_a_stale_socket_file_has_no_listener(sandbox):
     assert srvctl(sandbox, "status").returncode == 3
 
 
-@pytest.mark.parametrize("args", [[], ["bogus"], ["restart", "stop"], ["--json"], ["STATUS"]])
+@pytest.mark.parametrize("args", [[], ["bogus"], ["restart", "a", "b"], ["status", "cron"], ["start"], ["--json"],
+                                  ["STATUS"]])
 def test_exit_2_for_no_verb_or_an_unknown_verb(sandbox, args):
     result = srvctl(sandbox, *args)
     assert result.returncode == 2, result

@@ -218,3 +218,24 @@ def srvctl_stop_leaves_no_socket(run, sock) -> bool:
     assert run.srvctl("stop").returncode == 0
     run.wait()
     return not sock.exists()
+
+
+# An overlay over /dev inside the sandbox's private mount namespace: fsm-init creates its
+# socket at the real default path /dev/log, and this machine's /dev never sees it.
+PRIVATE_DEV = ('mkdir -p "$0/.dev-up" "$0/.dev-work" && '
+               'mount -t overlay overlay -o "lowerdir=/dev,upperdir=$0/.dev-up,workdir=$0/.dev-work" /dev && '
+               'exec "$@"')
+
+
+@needs_pid_namespace
+@pytest.mark.skipif(LOGGER is None, reason="needs util-linux logger")
+def test_the_default_dev_log_reaches_the_container_log(sandbox):
+    assert not os.path.exists("/dev/log"), "this machine has a /dev/log: the test would hide it, not use it"
+    sandbox.service("app", {"initdelay": 0, "workstart": "./run.sh", "workwatch": 0},
+                    run__sh="logger -p cron.notice -t cronish 'through /dev/log'\nexec sleep 1000\n")
+    run = sandbox.start(SRVNAME="app", FSM_INIT_SYSLOG_SOCKET="",
+                        launcher=("sh", "-c", PRIVATE_DEV, str(sandbox.root)))
+    run.wait_log(r"syslog\[cron\.notice\] cronish(\[\d+\])?: through /dev/log")
+    assert run.status()["supporting"]["syslog"].startswith("listening on /dev/log")
+    assert (sandbox.root / ".dev-up" / "log").is_socket() and not os.path.exists("/dev/log")
+    assert run.srvctl("stop").returncode == 0 and run.wait() == 0

@@ -51,6 +51,7 @@ class Spawn(NamedTuple):
     env: dict
     executable: str | None
     tty_fd: int | None
+    cwd: str | None = None
 
 
 class Exec(NamedTuple):
@@ -129,7 +130,7 @@ class FakeSystem:
 
     # -- processes ---------------------------------------------------------------------
 
-    def spawn(self, argv, env, executable=None, tty_fd=None, stdout=None, stderr=None) -> int:
+    def spawn(self, argv, env, executable=None, tty_fd=None, stdout=None, stderr=None, cwd=None) -> int:
         self.calls.append(("spawn", list(argv)))
         program = executable or argv[0]
         self._maybe_fail("spawn", program)
@@ -140,7 +141,7 @@ class FakeSystem:
         # A new session of its own, or (given a terminal) a new process group in ours.
         sid = pid if tty_fd is None else self.procs[self.pid].sid
         self.procs[pid] = ProcInfo(pid, self.pid, pid, sid, "S")
-        self.spawns.append(Spawn(pid, list(argv), dict(env), executable, tty_fd))
+        self.spawns.append(Spawn(pid, list(argv), dict(env), executable, tty_fd, cwd))
         if tty_fd is not None:
             self.give_terminal(tty_fd, pid)
         return pid
@@ -364,7 +365,9 @@ def make_settings(**overrides) -> Settings:
     settings = Settings.__new__(Settings)
     values = dict(srv_root="/srv", state_dir="/var/lib/fsm-init", run_dir="/run/fsm-init",
                   stop_grace=5.0, leftover_grace=2.0, idle_wait=600.0, handover_after=1.0,
-                  exec_service=False)
+                  exec_service=False, startup_timeout=300.0, init_dir="/etc/my_init.d",
+                  pre_shutdown_dir="/etc/my_init.pre_shutdown.d", post_shutdown_dir="/etc/my_init.post_shutdown.d",
+                  service_dir="/etc/service", skip_startup_files=False, skip_runit=False, kill_all_on_exit=True)
     values.update(overrides)
     for name, value in values.items():
         setattr(settings, name, value)
@@ -522,8 +525,8 @@ class Harness:
         self.engine._on_signal(signum)
         pump(self.engine)
 
-    def request(self, verb: str) -> dict:
-        reply = self.engine.handle_request({"verb": verb})
+    def request(self, verb: str, **fields) -> dict:
+        reply = self.engine.handle_request({"verb": verb, **fields})
         pump(self.engine)
         return reply
 

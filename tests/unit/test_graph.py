@@ -185,9 +185,9 @@ class GraphChecks:
         stops = [e for e in parsed.edges if e[2] == "stop"]
         assert len(stops) == 1
         source, dest, _, _ = stops[0]
-        assert dest == "stopping"
+        assert dest == "pre_shutdown"
         assert parsed.pseudo_sources(source) == table.STOPPABLE
-        assert parsed.nodes[source][0] == "any state except stopping, teardown, exited"
+        assert parsed.nodes[source][0] == "any state except pre_shutdown, stopping, stop_daemons, post_shutdown, teardown, exited"
 
     def test_guards_and_unless_are_labelled_as_transitions_does(self, monkeypatch):
         monkeypatch.setattr(table, "STATES", [(name, f"state {name}") for name in "abcde"])
@@ -239,11 +239,11 @@ class GraphChecks:
         assert plain == expanded_rows()
 
     def test_live_through_the_stop_pseudo_node_draws_the_real_edge(self):
-        parsed = self.drawn({"state": "stopping", "last_transition": {"from": "check", "to": "stopping",
+        parsed = self.drawn({"state": "pre_shutdown", "last_transition": {"from": "check", "to": "pre_shutdown",
                                                                       "trigger": "stop"}})
         last = [e for e in parsed.edges if self.is_last(e)]
-        assert [(s, d) for s, d, *_ in last] == [("check", "stopping")]
-        assert parsed.classes["current"] == {"stopping"}
+        assert [(s, d) for s, d, *_ in last] == [("check", "pre_shutdown")]
+        assert parsed.classes["current"] == {"pre_shutdown"}
         assert parsed.classes["previous"] == {"check"}
         assert len([e for e in parsed.edges if e[2].startswith("stop")]) == 2  # the pseudo-node's edge stays
 

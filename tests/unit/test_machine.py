@@ -29,6 +29,7 @@ MARKER = "/var/lib/fsm-init/target"
 COUNT = f"{SRV}/service.run.count"
 RUN = ["./run.sh"]
 STOP_ROW = next(i for i, row in enumerate(table.TRANSITIONS) if row["trigger"] == "stop")
+STOP_PATH = list(table.STOP_PATH)
 REAL_HAND_OVER = reaper.hand_over
 
 
@@ -139,8 +140,8 @@ def script_pid(h: Harness, name: str) -> int:
 def test_boot_path_runs_every_step_in_order(make):
     h = make(cfg())
     h.begin()
-    assert h.states == ["boot", "resolve_target", "custom_init", "env_resume", "load_config",
-                        "firewall", "ssh", "pppoe", "start", "foreground"]
+    assert h.states == ["boot", "startup_scripts", "resolve_target", "custom_init", "env_resume", "daemons",
+                        "load_config", "firewall", "ssh", "pppoe", "start", "foreground"]
     assert h.system.chdirs == [SRV]
     assert h.system.files[MARKER] == b"app\n"
     assert spawned(h) == [RUN]
@@ -397,7 +398,7 @@ def test_non_daemon_spawn_failure_is_the_exit_status(make, code, status):
     h = make(None, name=None, command=["/no/such/program"])
     h.system.spawn_errors["/no/such/program"] = code
     h.begin()
-    assert h.states[-3:] == ["start", "teardown", "exited"]
+    assert h.states[-7:] == ["start", *STOP_PATH]
     assert h.engine.exit_status == status and h.engine.loop.stopped
 
 
@@ -425,7 +426,7 @@ def test_foreground_service_exit_is_fsm_init_exit(make, status, code):
     h = make(cfg())
     h.begin()
     h.exit(service_pid(h), status)
-    assert h.states[-3:] == ["foreground", "teardown", "exited"]
+    assert h.states[-7:] == ["foreground", *STOP_PATH]
     assert h.engine.exit_status == code and h.engine.loop.stopped
 
 
@@ -433,8 +434,8 @@ def test_teardown_terminates_then_kills_leftovers(make):
     h = make(cfg(), leftover_grace=2.0)
     h.begin()
     pid = service_pid(h)
-    polite = h.system.add_process(ppid=pid, sid=999)  # daemonised: a session of its own
-    stubborn = h.system.add_process(ppid=pid, sid=998)
+    polite = h.system.add_process(ppid=pid, sid=999, pgid=999)  # daemonised: a session of its own
+    stubborn = h.system.add_process(ppid=pid, sid=998, pgid=998)
     h.system.stubborn(stubborn)
     h.exit(pid, exited(0))
     assert h.state == "teardown"
@@ -736,9 +737,19 @@ def reach_fault(state, make, mp):
     elif state == "start":
         h.system.fail("spawn", fault, "./run.sh")
     else:
-        target, attr = {"firewall": (firewall.Firewall, "apply"), "ssh": (ssh, "spec"), "pppoe": (pppoe, "spec")}[state]
+        target, attr = {"firewall": (firewall.Firewall, "apply"), "ssh": (ssh, "spec"), "pppoe": (pppoe, "spec"),
+                        "daemons": (engine_module.Daemons, "start_all")}[state]
         mp.setattr(target, attr, _boom)
     h.begin()
+    return h
+
+
+def reach_startup_scripts(make, mp):
+    h = make(cfg())
+    h.system.add_script("/etc/my_init.d/10-slow")
+    h.begin()
+    assert h.state == "startup_scripts"
+    h.signal(signal.SIGTERM)
     return h
 
 
@@ -794,9 +805,11 @@ def reach_restart(make, mp):
 
 STOPS = {
     "boot": reach_boot,
+    "startup_scripts": reach_startup_scripts,
     "resolve_target": lambda make, mp: reach_fault("resolve_target", make, mp),
     "custom_init": lambda make, mp: reach_fault("custom_init", make, mp),
     "env_resume": reach_env_resume,
+    "daemons": lambda make, mp: reach_fault("daemons", make, mp),
     "load_config": lambda make, mp: reach_fault("load_config", make, mp),
     "delay": reach_wait(cfg(initdelay=5), "delay"),
     "firewall": lambda make, mp: reach_fault("firewall", make, mp),
@@ -826,9 +839,9 @@ def test_every_stoppable_state_is_listed_here():
 @pytest.mark.parametrize("state", table.STOPPABLE)
 def test_stop_from_every_state(make, monkeypatch, state):
     h = STOPS[state](make, monkeypatch)
-    assert (STOP_ROW, state, "stop", "stopping") in h.taken
+    assert (STOP_ROW, state, "stop", "pre_shutdown") in h.taken
     h.advance(60)
-    assert h.states[-3:] == ["stopping", "teardown", "exited"], h.states
+    assert h.states[-6:] == STOP_PATH, h.states
     assert h.engine.loop.stopped
     assert h.engine.exit_status == STOP_STATUS[state]
     assert not [p for p in h.system.procs if p != h.system.pid], "processes left behind"
@@ -841,7 +854,7 @@ def test_stop_signal_is_sent_to_the_service_and_becomes_128_plus_s(make, sig):
     pid = service_pid(h)
     h.signal(sig)
     assert h.system.signals_to(pid) == [sig]
-    assert h.states[-3:] == ["stopping", "teardown", "exited"]
+    assert h.states[-6:] == STOP_PATH
     assert h.engine.exit_status == 128 + sig
 
 
@@ -943,7 +956,7 @@ def test_an_internal_error_stops_fsm_init_in_order(make, capfd):
     h.system.fail("read_bytes", RuntimeError("disk on fire"), f"{SRV}/workcfg.json")
     h.begin()  # must not raise
     h.advance(10)
-    assert h.states[-4:] == ["load_config", "stopping", "teardown", "exited"]
+    assert h.states[-7:] == ["load_config", *STOP_PATH]
     assert "internal error" in capfd.readouterr().err and h.engine.exit_status == 0
 
 
@@ -1019,7 +1032,7 @@ def test_back_off_starts_over_after_a_stable_instance(make):
 
 def test_give_up_and_exit_with_the_last_status(make):
     h = reach_gave_up(make, "exit", None)
-    assert h.states[-3:] == ["gave_up", "teardown", "exited"]
+    assert h.states[-7:] == ["gave_up", *STOP_PATH]
     assert h.engine.exit_status == 4
     assert ("restart", "group_gone", "gave_up") in taken_rows(h)
 
@@ -1040,7 +1053,7 @@ def test_a_spawn_failure_loop_gives_up_too(make):
     h.begin()
     assert h.state == "restart_interval"
     h.advance(1)
-    assert h.states[-3:] == ["gave_up", "teardown", "exited"] and h.engine.exit_status == 127
+    assert h.states[-7:] == ["gave_up", *STOP_PATH] and h.engine.exit_status == 127
     assert ("start", "spawn_failed", "gave_up") in taken_rows(h)
 
 
@@ -1053,6 +1066,221 @@ def test_failures_outside_the_window_do_not_count(make):
         assert h.state == "watch"
         h.advance(10)
     assert "gave_up" not in h.states
+
+
+# -- my_init: start-up scripts, shutdown scripts, /etc/service daemons, options -------------------
+
+INIT_D = "/etc/my_init.d"
+PRE_D, POST_D = "/etc/my_init.pre_shutdown.d", "/etc/my_init.post_shutdown.d"
+
+
+def spawned_path(h: Harness, path: str) -> int:
+    pids = [s.pid for s in h.system.spawns if s.argv == [path]]
+    assert pids, f"{path} was never spawned: {spawned(h)}"
+    return pids[-1]
+
+
+def test_startup_scripts_run_in_name_order_then_rc_local_before_the_targets_steps(make):
+    h = make(cfg())
+    for name in ("20-b", "10-a"):
+        h.system.add_script(f"{INIT_D}/{name}")
+    h.system.add_file(f"{INIT_D}/15-not-executable", "#!/bin/sh\n", 0o644)
+    h.system.add_script("/etc/rc.local")
+    h.begin()
+    assert h.states == ["boot", "startup_scripts"] and spawned(h) == [[f"{INIT_D}/10-a"]]
+    h.exit(spawned_path(h, f"{INIT_D}/10-a"), exited(0))
+    assert spawned(h)[-1] == [f"{INIT_D}/20-b"] and h.state == "startup_scripts"
+    h.exit(spawned_path(h, f"{INIT_D}/20-b"), exited(0))
+    assert spawned(h)[-1] == ["/etc/rc.local"]
+    h.exit(spawned_path(h, "/etc/rc.local"), exited(0))
+    assert h.state == "foreground" and spawned(h)[-1] == RUN
+    assert "resolve_target" in h.states[h.states.index("startup_scripts"):]
+
+
+def test_what_a_startup_script_writes_to_the_container_environment_reaches_the_next_and_the_service(make):
+    h = make(cfg(), environ={"KEEP": "mine"})
+    h.system.add_file("/etc/container_environment/FIRST", "1\n")
+    h.system.add_script(f"{INIT_D}/10-a")
+    h.system.add_script(f"{INIT_D}/20-b")
+    h.begin()
+    assert h.system.spawns[0].env["FIRST"] == "1"
+    h.system.add_file("/etc/container_environment/ADDED", "by 10-a\n")  # what 10-a wrote
+    h.exit(spawned_path(h, f"{INIT_D}/10-a"), exited(0))
+    assert h.system.spawns[-1].env["ADDED"] == "by 10-a"
+    h.system.remove("/etc/container_environment/FIRST")  # 20-b deletes a variable
+    h.exit(spawned_path(h, f"{INIT_D}/20-b"), exited(0))
+    env = h.system.spawns[-1].env
+    assert h.state == "foreground" and env["ADDED"] == "by 10-a" and "FIRST" not in env and env["KEEP"] == "mine"
+    assert b"export ADDED='by 10-a'" in h.system.files["/etc/container_environment.sh"]
+
+
+@pytest.mark.parametrize("status, said", [(exited(3), "exited with status 3"), (killed(signal.SIGSEGV), "exited with status 139")])
+def test_a_failing_startup_script_stops_the_start_up_with_exit_1(make, capfd, status, said):
+    h = make(cfg())
+    h.system.add_dir("/run/fsm-init")
+    h.system.add_script(f"{INIT_D}/10-a")
+    h.system.add_script(f"{INIT_D}/20-never")
+    h.begin()
+    h.exit(spawned_path(h, f"{INIT_D}/10-a"), status)
+    assert h.states[-3:] == ["startup_scripts", "teardown", "exited"]
+    assert h.engine.exit_status == 1 and spawned(h) == [[f"{INIT_D}/10-a"]]
+    assert f"start-up script {INIT_D}/10-a {said}: the start-up stops (exit 1)" in capfd.readouterr().err
+    journal = [json.loads(line) for line in h.system.files["/run/fsm-init/journal.jsonl"].splitlines()]
+    failed = next(e for e in journal if e["trigger"] == "script_failed")
+    assert failed["cause"] == f"start-up script {INIT_D}/10-a {said}" and failed["to"] == "teardown"
+
+
+def test_a_startup_script_past_its_time_out_is_killed_and_stops_the_start_up(make, capfd):
+    h = make(cfg(), startup_timeout=30.0)
+    h.system.add_script(f"{INIT_D}/10-hangs")
+    h.begin()
+    pid = spawned_path(h, f"{INIT_D}/10-hangs")
+    h.advance(29.9)
+    assert h.state == "startup_scripts"
+    h.advance(0.1)
+    assert signal.SIGKILL in h.system.signals_to(pid)
+    assert h.state == "exited" and h.engine.exit_status == 1
+    assert "timed out after 30s and was killed" in capfd.readouterr().err
+
+
+def test_a_startup_script_that_cannot_execute_stops_the_start_up(make):
+    h = make(cfg())
+    h.system.add_script(f"{INIT_D}/10-a")
+    h.system.spawn_errors[f"{INIT_D}/10-a"] = errno.ENOEXEC
+    h.begin()
+    assert h.state == "exited" and h.engine.exit_status == 1 and spawned(h) == []
+
+
+def test_skip_startup_files_runs_no_startup_or_shutdown_script(make):
+    h = make(cfg(), skip_startup_files=True)
+    for path in (f"{INIT_D}/10-a", "/etc/rc.local", f"{PRE_D}/a", f"{POST_D}/a"):
+        h.system.add_script(path)
+    h.begin()
+    assert h.state == "handover" or h.state == "foreground"
+    h.signal(signal.SIGTERM)
+    assert spawned(h) == [RUN] and h.state == "exited"
+
+
+def test_the_init_directory_setting_moves_the_startup_scripts(make):
+    h = make(cfg(), init_dir="/opt/init.d")
+    h.system.add_script(f"{INIT_D}/10-not-here")
+    h.system.add_script("/opt/init.d/10-here")
+    h.begin()
+    assert spawned(h) == [["/opt/init.d/10-here"]]
+
+
+def test_pre_shutdown_runs_while_the_service_runs_and_post_shutdown_after_it_is_gone(make):
+    h = make(cfg(workwatch=0))
+    h.system.add_script(f"{PRE_D}/b")
+    h.system.add_script(f"{PRE_D}/a")
+    h.system.add_script(f"{POST_D}/z")
+    h.begin()
+    pid = service_pid(h)
+    h.signal(signal.SIGTERM)
+    assert h.state == "pre_shutdown" and spawned(h)[-1] == [f"{PRE_D}/a"] and h.system.signals_to(pid) == []
+    h.exit(spawned_path(h, f"{PRE_D}/a"), exited(1))  # a failure is reported, the stop goes on
+    assert spawned(h)[-1] == [f"{PRE_D}/b"]
+    h.exit(spawned_path(h, f"{PRE_D}/b"), exited(0))
+    assert h.system.signals_to(pid) == [signal.SIGTERM]
+    assert h.state == "post_shutdown" and spawned(h)[-1] == [f"{POST_D}/z"] and not h.system.alive(pid)
+    h.exit(spawned_path(h, f"{POST_D}/z"), exited(0))
+    assert h.states[-6:] == STOP_PATH and h.engine.exit_status == 143
+
+
+def test_a_shutdown_script_gets_the_stop_grace_time(make):
+    h = make(cfg(), stop_grace=3.0)
+    h.system.add_script(f"{PRE_D}/hangs")
+    h.begin()
+    h.signal(signal.SIGTERM)
+    pid = spawned_path(h, f"{PRE_D}/hangs")
+    h.advance(2.9)
+    assert h.state == "pre_shutdown"
+    h.advance(0.1)
+    assert signal.SIGKILL in h.system.signals_to(pid) and h.state == "exited"
+
+
+def test_a_stop_during_a_startup_script_runs_no_further_one_and_no_service(make):
+    h = make(cfg())
+    h.system.add_script(f"{INIT_D}/10-a")
+    h.system.add_script(f"{INIT_D}/20-b")
+    h.begin()
+    pid = spawned_path(h, f"{INIT_D}/10-a")
+    h.signal(signal.SIGTERM)
+    assert h.state == "teardown" or h.state == "exited"
+    h.advance(5)
+    assert spawned(h) == [[f"{INIT_D}/10-a"]] and not h.system.alive(pid) and h.state == "exited"
+
+
+@pytest.mark.parametrize("what", ["daemon", "pre_shutdown", "post_shutdown"])
+def test_the_thin_reaper_does_not_take_over_while_the_engine_has_more_to_do(make, handovers, what):
+    h = make(cfg())
+    h.system.add_script({"daemon": "/etc/service/cron/run", "pre_shutdown": f"{PRE_D}/a",
+                         "post_shutdown": f"{POST_D}/a"}[what])
+    h.begin()
+    h.advance(5)
+    assert h.state == "foreground" and handovers == []
+    assert h.engine.guard_results == {"keeps_supervising": True}
+
+
+def test_daemons_start_before_the_service_and_stop_after_it(make):
+    h = make(cfg(workwatch=0))
+    h.system.add_script("/etc/service/cron/run")
+    h.system.add_script("/etc/service/memcached/run")
+    h.begin()
+    assert spawned(h) == [["/etc/service/cron/run"], ["/etc/service/memcached/run"], RUN]
+    assert [s.cwd for s in h.system.spawns[:2]] == ["/etc/service/cron", "/etc/service/memcached"]
+    cron, memcached = h.system.spawns[0].pid, h.system.spawns[1].pid
+    service = service_pid(h)
+    h.system.stubborn(service)
+    h.signal(signal.SIGTERM)
+    assert h.state == "stopping" and h.system.signals_to(cron) == []
+    h.advance(5)
+    assert h.state == "exited"
+    order = [pid for pid, sig in h.system.kills if sig == signal.SIGTERM and pid in (service, cron, memcached)]
+    assert order == [service, memcached, cron]
+
+
+def test_a_daemons_exit_is_not_the_services(make):
+    h = make(cfg())
+    h.system.add_script("/etc/service/cron/run")
+    h.begin()
+    cron = spawned_path(h, "/etc/service/cron/run")
+    h.exit(cron, exited(1))
+    assert h.state == "foreground" and h.engine.last_exit is None
+    h.advance(1)
+    assert spawned(h)[-1] == ["/etc/service/cron/run"]
+
+
+def test_skip_runit_starts_no_daemon(make):
+    h = make(cfg(), skip_runit=True)
+    h.system.add_script("/etc/service/cron/run")
+    h.begin()
+    assert spawned(h) == [RUN] and h.engine.snapshot()["daemons"] == []
+
+
+def test_srvctl_verbs_with_a_name_act_on_one_daemon(make):
+    h = make(cfg(workwatch=0))
+    h.system.add_script("/etc/service/cron/run")
+    h.begin()
+    cron = spawned_path(h, "/etc/service/cron/run")
+    assert h.request("stop", name="cron")["ok"] is True
+    assert not h.system.alive(cron) and h.state == "watch" and h.engine.service is not None
+    assert h.engine.snapshot()["daemons"][0]["state"] == "down"
+    assert h.request("start", name="cron")["ok"] is True
+    assert h.engine.snapshot()["daemons"][0]["state"] == "running"
+    assert h.request("restart", name="nope") == {"ok": False, "message": h.request("restart", name="nope")["message"]}
+    assert "nope" in h.request("restart", name="nope")["message"]
+    assert h.request("status", name="cron") == {"ok": False, "message": "status does not take a service name"}
+
+
+def test_no_kill_all_on_exit_leaves_leftovers_alone(make, capfd):
+    h = make(cfg(), kill_all_on_exit=False)
+    h.begin()
+    pid = service_pid(h)
+    stray = h.system.add_process(ppid=pid, sid=999, pgid=999)
+    h.exit(pid, exited(0))
+    assert h.state == "exited" and h.system.alive(stray) and h.system.signals_to(stray) == []
+    assert "--no-kill-all-on-exit" in capfd.readouterr().err
 
 
 # -- coverage of the table: keep last in this file ------------------------------------------------

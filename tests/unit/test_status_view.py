@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from fsm_init import cli, control, status_view, table
+from fsm_init import cli, control, srvctl, status_view, table
 from fsm_init.status_view import Frame
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -211,7 +211,7 @@ def test_rich_view_marks_the_current_state_on_the_path():
     path = text.split("lifecycle")[1]
     assert "▶restart" in path
     assert path.count("▶") == 1
-    assert "boot › resolve_target › custom_init" in path
+    assert "boot › startup_scripts › resolve_target › custom_init" in path
     assert "watch ⇄ check" in path and "↺ back to load_config" in path
 
 
@@ -299,13 +299,28 @@ def test_the_path_is_derived_from_the_table(monkeypatch):
     states.insert(STATE_NAMES.index("load_config"), ("mount", "mount the volumes"))
     rows = [dict(row) for row in table.TRANSITIONS]
     for row in rows:
-        if row["source"] == "env_resume" and row["dest"] == "load_config":
+        if row["source"] == "daemons" and row["dest"] == "load_config":
             row["dest"] = "mount"
     rows.append({"trigger": "done", "source": "mount", "dest": "load_config", "conditions": [], "unless": []})
     monkeypatch.setattr(table, "STATES", states)
     monkeypatch.setattr(table, "TRANSITIONS", rows)
     text = rich_text(status_view.render(frame(snapshot(state="mount", service_pid=None))))
-    assert "env_resume › ▶mount" in text
+    assert "daemons › ▶mount" in text
+
+
+def test_etc_service_daemons_are_listed_with_their_state_pid_and_uptime():
+    daemons = [{"name": "cron", "state": "running", "pid": 12, "uptime": 30.4, "last_exit": None, "restarts": 0,
+                "down_file": False},
+               {"name": "memcached", "state": "backoff", "pid": None, "uptime": None, "last_exit": 1, "restarts": 3,
+                "down_file": False},
+               {"name": "spare", "state": "down", "pid": None, "uptime": None, "last_exit": None, "restarts": 0,
+                "down_file": True}]
+    text = rich_text(status_view.render(frame(snapshot(daemons=daemons))))
+    assert "service/cron       running, pid 12, up 30s" in text
+    assert "service/memcached  backoff, last exit 1, restarts 3" in text
+    assert "service/spare      down (down file)" in text
+    plain = srvctl.format_status(snapshot(daemons=daemons))
+    assert "daemon:     cron: running, pid 12, up 30s\n" in plain + "\n"
 
 
 # -- plain text and JSON -------------------------------------------------------------------------------

@@ -1,0 +1,259 @@
+"""Supporting daemons in runit's layout: /etc/service/NAME/run, as phusion
+baseimage-docker images have them, supervised without runit.
+
+runit's rules, kept: ./run is started in its service directory and started again
+whenever it exits (unless the service is wanted down); an executable ./finish then
+runs first, with run's exit code and wait status as its two arguments; a ``down``
+file means "known, but not started at boot".  Unlike runsv's fixed one-second
+pause, consecutive failures back off (restart_interval.daemon_backoff), so a
+daemon that dies at once cannot spin the CPU.
+
+Nothing here waits: the event loop's named deadlines time the restarts and kills,
+and the engine hands over every child exit through ``Daemons.exited``.
+"""
+
+import os
+import signal
+
+from fsm_init import log, restart_interval
+from fsm_init.stop import Group
+from fsm_init.system import System, describe_exit, exit_code
+
+
+class Daemon:
+    """One service directory: its run process, its finish script and its restarts."""
+
+    def __init__(self, name: str, directory: str, owner: "Daemons") -> None:
+        self.name, self.directory, self.owner = name, directory, owner
+        self.run = os.path.join(directory, "run")
+        self.finish = os.path.join(directory, "finish")
+        self.down_file = "down" in owner.system.list_dir(directory)
+        self.wanted = not self.down_file
+        self.pid: int | None = None
+        self.finish_pid: int | None = None
+        self.started = 0.0
+        self.starts = 0
+        self.failures = 0  # consecutive, for the back-off
+        self.last_exit: int | None = None
+        self.stopping = False  # SIGTERM sent, SIGKILL pending
+        self.again = False  # start right after the exit and finish: no back-off, no failure
+        self.delay = 0  # the back-off chosen when run last exited
+
+    def deadline(self, what: str) -> str:
+        return f"daemon-{self.name}-{what}"
+
+    @property
+    def busy(self) -> bool:
+        return self.pid is not None or self.finish_pid is not None
+
+    @property
+    def state(self) -> str:
+        if self.pid is not None:
+            return "stopping" if self.stopping else "running"
+        if self.finish_pid is not None:
+            return "finishing"
+        return "backoff" if self.deadline("restart") in self.owner.loop.deadlines else "down"
+
+    def start(self) -> str | None:
+        """Spawn run now; on failure the error (already logged), with a retry scheduled."""
+        system, loop = self.owner.system, self.owner.loop
+        loop.cancel(self.deadline("restart"))
+        try:
+            self.pid = system.spawn([self.run], self.owner.environ, cwd=self.directory)
+        except OSError as e:
+            self.failures += 1
+            delay = self._backoff()
+            log.error(f"cannot start service {self.name} ({self.run}): {e.strerror}; retry in {delay}s")
+            loop.call_later(self.deadline("restart"), delay, self.start)
+            return e.strerror
+        self.started, self.stopping = system.now(), False
+        self.starts += 1
+        log.info(f"service {self.name} started (pid {self.pid})")
+        return None
+
+    def terminate(self) -> None:
+        log.info(f"stopping service {self.name} (pid {self.pid}): SIGTERM, SIGKILL in {self.owner.grace:g}s")
+        self.stopping = True
+        Group(self.pid).signal(self.owner.system, signal.SIGTERM)
+        self.owner.loop.call_later(self.deadline("kill"), self.owner.grace, self._kill_run)
+
+    def exited(self, pid: int, status: int) -> bool:
+        if pid == self.pid:
+            self._run_exited(status)
+        elif pid == self.finish_pid:
+            self.finish_pid = None
+            self.owner.loop.cancel(self.deadline("finish"))
+            log.info(f"service {self.name}: finish (pid {pid}) {describe_exit(status)}")
+            self._after_finish()
+        else:
+            return False
+        return True
+
+    def _run_exited(self, status: int) -> None:
+        system, loop = self.owner.system, self.owner.loop
+        pid, self.pid, self.stopping = self.pid, None, False
+        loop.cancel(self.deadline("kill"))
+        self.last_exit = exit_code(status)
+        if self.wanted and not self.again:
+            if system.now() - self.started >= self.owner.config()["workstable"]:
+                self.failures = 0
+            self.failures += 1
+            self.delay = self._backoff()
+        else:
+            self.delay = 0
+        finish = system.is_executable(self.finish)
+        then = "stay down" if not self.wanted else f"restart in {self.delay}s" if self.delay else "restart now"
+        log.info(f"service {self.name} (pid {pid}) {describe_exit(status)}; {'finish, then ' if finish else ''}{then}")
+        if finish:
+            self._run_finish(status)
+        else:
+            self._after_finish()
+
+    def _run_finish(self, status: int) -> None:
+        # runit's arguments: run's exit code and 0, or -1 and the signal that killed it.
+        if os.WIFSIGNALED(status):
+            args = ["-1", str(os.WTERMSIG(status))]
+        else:
+            args = [str(os.WEXITSTATUS(status)), "0"]
+        try:
+            self.finish_pid = self.owner.system.spawn([self.finish, *args], self.owner.environ, cwd=self.directory)
+        except OSError as e:
+            log.error(f"cannot run {self.finish}: {e.strerror}")
+            self._after_finish()
+            return
+        self.owner.loop.call_later(self.deadline("finish"), self.owner.grace, self._kill_finish)
+
+    def _after_finish(self) -> None:
+        if not self.wanted:
+            self.again = False
+        elif self.again or not self.delay:
+            self.again = False
+            self.start()
+        else:
+            self.owner.loop.call_later(self.deadline("restart"), self.delay, self.start)
+
+    def _backoff(self) -> int:
+        return restart_interval.daemon_backoff(self.owner.config(), self.failures)
+
+    def _kill_run(self) -> None:
+        if self.pid is not None:
+            log.warn(f"service {self.name} (pid {self.pid}) outlived the grace time: SIGKILL")
+            Group(self.pid).signal(self.owner.system, signal.SIGKILL)
+
+    def _kill_finish(self) -> None:
+        # runsv waits for finish forever; a hung finish here would hold up restarts and teardown.
+        if self.finish_pid is not None:
+            log.warn(f"service {self.name}: finish (pid {self.finish_pid}) outlived {self.owner.grace:g}s: SIGKILL")
+            Group(self.finish_pid).signal(self.owner.system, signal.SIGKILL)
+
+    def status(self) -> dict:
+        now = self.owner.system.now()
+        return {"name": self.name, "state": self.state, "pid": self.pid,
+                "uptime": round(now - self.started, 3) if self.pid is not None else None,
+                "last_exit": self.last_exit, "restarts": max(0, self.starts - 1), "down_file": self.down_file}
+
+
+class Daemons:
+    """Every service of one runit-style directory, for the engine to drive."""
+
+    def __init__(self, system: System, loop, grace: float, config) -> None:
+        self.system, self.loop, self.grace, self.config = system, loop, grace, config
+        self.directory = ""
+        self.environ: dict = {}
+        self.services: dict[str, Daemon] = {}
+        self.then = None
+        self.shutting_down = False
+
+    @property
+    def names(self) -> list[str]:
+        return sorted(self.services)
+
+    def start_all(self, directory: str, environ: dict) -> None:
+        self.directory, self.environ = directory, environ
+        if not self.system.is_dir(directory):
+            return
+        for name in sorted(self.system.list_dir(directory)):
+            path = os.path.join(directory, name)
+            # runsvdir skips dot-directories (a "supervise" or editor leftover) and plain files.
+            if name.startswith(".") or name in self.services or not self.system.is_dir(path):
+                continue
+            if not self.system.is_executable(os.path.join(path, "run")):
+                log.warn(f"service {name}: {path}/run is missing or not executable; skipped")
+                continue
+            daemon = self.services[name] = Daemon(name, path, self)
+            if daemon.down_file:
+                log.info(f"service {name}: {path}/down exists, not started (srvctl start {name} starts it)")
+            else:
+                daemon.start()
+
+    def exited(self, pid: int, status: int) -> bool:
+        for daemon in self.services.values():
+            if daemon.exited(pid, status):
+                if self.shutting_down:
+                    self._stop_next()
+                return True
+        return False
+
+    def request(self, verb: str, name: str) -> tuple[bool, str]:
+        daemon = self.services.get(name)
+        if daemon is None:
+            return False, f"no service {name!r} in {self.directory} (known: {', '.join(self.names) or 'none'})"
+        if verb not in ("start", "stop", "restart"):
+            return False, f"unknown verb {verb!r} (start, stop or restart)"
+        if verb == "stop":
+            return True, self._stop(daemon)
+        if self.shutting_down:
+            return False, "shutting down"
+        daemon.wanted = True
+        if daemon.pid is not None:
+            if verb == "start" and not daemon.stopping:
+                return True, f"{name} is already running (pid {daemon.pid})"
+            daemon.again = True
+            if daemon.stopping:
+                return True, f"{name} (pid {daemon.pid}) is stopping: starting it again once it has exited"
+            daemon.terminate()
+            return True, f"restarting {name} (pid {daemon.pid})"
+        daemon.failures = 0
+        if daemon.finish_pid is not None:
+            # runsv never overlaps finish and run: the start waits for finish.
+            daemon.again = True
+            self.loop.cancel(daemon.deadline("restart"))
+            return True, f"starting {name} once its finish script (pid {daemon.finish_pid}) is done"
+        error = daemon.start()
+        if error:
+            return False, f"cannot start {name}: {error}; trying again after a back-off"
+        return True, f"started {name} (pid {daemon.pid})"
+
+    def _stop(self, daemon: Daemon) -> str:
+        daemon.wanted, daemon.again = False, False
+        self.loop.cancel(daemon.deadline("restart"))
+        if daemon.pid is None:
+            return f"{daemon.name} is already down"
+        if self.shutting_down:
+            return f"{daemon.name} is stopped in its turn: shutting down"
+        if not daemon.stopping:
+            daemon.terminate()
+        return f"stopping {daemon.name} (pid {daemon.pid})"
+
+    def stop_all(self, then) -> None:
+        """Teardown: stop the services one at a time, in reverse name order (the reverse of
+        the start order, so one started earlier outlives its later neighbours), then then()."""
+        self.shutting_down, self.then = True, then
+        for daemon in self.services.values():
+            daemon.wanted = daemon.again = False
+            self.loop.cancel(daemon.deadline("restart"))
+        self._stop_next()
+
+    def _stop_next(self) -> None:
+        for name in reversed(self.names):
+            daemon = self.services[name]
+            if daemon.busy:
+                if daemon.pid is not None and not daemon.stopping:
+                    daemon.terminate()
+                return
+        then, self.then = self.then, None
+        if then:
+            then()
+
+    def status(self) -> list[dict]:
+        return [self.services[name].status() for name in self.names]

@@ -1,0 +1,430 @@
+"""Supporting daemons (/etc/service/NAME/run) on a FakeSystem with a real EventLoop.
+
+Child exits reach ``Daemons.exited`` through ``loop.reap()``; deadlines fire through
+``loop._fire_due()`` as the fake clock moves (fakes.pump / fakes.advance), so every
+restart, back-off and SIGKILL happens at the instant the real loop would make it.
+"""
+
+import errno
+import os
+import signal
+
+import pytest
+
+from fsm_init import log
+from fsm_init.daemons import Daemons
+from fsm_init.loop import EventLoop
+
+from . import fakes
+from .fakes import FakeSystem, exited, killed
+
+SERVICE = "/etc/service"
+ENV = {"PATH": "/usr/bin:/bin", "HOME": "/root"}
+GRACE = 5.0
+
+
+class Rig:
+    """Daemons on a FakeSystem; has the ``loop`` and ``system`` fakes.pump/advance drive."""
+
+    def __init__(self, **config) -> None:
+        self.system = FakeSystem()
+        self.config = {"workbackoff": 300, "workstable": 60, **config}
+        self.loop = EventLoop(self.system, lambda signum: None, self._on_exit)
+        self.daemons = Daemons(self.system, self.loop, GRACE, lambda: self.config)
+        self.strangers: list[int] = []  # exits Daemons said were not its own
+
+    def _on_exit(self, pid: int, status: int) -> None:
+        if not self.daemons.exited(pid, status):
+            self.strangers.append(pid)
+
+    def add(self, name: str, *, run_mode: int | None = 0o755, finish: bool = False, down: bool = False) -> None:
+        self.system.add_dir(f"{SERVICE}/{name}")
+        if run_mode is not None:
+            self.system.add_script(f"{SERVICE}/{name}/run", "exec sleep infinity\n", run_mode)
+        if finish:
+            self.system.add_script(f"{SERVICE}/{name}/finish")
+        if down:
+            self.system.add_file(f"{SERVICE}/{name}/down")
+
+    def start(self) -> None:
+        self.daemons.start_all(SERVICE, ENV)
+        self.pump()
+
+    def pump(self) -> None:
+        fakes.pump(self)
+
+    def advance(self, seconds: float) -> None:
+        fakes.advance(self, seconds)
+
+    def die(self, pid: int, status: int) -> None:
+        self.system.die(pid, status)
+        self.pump()
+
+    def info(self, name: str) -> dict:
+        return {s["name"]: s for s in self.daemons.status()}[name]
+
+    def pid(self, name: str) -> int:
+        pid = self.info(name)["pid"]
+        assert pid is not None, self.info(name)
+        return pid
+
+    def finishing(self, name: str, status: int):
+        """run of name ends with status; returns the spawn of the finish script it set off."""
+        before = len(self.finishes(name))
+        self.die(self.pid(name), status)
+        assert len(self.finishes(name)) == before + 1, "no finish script was run"
+        return self.finishes(name)[-1]
+
+    def runs(self, name: str) -> list:
+        return [s for s in self.system.spawns if s.argv[0] == f"{SERVICE}/{name}/run"]
+
+    def finishes(self, name: str) -> list:
+        return [s for s in self.system.spawns if s.argv[0] == f"{SERVICE}/{name}/finish"]
+
+    def due(self, name: str, what: str = "restart") -> float | None:
+        entry = self.loop.deadlines.get(f"daemon-{name}-{what}")
+        return entry[0] - self.system.clock if entry else None
+
+    def request(self, verb: str, name: str) -> tuple[bool, str]:
+        reply = self.daemons.request(verb, name)
+        self.pump()
+        return reply
+
+    def close(self) -> None:
+        self.loop.selector.close()
+        for fd in (self.loop._wake_r, self.loop._wake_w):
+            os.close(fd)
+
+
+@pytest.fixture
+def make():
+    made = []
+
+    def factory(services: str = "", start: bool = True, **config) -> Rig:
+        """services: "cron sshd:finish idle:down" (a name, and after a colon what it has)."""
+        rig = Rig(**config)
+        made.append(rig)
+        for spec in services.split():
+            name, _, extra = spec.partition(":")
+            rig.add(name, finish=extra == "finish", down=extra == "down")
+        if start:
+            rig.start()
+        return rig
+
+    yield factory
+    for rig in made:
+        rig.close()
+
+
+@pytest.fixture
+def lines(monkeypatch) -> list[str]:
+    """Every log line, "warning: "/"error: " prefixed as on stderr."""
+    recorded: list[str] = []
+    monkeypatch.setattr(log, "_emit", lambda level, message: recorded.append(level + message))
+    return recorded
+
+
+# -- discovery ---------------------------------------------------------------------------------
+
+
+def test_discovery_spawns_in_name_order_in_the_service_directory(make, lines):
+    rig = make("cron app sshd .hidden idle:down", start=False)
+    rig.add("broken", run_mode=0o644)
+    rig.add("empty", run_mode=None)
+    rig.system.add_file(f"{SERVICE}/README", "not a service")
+    rig.start()
+
+    assert [s.argv for s in rig.system.spawns] == [[f"{SERVICE}/{n}/run"] for n in ("app", "cron", "sshd")]
+    assert [s.cwd for s in rig.system.spawns] == [f"{SERVICE}/{n}" for n in ("app", "cron", "sshd")]
+    assert all(s.env == ENV for s in rig.system.spawns)
+    assert rig.daemons.names == ["app", "cron", "idle", "sshd"]
+    warnings = [line for line in lines if line.startswith("warning: ")]
+    assert len(warnings) == 2
+    assert "broken" in warnings[0] and "empty" in warnings[1]
+    assert not any("hidden" in line or "README" in line for line in lines)
+    assert any("idle" in line and "down" in line for line in lines)
+    assert rig.info("idle") | {"name": None} == {"name": None, "state": "down", "pid": None, "uptime": None,
+                                                  "last_exit": None, "restarts": 0, "down_file": True}
+    assert rig.info("app")["state"] == "running" and rig.info("app")["down_file"] is False
+
+
+def test_a_missing_directory_is_no_error(make, lines):
+    rig = make()
+    assert rig.system.spawns == [] and rig.daemons.names == [] and lines == []
+    assert rig.daemons.status() == []
+
+
+# -- restarts and back-off ---------------------------------------------------------------------
+
+
+def test_restart_backs_off_1_2_4_capped_by_workbackoff(make, lines):
+    rig = make("cron", workbackoff=4)
+    delays = []
+    for _ in range(5):
+        rig.die(rig.pid("cron"), exited(1))
+        assert rig.info("cron")["state"] == "backoff"
+        delays.append(rig.due("cron"))
+        rig.advance(delays[-1] - 0.5)
+        assert len(rig.runs("cron")) == len(delays), "restarted before its back-off was over"
+        rig.advance(0.5)
+        assert rig.info("cron")["state"] == "running"
+    assert delays == [1, 2, 4, 4, 4]
+    assert rig.info("cron")["restarts"] == 5 and rig.info("cron")["last_exit"] == 1
+    assert "service cron (pid 100) exited with status 1; restart in 1s" in lines
+    assert all(s.cwd == f"{SERVICE}/cron" for s in rig.runs("cron"))
+
+
+def test_back_off_starts_over_after_a_stable_run(make):
+    rig = make("cron", workstable=60)
+    for expected in (1, 2, 4):
+        rig.die(rig.pid("cron"), exited(1))
+        assert rig.due("cron") == expected
+        rig.advance(expected)
+    rig.advance(59)
+    rig.die(rig.pid("cron"), exited(1))
+    assert rig.due("cron") == 8, "59 s is short of workstable"
+    rig.advance(8 + 60)
+    rig.die(rig.pid("cron"), exited(0))
+    assert rig.due("cron") == 1
+
+
+def test_finish_gets_runit_arguments_and_the_restart_waits_for_it(make, lines):
+    rig = make("cron:finish")
+    first = rig.pid("cron")
+    finish = rig.finishing("cron", exited(3))
+    assert finish.argv == [f"{SERVICE}/cron/finish", "3", "0"]
+    assert finish.cwd == f"{SERVICE}/cron" and finish.env == ENV
+    assert rig.info("cron")["state"] == "finishing" and rig.due("cron") is None
+    assert f"service cron (pid {first}) exited with status 3; finish, then restart in 1s" in lines
+    rig.advance(3)
+    assert len(rig.runs("cron")) == 1, "run started while finish was still running"
+    assert rig.due("cron", "finish") == GRACE - 3
+    rig.die(finish.pid, exited(0))
+    assert rig.due("cron") == 1 and rig.due("cron", "finish") is None
+    rig.advance(1)
+    assert len(rig.runs("cron")) == 2
+
+    # Killed by a signal: -1 and the signal number.
+    ok, message = rig.request("stop", "cron")
+    assert ok and message == f"stopping cron (pid {rig.runs('cron')[1].pid})"
+    finish = rig.finishes("cron")[1]
+    assert finish.argv == [f"{SERVICE}/cron/finish", "-1", "15"]
+    assert rig.due("cron", "kill") is None, "the SIGKILL outlived the process it was for"
+    rig.die(finish.pid, exited(0))
+    rig.advance(400)
+    assert len(rig.runs("cron")) == 2 and rig.info("cron")["state"] == "down"
+    assert rig.info("cron")["last_exit"] == 128 + signal.SIGTERM
+
+
+def test_a_hung_finish_is_killed_after_the_grace_time(make, lines):
+    rig = make("cron:finish")
+    finish = rig.finishing("cron", exited(1))
+    rig.system.stubborn(finish.pid)
+    rig.advance(GRACE - 0.5)
+    assert rig.system.signals_to(finish.pid) == []
+    rig.advance(0.5)
+    assert rig.system.signals_to(finish.pid) == [signal.SIGKILL]
+    assert not rig.system.alive(finish.pid)
+    assert any(line.startswith("warning: service cron: finish") for line in lines)
+    assert rig.due("cron") == 1
+    rig.advance(1)
+    assert len(rig.runs("cron")) == 2 and rig.strangers == []
+
+
+def test_a_spawn_failure_counts_as_a_failure_and_is_retried(make, lines):
+    rig = make("cron", start=False)
+    run = f"{SERVICE}/cron/run"
+    rig.system.spawn_errors[run] = errno.EACCES
+    rig.start()
+    assert rig.info("cron")["state"] == "backoff" and rig.due("cron") == 1
+    assert f"error: cannot start service cron ({run}): Permission denied; retry in 1s" in lines
+    rig.advance(1)
+    assert rig.due("cron") == 2
+    del rig.system.spawn_errors[run]
+    rig.advance(2)
+    assert rig.info("cron")["state"] == "running" and rig.info("cron")["restarts"] == 0
+
+
+# -- srvctl requests ---------------------------------------------------------------------------
+
+
+def test_stop_terms_the_group_kills_a_stubborn_one_and_stays_down(make, lines):
+    rig = make("cron")
+    pid = rig.pid("cron")
+    helper = rig.system.add_process(pid)  # a child in the run's session
+    rig.system.stubborn(pid)
+    rig.system.stubborn(helper)
+    assert rig.request("stop", "cron") == (True, f"stopping cron (pid {pid})")
+    assert rig.system.signals_to(pid) == [signal.SIGTERM] and rig.system.signals_to(helper) == [signal.SIGTERM]
+    assert rig.info("cron")["state"] == "stopping" and rig.due("cron", "kill") == GRACE
+    assert rig.request("stop", "cron") == (True, f"stopping cron (pid {pid})")
+    assert rig.system.signals_to(pid) == [signal.SIGTERM], "a second stop sent another signal"
+    rig.advance(GRACE)
+    assert rig.system.signals_to(pid) == [signal.SIGTERM, signal.SIGKILL]
+    assert rig.system.signals_to(helper) == [signal.SIGTERM, signal.SIGKILL]
+    assert rig.info("cron")["state"] == "down" and rig.info("cron")["last_exit"] == 137
+    rig.advance(400)
+    assert len(rig.runs("cron")) == 1
+    assert rig.request("stop", "cron") == (True, "cron is already down")
+
+
+def test_stop_cancels_a_pending_restart(make):
+    rig = make("cron")
+    rig.die(rig.pid("cron"), exited(1))
+    assert rig.due("cron") == 1
+    assert rig.request("stop", "cron") == (True, "cron is already down")
+    rig.advance(10)
+    assert len(rig.runs("cron")) == 1 and rig.info("cron")["state"] == "down"
+
+
+def test_start(make):
+    rig = make("cron:down sshd")
+    pid = rig.pid("sshd")
+    assert rig.request("start", "sshd") == (True, f"sshd is already running (pid {pid})")
+    assert len(rig.runs("sshd")) == 1
+
+    ok, message = rig.request("start", "cron")
+    assert ok and message == f"started cron (pid {rig.pid('cron')})"
+    assert rig.runs("cron")[0].cwd == f"{SERVICE}/cron"
+
+    # During a back-off: at once, and the failure count starts over.
+    for _ in range(3):
+        rig.die(rig.pid("cron"), exited(1))
+        rig.advance(rig.due("cron"))
+    rig.die(rig.pid("cron"), exited(1))
+    assert rig.due("cron") == 8
+    assert rig.request("start", "cron")[0]
+    assert rig.info("cron")["state"] == "running" and rig.due("cron") is None
+    rig.die(rig.pid("cron"), exited(1))
+    assert rig.due("cron") == 1
+
+
+def test_start_while_finishing_starts_right_after_the_finish(make):
+    rig = make("cron:finish")
+    rig.request("stop", "cron")
+    [finish] = rig.finishes("cron")
+    ok, message = rig.request("start", "cron")
+    assert ok and "finish" in message
+    assert len(rig.runs("cron")) == 1
+    rig.die(finish.pid, exited(0))
+    assert len(rig.runs("cron")) == 2 and rig.info("cron")["state"] == "running"
+
+
+def test_start_while_finishing_after_a_failure_skips_the_back_off(make):
+    rig = make("cron:finish")
+    finish = rig.finishing("cron", exited(1))
+    assert rig.request("start", "cron")[0]
+    rig.die(finish.pid, exited(0))
+    assert len(rig.runs("cron")) == 2 and rig.due("cron") is None
+
+
+def test_restart_running_is_immediate_after_exit_and_finish_and_counts_no_failure(make):
+    rig = make("cron:finish")
+    old = rig.pid("cron")
+    rig.system.stubborn(old)
+    assert rig.request("restart", "cron") == (True, f"restarting cron (pid {old})")
+    assert rig.system.signals_to(old) == [signal.SIGTERM]
+    rig.advance(GRACE)
+    assert rig.system.signals_to(old) == [signal.SIGTERM, signal.SIGKILL]
+    [finish] = rig.finishes("cron")
+    assert finish.argv[1:] == ["-1", "9"] and len(rig.runs("cron")) == 1
+    rig.die(finish.pid, exited(0))
+    assert len(rig.runs("cron")) == 2 and rig.due("cron") is None
+    # No failure was counted: the next death backs off 1 s.
+    rig.die(rig.finishing("cron", exited(1)).pid, exited(0))
+    assert rig.due("cron") == 1
+
+
+def test_restart_when_not_running_starts_now(make):
+    rig = make("cron:down")
+    ok, message = rig.request("restart", "cron")
+    assert ok and message == f"started cron (pid {rig.pid('cron')})"
+
+
+def test_unknown_service_and_unknown_verb(make):
+    rig = make("cron sshd")
+    assert rig.request("start", "x") == (False, f"no service 'x' in {SERVICE} (known: cron, sshd)")
+    ok, message = rig.request("reload", "cron")
+    assert not ok and "reload" in message
+
+
+def test_start_fails_visibly_when_the_spawn_fails(make):
+    rig = make("cron:down")
+    rig.system.spawn_errors[f"{SERVICE}/cron/run"] = errno.ENOEXEC
+    ok, message = rig.request("start", "cron")
+    assert not ok and os.strerror(errno.ENOEXEC) in message
+    assert rig.info("cron")["state"] == "backoff"
+
+
+# -- teardown ----------------------------------------------------------------------------------
+
+
+def test_stop_all_stops_one_at_a_time_in_reverse_name_order(make, lines):
+    rig = make("a b:finish c d")
+    rig.die(rig.pid("d"), exited(1))  # d waits out a back-off: it must not come back
+    pids = {name: rig.pid(name) for name in "abc"}
+    rig.system.stubborn(pids["c"])
+    calls = []
+    rig.daemons.stop_all(lambda: calls.append(rig.system.clock))
+    rig.pump()
+    terms = lambda: [pid for pid, sig in rig.system.kills if sig == signal.SIGTERM]  # noqa: E731
+    assert terms() == [pids["c"]]
+    assert rig.request("start", "a") == (False, "shutting down")
+    assert rig.request("restart", "d") == (False, "shutting down")
+    rig.advance(GRACE - 0.5)
+    assert terms() == [pids["c"]] and rig.system.alive(pids["c"])
+    rig.advance(0.5)
+    assert rig.system.signals_to(pids["c"]) == [signal.SIGTERM, signal.SIGKILL]
+    assert terms() == [pids["c"], pids["b"]]
+    [finish] = rig.finishes("b")
+    assert finish.argv[1:] == ["-1", "15"]
+    rig.advance(1)
+    assert terms() == [pids["c"], pids["b"]], "a was stopped before b's finish ended"
+    rig.die(finish.pid, exited(0))
+    assert terms() == [pids["c"], pids["b"], pids["a"]]
+    assert calls == [rig.system.clock]
+    rig.advance(600)
+    assert calls == [rig.system.clock - 600] and len(rig.system.spawns) == 5
+    assert [s["state"] for s in rig.daemons.status()] == ["down"] * 4
+
+
+def test_stop_all_with_nothing_running_calls_then_at_once(make):
+    rig = make("cron:down")
+    calls = []
+    rig.daemons.stop_all(lambda: calls.append(1))
+    assert calls == [1]
+    rig.advance(100)
+    assert calls == [1]
+
+
+def test_stop_all_waits_for_a_running_finish_script(make):
+    rig = make("cron:finish")
+    finish = rig.finishing("cron", exited(2))
+    calls = []
+    rig.daemons.stop_all(lambda: calls.append(1))
+    assert calls == []
+    rig.system.stubborn(finish.pid)
+    rig.advance(GRACE)
+    assert rig.system.signals_to(finish.pid) == [signal.SIGKILL]
+    assert calls == [1] and len(rig.runs("cron")) == 1
+
+
+# -- status ------------------------------------------------------------------------------------
+
+
+def test_status_fields(make):
+    rig = make("cron:finish")
+    rig.advance(2.5)
+    assert rig.info("cron") == {"name": "cron", "state": "running", "pid": 100, "uptime": 2.5,
+                                "last_exit": None, "restarts": 0, "down_file": False}
+    finish = rig.finishing("cron", killed(signal.SIGSEGV)).pid
+    assert rig.info("cron") | {"state": "finishing", "pid": None, "uptime": None,
+                               "last_exit": 128 + signal.SIGSEGV} == rig.info("cron")
+    rig.die(finish, exited(0))
+    assert rig.info("cron")["state"] == "backoff"
+    rig.advance(1)
+    pid = rig.pid("cron")
+    assert rig.info("cron")["restarts"] == 1 and rig.info("cron")["uptime"] == 0
+    rig.system.stubborn(pid)
+    rig.request("stop", "cron")
+    assert rig.info("cron")["state"] == "stopping" and rig.info("cron")["pid"] == pid
