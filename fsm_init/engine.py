@@ -375,7 +375,11 @@ class Engine:
         tty = self.system.terminal() if self.non_daemon() else None
         try:
             if self.non_daemon() and self.settings.exec_service:
-                self._exec_service(cmd, env)
+                if self.keeps_supervising():
+                    log.warn("FSM_INIT_EXEC_SERVICE ignored: the /etc/service daemons or the shutdown scripts "
+                             "need fsm-init to stay PID 1")
+                else:
+                    self._exec_service(cmd, env)
             pid = self.system.spawn(cmd.argv, env, cmd.executable, tty)
         except OSError as e:
             self.last_exit = spawn_error_code(e)

@@ -982,6 +982,14 @@ def test_exec_service_replaces_fsm_init_in_non_daemon_mode_only(make):
     assert h2.system.execs == [] and h2.state == "watch"
 
 
+def test_exec_service_is_ignored_while_daemons_need_the_engine(make, capfd):
+    h = make(cfg(), exec_service=True)
+    h.system.add_script("/etc/service/cron/run")
+    h.begin()
+    assert h.system.execs == [] and h.state == "foreground" and spawned(h)[-1] == RUN
+    assert "FSM_INIT_EXEC_SERVICE ignored" in capfd.readouterr().err
+
+
 def test_handover_goes_through_the_system_boundary(make, monkeypatch):
     """system.py: every process operation the engine performs goes through System."""
     attempts = []
