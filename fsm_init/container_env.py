@@ -54,13 +54,14 @@ def shell_quote(value: str) -> str:
 
 
 def read_directory(system, directory: str) -> dict[str, str] | None:
-    """NAME -> value for each file in directory; None when it is not a directory.
+    """NAME -> value for each file in directory; None when it is not a directory or
+    cannot be listed.
 
     Dot files are skipped silently (editor back-ups, an interrupted atomic write's
     temporary file); other names no environment can hold, and unreadable files,
     with one warning.
     """
-    if not system.is_dir(directory):
+    if not system.is_dir(directory) or not system.can_list(directory):
         return None
     found: dict[str, str] = {}
     invalid, unreadable = [], []
@@ -192,6 +193,9 @@ class ContainerEnvironment:
         return cls(system, environ.get(DIRECTORY_VARIABLE) or DIRECTORY)
 
     def start(self, environ: dict) -> dict:
+        if self.system.is_dir(self.directory) and not self.system.can_list(self.directory):
+            log.warn(f"container environment: cannot list {self.directory} (running as uid {self.system.euid()}); "
+                     "its variables are not imported")
         env = import_env(environ, self.system, self.directory)
         self._export(env, to_dir=True)
         return env

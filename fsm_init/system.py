@@ -283,6 +283,10 @@ class System:
     def is_dir(self, path: str) -> bool:
         return os.path.isdir(path)
 
+    def can_list(self, path: str) -> bool:
+        """Whether this process may list path (read and search it)."""
+        return os.access(path, os.R_OK | os.X_OK)
+
     def is_executable(self, path: str) -> bool:
         return os.path.isfile(path) and os.access(path, os.X_OK)
 

@@ -157,6 +157,14 @@ class Running:
                     pass
         return found
 
+    def host_pid(self, ns_pid: int) -> int:
+        """The host pid of the namespace's ns_pid (the test runs outside the namespace)."""
+        for host in self.namespace_pids():
+            for line in Path(f"/proc/{host}/status").read_text().splitlines():
+                if line.startswith("NSpid:") and int(line.split()[-1]) == ns_pid:
+                    return host
+        raise AssertionError(f"no process {ns_pid} in the namespace")
+
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)

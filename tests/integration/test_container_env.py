@@ -235,3 +235,21 @@ def test_non_root_with_a_directory_it_owns_writes_everything(nobody_sandbox):
     assert json.loads(json_file.read_text())["VAR"] == "imported"
     for name in NOT_DUMPED:
         assert not (directory / name).exists(), name
+
+
+@needs_nobody
+def test_non_root_with_a_directory_it_cannot_list_says_so(nobody_sandbox):
+    """my_init's image leaves the directory 0700 (0750 root:docker_env here): a user outside
+    the group cannot even list it.  Nothing crashes, and the log says what was not imported."""
+    box, out = nobody_sandbox
+    directory = box.root / "container_environment"
+    directory.mkdir()
+    directory.chmod(0o750)
+    (directory / "VAR").write_text("hidden\n")
+    seen = out / "seen"
+    run = box.start(*print_var("VAR", seen), launcher=AS_NOBODY)
+    assert run.wait() == 0, run.log
+    assert seen.read_text() == ""
+    assert f"container environment: cannot list {directory} (running as uid {NOBODY[0]}); " \
+           "its variables are not imported" in run.log
+    assert "Traceback" not in run.log

@@ -136,15 +136,6 @@ def runit_service(sandbox, name: str, out: Path, *, ignore_term=False, finish=Fa
         sandbox.etc(f"service/{name}/down", "")
 
 
-def host_pid(run, ns_pid: int) -> int:
-    """The host pid of the namespace's ns_pid (the test runs outside the namespace)."""
-    for host in run.namespace_pids():
-        for line in Path(f"/proc/{host}/status").read_text().splitlines():
-            if line.startswith("NSpid:") and int(line.split()[-1]) == ns_pid:
-                return host
-    raise AssertionError(f"no process {ns_pid} in the namespace")
-
-
 def daemons(run) -> dict:
     return {d["name"]: d for d in run.status()["daemons"]}
 
@@ -171,7 +162,7 @@ def test_runit_services_are_supervised_beside_the_service(sandbox):
     assert re.search(rf"daemon: +alpha: running, pid {found['alpha']['pid']}, up \d+s", text), text
 
     # A killed daemon comes back after the back-off, and finish sees how it ended.
-    os.kill(host_pid(run, found["alpha"]["pid"]), signal.SIGKILL)
+    os.kill(run.host_pid(found["alpha"]["pid"]), signal.SIGKILL)
     assert wait_lines(out / "alpha.finish", 1) == ["-1 9 /etc/service/alpha"]
     wait_lines(out / "alpha.pids", 2)
     assert daemons(run)["alpha"]["restarts"] == 1 and daemons(run)["alpha"]["last_exit"] == 137

@@ -9,6 +9,7 @@ tick that records how late the loop runs it (does it keep answering?) and its RS
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -239,3 +240,38 @@ def test_the_default_dev_log_reaches_the_container_log(sandbox):
     assert run.status()["supporting"]["syslog"].startswith("listening on /dev/log")
     assert (sandbox.root / ".dev-up" / "log").is_socket() and not os.path.exists("/dev/log")
     assert run.srvctl("stop").returncode == 0 and run.wait() == 0
+
+
+def vm_rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+@needs_pid_namespace
+def test_pid_1_under_a_flood_stays_flat_and_keeps_supervising(sandbox):
+    """fsm-init as PID 1 relaying a flood of 100 000 messages: during it, srvctl answers
+    and a killed service is restarted; afterwards PID 1's RSS has not grown."""
+    sock = sandbox.root / "devlog"
+    d = sandbox.service("app", {"initdelay": 0, "workstart": "./run.sh", "workwatch": 0, "workintvl": 1},
+                        run__sh="echo $$ >> pids\nexec sleep 1000\n")
+    run = sandbox.start(SRVNAME="app", FSM_INIT_SYSLOG_SOCKET=str(sock))
+    run.wait_state("watch")
+    first = int(wait_for(lambda: (d / "pids").exists() and (d / "pids").read_text().split(), what="the service")[0])
+    before = vm_rss_kb(run.pid1)
+    flood = subprocess.Popen([sys.executable, "-c", FLOODER, str(sock), str(FLOOD)])
+    try:
+        wait_for(lambda: "syslog[user.info] flood" in run.output or "syslog[user.info] flood" in run.log,
+                 what="the flood reaching the log")
+        assert flood.poll() is None, "the flood ended before the checks below could overlap it"
+        assert run.srvctl("status").returncode == 0
+        os.kill(run.host_pid(first), signal.SIGKILL)
+        wait_for(lambda: len((d / "pids").read_text().split()) == 2, timeout=30, what="the service restarted")
+        assert flood.wait(120) == 0
+    finally:
+        flood.kill()
+    send(sock, b"<14>Nov 22 10:48:22 probe[1]: after the flood")
+    wait_for(lambda: "after the flood" in run.output + run.log, what="a message after the flood")
+    assert vm_rss_kb(run.pid1) - before < 4096, f"PID 1's RSS grew from {before} kB to {vm_rss_kb(run.pid1)} kB"
+    wait_for(lambda: "messages dropped" in run.log, what="the relay's summary of what it dropped")

@@ -102,6 +102,7 @@ class FakeSystem:
         self.uid = 0  # euid()
         self.group_ids: dict[str, int] = {}  # group name -> gid (group_id)
         self.member_of: set[int] = set()  # gids a non-root uid may chgrp to
+        self.unlistable: set[str] = set()  # directories can_list refuses (a non-root uid's view)
         # fault injection: (method, key) -> exception; key None matches any call
         self.faults: dict[tuple[str, str | None], BaseException] = {}
         self.calls: list[tuple] = []  # every call, in order: (method, *args)
@@ -327,6 +328,9 @@ class FakeSystem:
     def is_dir(self, path: str) -> bool:
         self.calls.append(("is_dir", self._abs(path)))
         return self._abs(path) in self.dirs
+
+    def can_list(self, path: str) -> bool:
+        return self._abs(path) in self.dirs and self._abs(path) not in self.unlistable
 
     def is_executable(self, path: str) -> bool:
         path = self._abs(path)

@@ -191,6 +191,20 @@ def test_after_script_with_an_unreadable_directory_changes_nothing(fs):
     assert handle.after_script({"A": "1"}) == {"A": "1"}
 
 
+def test_a_directory_it_cannot_list_is_named_once_and_nothing_is_lost(fs, capfd):
+    fs.uid = 1000
+    fs.add_file(f"{D}/SECRET_GROUP_ONLY", "x")
+    fs.unlistable.add(D)
+    handle = ce.ContainerEnvironment(fs, D)
+    env = handle.start({"A": "1"})
+    for _ in range(2):
+        env = handle.after_script(env)
+    assert env == {"A": "1"}
+    said = [line for line in capfd.readouterr().err.splitlines() if "cannot list" in line]
+    assert len(said) == 1 and said[0].endswith(f"warning: container environment: cannot list {D} "
+                                               "(running as uid 1000); its variables are not imported")
+
+
 def test_the_handle_warns_once_per_path_across_scripts(fs, capfd):
     fs.uid = 1000
     fs.fail("write_atomic", PermissionError(errno.EACCES, "Permission denied"))
