@@ -249,7 +249,8 @@ def test_startup_scripts_daemons_and_the_environment_as_nobody(nobody_sandbox):
 
 def test_the_example_daemon_runs_and_its_finish_reports_the_stop(sandbox):
     run = sandbox.start("--", "sleep", "1000", FSM_INIT_SERVICE_DIRECTORY=str(ROOT / "examples" / "service"))
-    wait_for(lambda: "uptime-log: the container has been up" in run.output, what=f"the daemon's line\n{run.log}")
+    wait_for(lambda: re.search(r"loadavg: \S+ load average \S+ \S+ \S+", run.output),
+             what=f"the daemon's line\n{run.log}")
     run.signal(signal.SIGTERM)
     assert run.wait() == 128 + signal.SIGTERM
-    assert "uptime-log: run ended (exit -1, signal 15)" in run.output
+    assert "loadavg: run ended (exit -1, signal 15)" in run.output
