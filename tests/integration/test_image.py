@@ -705,6 +705,21 @@ def test_a_command_replaces_workstart_and_its_status_is_the_containers(run):
     assert "from the command" in container.out_path.read_text()
 
 
+def test_the_image_has_my_inits_layout_and_dumps_the_container_environment(run):
+    # What a baseimage-docker user's Dockerfile and scripts expect to find.
+    script = ("stat -c '%n %a %G' /etc/container_environment /etc/container_environment.sh "
+              "/etc/container_environment/GREETING; . /etc/container_environment.sh; echo \"greeting=$GREETING\"; "
+              "ls -d /etc/my_init.d /etc/my_init.pre_shutdown.d /etc/my_init.post_shutdown.d /etc/service")
+    container = run(cmd=["sh", "-c", script], GREETING="it's here")
+    assert container.proc.wait(30) == 0, container.log
+    out = container.out_path.read_text().splitlines()
+    assert out[:3] == ["/etc/container_environment 750 docker_env", "/etc/container_environment.sh 640 docker_env",
+                       "/etc/container_environment/GREETING 640 docker_env"], container.log
+    assert "greeting=it's here" in out
+    assert sorted(out[-4:]) == ["/etc/my_init.d", "/etc/my_init.post_shutdown.d", "/etc/my_init.pre_shutdown.d",
+                                "/etc/service"]
+
+
 def app_service(root: Path, name: str, workcfg: dict) -> Path:
     srv = root / "context-srv"
     service = srv / name
