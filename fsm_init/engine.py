@@ -723,7 +723,10 @@ class Engine:
         when = {name: _clock(self.system.wall() + at - self.system.now())
                 for name, (at, _) in self.loop.deadlines.items()}
         pid = self.service.pid if self.service else None
+        running = f"running {self.script.name} (killed at {when.get('script')} if still running)" if self.script else ""
         phrases = {
+            "startup_scripts": running, "env_resume": running, "pre_shutdown": running, "post_shutdown": running,
+            "stop_daemons": "stopping the /etc/service daemons one by one, in reverse order",
             "delay": f"the start goes on at {when.get('state')}",
             "idle": f"the config is read again at {when.get('state')}",
             "restart_interval": (f"first check at {when.get('state')}" if pid else f"next start at {when.get('state')}"),

@@ -51,6 +51,17 @@ def test_startup_scripts_then_rc_local_in_order_before_the_service_with_what_the
     assert json.loads((env_dir.parent / "container_environment.json").read_text())["FROM_TEN"] == VALUE
 
 
+def test_why_names_the_startup_script_that_runs(sandbox):
+    release = sandbox.root / "release"
+    sandbox.etc("my_init.d/10-waits", f"while [ ! -e {release} ]; do sleep 0.05; done\n")
+    run = sandbox.start("--", "true")
+    run.wait_state("startup_scripts")
+    why = run.srvctl("why").stdout
+    assert re.match(r"startup_scripts: .*; running 10-waits \(killed at \d\d:\d\d:\d\d if still running\)", why), why
+    release.touch()
+    assert run.wait() == 0, run.log
+
+
 def test_a_failing_startup_script_stops_the_start_up_with_exit_1(sandbox):
     order = sandbox.root / "order"
     sandbox.etc("my_init.d/10-fails", appender(order, "10") + "exit 3\n")
