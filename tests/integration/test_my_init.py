@@ -265,3 +265,16 @@ def test_the_example_daemon_runs_and_its_finish_reports_the_stop(sandbox):
     run.signal(signal.SIGTERM)
     assert run.wait() == 128 + signal.SIGTERM
     assert "loadavg: run ended (exit -1, signal 15)" in run.output
+
+
+def test_one_shot_mode_runs_the_command_beside_the_daemons_and_exits_with_its_status(sandbox):
+    """my_init's `-- CMD`: start-up files, daemons, CMD; then the daemons stop and the exit
+    status is CMD's."""
+    out = sandbox.root
+    runit_service(sandbox, "alpha", out)
+    sandbox.etc("my_init.d/10-first", appender(out / "order", "startup"))
+    run = sandbox.start("--", "sh", "-c", f"while [ ! -s {out}/alpha.pids ]; do sleep 0.02; done; "
+                                          f"echo command >> {out}/order; exit 5")
+    assert run.wait() == 5, run.log
+    assert lines(out / "order") == ["startup", "command"]
+    assert lines(out / "stopped") == ["alpha"]
