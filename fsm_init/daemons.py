@@ -16,7 +16,7 @@ import os
 import signal
 
 from fsm_init import log, restart_interval
-from fsm_init.stop import Group
+from fsm_init.stop import KILL_SETTLE, Group, Stopper
 from fsm_init.system import System, describe_exit, exit_code
 
 
@@ -35,21 +35,25 @@ class Daemon:
         self.starts = 0
         self.failures = 0  # consecutive, for the back-off
         self.last_exit: int | None = None
-        self.stopping = False  # SIGTERM sent, SIGKILL pending
+        self.stopping = False  # its session is being stopped (TERM, grace, KILL)
         self.again = False  # start right after the exit and finish: no back-off, no failure
         self.delay = 0  # the back-off chosen when run last exited
+        self.exit_status = 0  # run's last wait status, for finish
+        self.stopper = Stopper(owner.system, owner.loop, self.deadline("stop"))
 
     def deadline(self, what: str) -> str:
         return f"daemon-{self.name}-{what}"
 
     @property
     def busy(self) -> bool:
-        return self.pid is not None or self.finish_pid is not None
+        return self.pid is not None or self.stopping or self.finish_pid is not None
 
     @property
     def state(self) -> str:
+        if self.stopping:
+            return "stopping"
         if self.pid is not None:
-            return "stopping" if self.stopping else "running"
+            return "running"
         if self.finish_pid is not None:
             return "finishing"
         return "backoff" if self.deadline("restart") in self.owner.loop.deadlines else "down"
@@ -72,10 +76,24 @@ class Daemon:
         return None
 
     def terminate(self) -> None:
-        log.info(f"stopping service {self.name} (pid {self.pid}): SIGTERM, SIGKILL in {self.owner.grace:g}s")
+        log.info(f"stopping service {self.name} (pid {self.pid})")
+        self._clear_session(self.pid)
+
+    def _clear_session(self, leader: int) -> None:
+        # run's whole session, not just run: a child it left behind would otherwise
+        # outlive a stop, or run twice beside the next run after a restart.
         self.stopping = True
-        Group(self.pid).signal(self.owner.system, signal.SIGTERM)
-        self.owner.loop.call_later(self.deadline("kill"), self.owner.grace, self._kill_run)
+        self.stopper.stop_group(Group(leader), signal.SIGTERM, self.owner.grace, self._session_gone,
+                                f"service {self.name}'s session")
+
+    def _session_gone(self) -> None:
+        if self.pid is not None:
+            return  # run is a zombie not reaped yet: _run_exited goes on from here
+        self.stopping = False
+        if self.owner.system.is_executable(self.finish):
+            self._run_finish(self.exit_status)
+        else:
+            self._after_finish()
 
     def exited(self, pid: int, status: int) -> bool:
         if pid == self.pid:
@@ -90,10 +108,9 @@ class Daemon:
         return True
 
     def _run_exited(self, status: int) -> None:
-        system, loop = self.owner.system, self.owner.loop
-        pid, self.pid, self.stopping = self.pid, None, False
-        loop.cancel(self.deadline("kill"))
-        self.last_exit = exit_code(status)
+        system = self.owner.system
+        pid, self.pid = self.pid, None
+        self.last_exit, self.exit_status = exit_code(status), status
         if self.wanted and not self.again:
             if system.now() - self.started >= self.owner.config()["workstable"]:
                 self.failures = 0
@@ -104,10 +121,10 @@ class Daemon:
         finish = system.is_executable(self.finish)
         then = "stay down" if not self.wanted else f"restart in {self.delay}s" if self.delay else "restart now"
         log.info(f"service {self.name} (pid {pid}) {describe_exit(status)}; {'finish, then ' if finish else ''}{then}")
-        if finish:
-            self._run_finish(status)
-        else:
-            self._after_finish()
+        if not self.stopping:
+            self._clear_session(pid)
+        elif self.stopper.find is None:  # the stop saw the session empty before run was reaped
+            self._session_gone()
 
     def _run_finish(self, status: int) -> None:
         # runit's arguments: run's exit code and 0, or -1 and the signal that killed it.
@@ -126,6 +143,7 @@ class Daemon:
     def _after_finish(self) -> None:
         if not self.wanted:
             self.again = False
+            self.owner.settled()
         elif self.again or not self.delay:
             self.again = False
             self.start()
@@ -135,16 +153,18 @@ class Daemon:
     def _backoff(self) -> int:
         return restart_interval.daemon_backoff(self.owner.config(), self.failures)
 
-    def _kill_run(self) -> None:
-        if self.pid is not None:
-            log.warn(f"service {self.name} (pid {self.pid}) outlived the grace time: SIGKILL")
-            Group(self.pid).signal(self.owner.system, signal.SIGKILL)
-
     def _kill_finish(self) -> None:
         # runsv waits for finish forever; a hung finish here would hold up restarts and teardown.
         if self.finish_pid is not None:
             log.warn(f"service {self.name}: finish (pid {self.finish_pid}) outlived {self.owner.grace:g}s: SIGKILL")
             Group(self.finish_pid).signal(self.owner.system, signal.SIGKILL)
+            # A process in uninterruptible sleep dies only when its I/O returns: do not wait for it.
+            self.owner.loop.call_later(self.deadline("finish"), KILL_SETTLE, self._finish_abandoned)
+
+    def _finish_abandoned(self) -> None:
+        log.warn(f"service {self.name}: finish (pid {self.finish_pid}) is still there after SIGKILL; going on")
+        self.finish_pid = None
+        self._after_finish()
 
     def status(self) -> dict:
         now = self.owner.system.now()
@@ -188,11 +208,13 @@ class Daemons:
 
     def exited(self, pid: int, status: int) -> bool:
         for daemon in self.services.values():
-            if daemon.exited(pid, status):
-                if self.shutting_down:
-                    self._stop_next()
-                return True
-        return False
+            daemon.stopper.check_soon()  # any exit may have emptied a session being stopped
+        return any(daemon.exited(pid, status) for daemon in self.services.values())
+
+    def settled(self) -> None:
+        """A daemon's run, session and finish are all done: the next one's turn on teardown."""
+        if self.shutting_down:
+            self._stop_next()
 
     def request(self, verb: str, name: str) -> tuple[bool, str]:
         daemon = self.services.get(name)
@@ -205,20 +227,18 @@ class Daemons:
         if self.shutting_down:
             return False, "shutting down"
         daemon.wanted = True
-        if daemon.pid is not None:
-            if verb == "start" and not daemon.stopping:
+        if daemon.state == "running":
+            if verb == "start":
                 return True, f"{name} is already running (pid {daemon.pid})"
             daemon.again = True
-            if daemon.stopping:
-                return True, f"{name} (pid {daemon.pid}) is stopping: starting it again once it has exited"
             daemon.terminate()
             return True, f"restarting {name} (pid {daemon.pid})"
         daemon.failures = 0
-        if daemon.finish_pid is not None:
-            # runsv never overlaps finish and run: the start waits for finish.
+        if daemon.busy:
+            # runsv never overlaps finish and run; nor does fsm-init run's old session and a new run.
             daemon.again = True
             self.loop.cancel(daemon.deadline("restart"))
-            return True, f"starting {name} once its finish script (pid {daemon.finish_pid}) is done"
+            return True, f"{name} is {daemon.state}: starting it again once that is done"
         error = daemon.start()
         if error:
             return False, f"cannot start {name}: {error}; trying again after a back-off"
@@ -227,12 +247,11 @@ class Daemons:
     def _stop(self, daemon: Daemon) -> str:
         daemon.wanted, daemon.again = False, False
         self.loop.cancel(daemon.deadline("restart"))
-        if daemon.pid is None:
-            return f"{daemon.name} is already down"
+        if daemon.state != "running":
+            return f"{daemon.name} is {daemon.state}; it stays down" if daemon.busy else f"{daemon.name} is already down"
         if self.shutting_down:
             return f"{daemon.name} is stopped in its turn: shutting down"
-        if not daemon.stopping:
-            daemon.terminate()
+        daemon.terminate()
         return f"stopping {daemon.name} (pid {daemon.pid})"
 
     def stop_all(self, then) -> None:
@@ -248,7 +267,7 @@ class Daemons:
         for name in reversed(self.names):
             daemon = self.services[name]
             if daemon.busy:
-                if daemon.pid is not None and not daemon.stopping:
+                if daemon.state == "running":
                     daemon.terminate()
                 return
         then, self.then = self.then, None

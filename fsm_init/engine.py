@@ -517,10 +517,13 @@ class Engine:
 
     def on_enter_pre_shutdown(self) -> None:
         self.loop.cancel("cycle")
-        # A script still running (start-up, EnvResume, check) is a leftover now:
-        # teardown stops it with the rest, and its exit must not start the next one.
-        self.script, self.in_turn = None, []
+        # A script still running (start-up, EnvResume, check) is cut short: its session gets
+        # SIGTERM now (teardown kills what is left), and its exit must not start the next one.
+        script, self.script, self.in_turn = self.script, None, []
         self.loop.cancel("script")
+        if script:
+            log.info(f"stopping {script.name} (pid {script.pid}): SIGTERM to its session")
+            Group(script.pid).signal(self.system, signal.SIGTERM)
         self._run_shutdown_scripts(self.settings.pre_shutdown_dir)
 
     def on_enter_stopping(self) -> None:
@@ -583,7 +586,8 @@ class Engine:
 
     def _on_exit(self, pid: int, status: int) -> None:
         code = exit_code(status)
-        if pid == self.service_pid:
+        # leader_alive: once reaped, the leader's pid may be reused by a daemon or a script.
+        if pid == self.service_pid and self.leader_alive:
             self.last_exit, self.leader_alive = code, False
             cause = f"service (pid {pid}) {describe_exit(status)}"
             log.info(cause)

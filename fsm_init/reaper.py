@@ -122,6 +122,8 @@ class Reaper:
 
     def handle_request(self, request: dict) -> dict:
         verb = request.get("verb")
+        if "name" in request:  # the engine hands over only when there is no /etc/service daemon
+            return {"ok": False, "message": f"no /etc/service daemon named {request['name']!r}: there are none"}
         if verb == "status":
             return {"ok": True, "status": self.snapshot()}
         if verb == "stop" and self.state == "handover":

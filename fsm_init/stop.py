@@ -70,16 +70,18 @@ KILL_SETTLE = 1.0
 
 
 class Stopper:
-    """A signal, a grace time, SIGKILL; ``then`` runs once nothing is left."""
+    """A signal, a grace time, SIGKILL; ``then`` runs once nothing is left.  ``name``
+    prefixes the loop's deadlines, so that several stoppers can run at once."""
 
-    def __init__(self, system: System, loop) -> None:
+    def __init__(self, system: System, loop, name: str = "stop") -> None:
         self.system, self.loop = system, loop
+        self.kill_deadline, self.poll_deadline = f"{name}-kill", f"{name}-poll"
         self.find = self.send = self.then = None
         self.label = ""
 
-    def stop_group(self, group: Group, sig: int, grace: float, then) -> None:
+    def stop_group(self, group: Group, sig: int, grace: float, then, label: str = "the service's session") -> None:
         self._start(lambda: group.members(self.system), lambda s: group.signal(self.system, s),
-                    sig, grace, then, "the service's session")
+                    sig, grace, then, label)
 
     def sweep(self, grace: float, then) -> None:
         def send(sig: int) -> int:
@@ -97,21 +99,21 @@ class Stopper:
             self._finish()
             return
         log.info(f"sent {signal.Signals(sig).name} to {label} ({count} process(es)); SIGKILL in {grace:g}s")
-        self.loop.call_later("stop-kill", grace, self._kill)
-        self.loop.call_later("stop-poll", POLL, self.check)
+        self.loop.call_later(self.kill_deadline, grace, self._kill)
+        self.loop.call_later(self.poll_deadline, POLL, self.check)
 
     def check_soon(self) -> None:
         """After a child exit: look again once the current batch of exits is handled
         (a /proc scan per reaped orphan would make reaping 10 000 of them quadratic)."""
         if self.find is not None:
-            self.loop.call_later("stop-poll", 0, self.check)
+            self.loop.call_later(self.poll_deadline, 0, self.check)
 
     def check(self) -> None:
         """Finish when nothing is left; polls itself while something is."""
         if self.find is None:
             return
         if self.find():
-            self.loop.call_later("stop-poll", POLL, self.check)
+            self.loop.call_later(self.poll_deadline, POLL, self.check)
         else:
             self._finish()
 
@@ -119,11 +121,11 @@ class Stopper:
         count = self.send(signal.SIGKILL)
         if count:
             log.warn(f"{self.label} outlived the grace time: sent SIGKILL to {count} process(es)")
-        self.loop.call_later("stop-kill", KILL_SETTLE, self._finish)
+        self.loop.call_later(self.kill_deadline, KILL_SETTLE, self._finish)
 
     def _finish(self) -> None:
-        self.loop.cancel("stop-kill")
-        self.loop.cancel("stop-poll")
+        self.loop.cancel(self.kill_deadline)
+        self.loop.cancel(self.poll_deadline)
         then, self.find, self.then = self.then, None, None
         if then:
             then()

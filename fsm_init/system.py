@@ -32,10 +32,18 @@ def exit_code(status: int) -> int:
     return 128 - code if code < 0 else code
 
 
+def signal_name(signum: int) -> str:
+    """SIGTERM, or "signal 40" for a real-time signal, which has no name in signal.Signals."""
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
 def describe_exit(status: int) -> str:
     """A wait status in words, for the log: "exited with status 3", "was killed by SIGKILL (status 137)"."""
     if os.WIFSIGNALED(status):
-        return f"was killed by {signal.Signals(os.WTERMSIG(status)).name} (status {exit_code(status)})"
+        return f"was killed by {signal_name(os.WTERMSIG(status))} (status {exit_code(status)})"
     return f"exited with status {os.WEXITSTATUS(status)}"
 
 

@@ -199,8 +199,8 @@ def test_runit_services_are_supervised_beside_the_service(sandbox):
     run.signal(signal.SIGTERM)
     assert run.wait() == 0, run.log
     assert lines(out / "stopped")[stopped_before:] == ["service", "gamma", "beta", "alpha"]
-    assert re.search(r"service delta \(pid \d+\) outlived the grace time: SIGKILL", run.log)
-    assert run.log.index("service delta (pid") < run.log.rindex("stopping service beta")
+    assert re.search(r"service delta's session outlived the grace time: sent SIGKILL to \d+ process", run.log)
+    assert run.log.index("service delta's session outlived") < run.log.rindex("stopping service beta")
 
 
 def test_skip_runit_starts_no_daemon(sandbox):

@@ -209,7 +209,7 @@ def test_finish_gets_runit_arguments_and_the_restart_waits_for_it(make, lines):
     assert ok and message == f"stopping cron (pid {rig.runs('cron')[1].pid})"
     finish = rig.finishes("cron")[1]
     assert finish.argv == [f"{SERVICE}/cron/finish", "-1", "15"]
-    assert rig.due("cron", "kill") is None, "the SIGKILL outlived the process it was for"
+    assert rig.due("cron", "stop-kill") is None, "the SIGKILL outlived the process it was for"
     rig.die(finish.pid, exited(0))
     rig.advance(400)
     assert len(rig.runs("cron")) == 2 and rig.info("cron")["state"] == "down"
@@ -256,8 +256,8 @@ def test_stop_terms_the_group_kills_a_stubborn_one_and_stays_down(make, lines):
     rig.system.stubborn(helper)
     assert rig.request("stop", "cron") == (True, f"stopping cron (pid {pid})")
     assert rig.system.signals_to(pid) == [signal.SIGTERM] and rig.system.signals_to(helper) == [signal.SIGTERM]
-    assert rig.info("cron")["state"] == "stopping" and rig.due("cron", "kill") == GRACE
-    assert rig.request("stop", "cron") == (True, f"stopping cron (pid {pid})")
+    assert rig.info("cron")["state"] == "stopping" and rig.due("cron", "stop-kill") == GRACE
+    assert rig.request("stop", "cron") == (True, "cron is stopping; it stays down")
     assert rig.system.signals_to(pid) == [signal.SIGTERM], "a second stop sent another signal"
     rig.advance(GRACE)
     assert rig.system.signals_to(pid) == [signal.SIGTERM, signal.SIGKILL]
@@ -428,3 +428,58 @@ def test_status_fields(make):
     rig.system.stubborn(pid)
     rig.request("stop", "cron")
     assert rig.info("cron")["state"] == "stopping" and rig.info("cron")["pid"] == pid
+
+
+# -- found in review: sessions, real-time signals ----------------------------------------------------
+
+
+def test_a_child_left_in_runs_session_is_stopped_before_the_next_run(make):
+    rig = make("cron")
+    pid = rig.pid("cron")
+    child = rig.system.add_process(pid)  # forked by run, in its session
+    rig.system.stubborn(child)
+    rig.die(pid, exited(1))
+    assert rig.system.signals_to(child) == [signal.SIGTERM] and rig.info("cron")["state"] == "stopping"
+    rig.advance(GRACE)
+    assert rig.system.signals_to(child) == [signal.SIGTERM, signal.SIGKILL] and not rig.system.alive(child)
+    assert len(rig.runs("cron")) == 1, "a new run started beside the old session"
+    rig.advance(1)
+    assert len(rig.runs("cron")) == 2
+
+
+def test_restart_waits_for_the_whole_session(make):
+    rig = make("cron")
+    pid = rig.pid("cron")
+    child = rig.system.add_process(pid)
+    rig.system.stubborn(child)
+    assert rig.request("restart", "cron") == (True, f"restarting cron (pid {pid})")
+    assert not rig.system.alive(pid) and len(rig.runs("cron")) == 1
+    assert rig.request("start", "cron") == (True, "cron is stopping: starting it again once that is done")
+    rig.advance(GRACE)
+    assert not rig.system.alive(child) and len(rig.runs("cron")) == 2
+
+
+def test_a_daemon_killed_by_a_real_time_signal_comes_back_and_teardown_ends(make, lines):
+    rig = make("cron sshd")
+    rig.die(rig.pid("cron"), killed(40))
+    assert "service cron (pid 100) was killed by signal 40 (status 168); restart in 1s" in lines
+    rig.advance(1)
+    assert rig.info("cron")["state"] == "running"
+    done = []
+    rig.daemons.stop_all(lambda: done.append(True))
+    rig.pump()
+    assert done == [True]
+
+
+def test_teardown_waits_for_each_session_in_turn(make):
+    rig = make("alpha beta")
+    alpha, beta = rig.pid("alpha"), rig.pid("beta")
+    child = rig.system.add_process(beta)
+    rig.system.stubborn(child)
+    done = []
+    rig.daemons.stop_all(lambda: done.append(True))
+    rig.pump()
+    assert rig.system.signals_to(alpha) == [], "alpha was stopped while beta's session still ran"
+    rig.advance(GRACE)
+    assert not rig.system.alive(child) and rig.system.signals_to(alpha) == [signal.SIGTERM]
+    assert done == [True]

@@ -1164,7 +1164,8 @@ def test_skip_startup_files_runs_no_startup_or_shutdown_script(make):
     for path in (f"{INIT_D}/10-a", "/etc/rc.local", f"{PRE_D}/a", f"{POST_D}/a"):
         h.system.add_script(path)
     h.begin()
-    assert h.state == "handover" or h.state == "foreground"
+    h.advance(1)
+    assert h.state == "handover", "no script or daemon to run: the thin reaper takes over"
     h.signal(signal.SIGTERM)
     assert spawned(h) == [RUN] and h.state == "exited"
 
@@ -1276,9 +1277,52 @@ def test_srvctl_verbs_with_a_name_act_on_one_daemon(make):
     assert h.engine.snapshot()["daemons"][0]["state"] == "down"
     assert h.request("start", name="cron")["ok"] is True
     assert h.engine.snapshot()["daemons"][0]["state"] == "running"
-    assert h.request("restart", name="nope") == {"ok": False, "message": h.request("restart", name="nope")["message"]}
-    assert "nope" in h.request("restart", name="nope")["message"]
+    assert h.request("restart", name="nope") == {
+        "ok": False, "message": "no service 'nope' in /etc/service (known: cron)"}
     assert h.request("status", name="cron") == {"ok": False, "message": "status does not take a service name"}
+
+
+def test_a_stop_during_a_startup_script_terms_its_session(make):
+    h = make(cfg())
+    h.system.add_script(f"{INIT_D}/10-a")
+    h.begin()
+    pid = spawned_path(h, f"{INIT_D}/10-a")
+    h.system.stubborn(pid)
+    h.signal(signal.SIGTERM)
+    assert h.system.signals_to(pid)[0] == signal.SIGTERM
+    h.advance(5)
+    assert h.state == "exited" and not h.system.alive(pid)
+
+
+def test_a_reused_pid_of_the_services_leader_is_not_the_service(make):
+    """Status-check mode: the start script exits (the instance lives on), and a daemon
+    started later gets the same pid number; its exit is the daemon's."""
+    h = make(cfg(workwatch=30), scripts=("run.sh", "PeriodicST-a"))
+    h.system.add_script("/etc/service/cron/run")
+    h.begin()
+    leader = service_pid(h)
+    h.exit(leader, exited(0))
+    assert h.engine.last_exit == 0 and h.engine.service is not None
+    h.system.next_pid = leader  # the kernel hands the number out again
+    assert h.request("restart", name="cron")["ok"] is True
+    assert h.engine.daemons.status()[0]["pid"] == leader
+    h.exit(leader, exited(7))
+    assert h.engine.last_exit == 0 and h.engine.daemons.status()[0]["last_exit"] == 7
+
+
+def test_the_thin_reaper_refuses_a_daemon_request():
+    state = {"pid": 100, "by_session": True, "started": 0.0, "target": None, "run_count": 1, "control_fd": None,
+             "quiet": False, "supporting": {}, "proof": 5, "last_transition": {}}
+    fake = FakeSystem()
+    thin = reaper.Reaper(fake, make_settings(), state)
+    try:
+        reply = thin.handle_request({"verb": "stop", "name": "cron"})
+        assert reply["ok"] is False and "no /etc/service daemon" in reply["message"]
+        assert fake.kills == [] and thin.state == "handover"
+    finally:
+        thin.loop.selector.close()
+        for fd in (thin.loop._wake_r, thin.loop._wake_w):
+            os.close(fd)
 
 
 def test_no_kill_all_on_exit_leaves_leftovers_alone(make, capfd):
