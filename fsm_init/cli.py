@@ -37,7 +37,9 @@ environment: SRVNAME SRVCFG FSM_INIT_SRV_ROOT FSM_INIT_STATE_DIR FSM_INIT_RUN_DI
              (KILL_ALL_PROCESSES_TIMEOUT) FSM_INIT_IDLE_WAIT FSM_INIT_HANDOVER_AFTER
              FSM_INIT_EXEC_SERVICE FSM_INIT_STARTUP_TIMEOUT ENV_INIT_DIRECTORY
              FSM_INIT_PRE_SHUTDOWN_DIRECTORY FSM_INIT_POST_SHUTDOWN_DIRECTORY
-             FSM_INIT_SERVICE_DIRECTORY (the README lists them all)
+             FSM_INIT_SERVICE_DIRECTORY FSM_INIT_SYSLOG_SOCKET
+             FSM_INIT_CONTAINER_ENVIRONMENT FSM_INIT_LOG_FORMAT (the README explains
+             each; graph and status have their own --help)
 """
 
 
@@ -50,20 +52,30 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fsm-init {__version__}")
         return 0
     if args[:1] == ["validate"]:
-        return validate(args[1:])
+        return _printing(lambda: validate(args[1:]))
     if args[:2] == ["pppoe", "detect"]:
         from fsm_init import dial
 
-        return dial.main(args[1:])
+        return _printing(lambda: dial.main(args[1:]))
     if args[:1] == ["graph"]:
         from fsm_init import graph
 
-        return graph.main(args[1:])
+        return _printing(lambda: graph.main(args[1:]))
     if args[:1] == ["status"]:
         from fsm_init import status_view
 
-        return status_view.main(args[1:])
+        return _printing(lambda: status_view.main(args[1:]))
     return run(args)
+
+
+def _printing(command) -> int:
+    """A subcommand that prints: a reader that goes away (``| head``) ends it quietly, as
+    it does cat, instead of with a traceback (twice: again when Python flushes stdout)."""
+    try:
+        return command()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 def run(args: list[str]) -> int:

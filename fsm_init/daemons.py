@@ -67,16 +67,16 @@ class Daemon:
         except OSError as e:
             self.failures += 1
             delay = self._backoff()
-            log.error(f"cannot start service {self.name} ({self.run}): {e.strerror}; retry in {delay}s")
+            log.error(f"cannot start daemon {self.name} ({self.run}): {e.strerror}; retry in {delay}s")
             loop.call_later(self.deadline("restart"), delay, self.start)
             return e.strerror
         self.started, self.stopping = system.now(), False
         self.starts += 1
-        log.info(f"service {self.name} started (pid {self.pid})")
+        log.info(f"daemon {self.name} started (pid {self.pid})")
         return None
 
     def terminate(self) -> None:
-        log.info(f"stopping service {self.name} (pid {self.pid})")
+        log.info(f"stopping daemon {self.name} (pid {self.pid})")
         self._clear_session(self.pid)
 
     def _clear_session(self, leader: int) -> None:
@@ -84,7 +84,7 @@ class Daemon:
         # outlive a stop, or run twice beside the next run after a restart.
         self.stopping = True
         self.stopper.stop_group(Group(leader), signal.SIGTERM, self.owner.grace, self._session_gone,
-                                f"service {self.name}'s session")
+                                f"daemon {self.name}'s session")
 
     def _session_gone(self) -> None:
         if self.pid is not None:
@@ -101,7 +101,7 @@ class Daemon:
         elif pid == self.finish_pid:
             self.finish_pid = None
             self.owner.loop.cancel(self.deadline("finish"))
-            log.info(f"service {self.name}: finish (pid {pid}) {describe_exit(status)}")
+            log.info(f"daemon {self.name}: finish (pid {pid}) {describe_exit(status)}")
             self._after_finish()
         else:
             return False
@@ -120,7 +120,7 @@ class Daemon:
             self.delay = 0
         finish = system.is_executable(self.finish)
         then = "stay down" if not self.wanted else f"restart in {self.delay}s" if self.delay else "restart now"
-        log.info(f"service {self.name} (pid {pid}) {describe_exit(status)}; {'finish, then ' if finish else ''}{then}")
+        log.info(f"daemon {self.name} (pid {pid}) {describe_exit(status)}; {'finish, then ' if finish else ''}{then}")
         if not self.stopping:
             self._clear_session(pid)
         elif self.stopper.find is None:  # the stop saw the session empty before run was reaped
@@ -156,13 +156,13 @@ class Daemon:
     def _kill_finish(self) -> None:
         # runsv waits for finish forever; a hung finish here would hold up restarts and teardown.
         if self.finish_pid is not None:
-            log.warn(f"service {self.name}: finish (pid {self.finish_pid}) outlived {self.owner.grace:g}s: SIGKILL")
+            log.warn(f"daemon {self.name}: finish (pid {self.finish_pid}) outlived {self.owner.grace:g}s: SIGKILL")
             Group(self.finish_pid).signal(self.owner.system, signal.SIGKILL)
             # A process in uninterruptible sleep dies only when its I/O returns: do not wait for it.
             self.owner.loop.call_later(self.deadline("finish"), KILL_SETTLE, self._finish_abandoned)
 
     def _finish_abandoned(self) -> None:
-        log.warn(f"service {self.name}: finish (pid {self.finish_pid}) is still there after SIGKILL; going on")
+        log.warn(f"daemon {self.name}: finish (pid {self.finish_pid}) is still there after SIGKILL; going on")
         self.finish_pid = None
         self._after_finish()
 
@@ -198,11 +198,11 @@ class Daemons:
             if name.startswith(".") or name in self.services or not self.system.is_dir(path):
                 continue
             if not self.system.is_executable(os.path.join(path, "run")):
-                log.warn(f"service {name}: {path}/run is missing or not executable; skipped")
+                log.warn(f"daemon {name}: {path}/run is missing or not executable; skipped")
                 continue
             daemon = self.services[name] = Daemon(name, path, self)
             if daemon.down_file:
-                log.info(f"service {name}: {path}/down exists, not started (srvctl start {name} starts it)")
+                log.info(f"daemon {name}: {path}/down exists, not started (srvctl start {name} starts it)")
             else:
                 daemon.start()
 
@@ -219,7 +219,7 @@ class Daemons:
     def request(self, verb: str, name: str) -> tuple[bool, str]:
         daemon = self.services.get(name)
         if daemon is None:
-            return False, f"no service {name!r} in {self.directory} (known: {', '.join(self.names) or 'none'})"
+            return False, f"no daemon {name!r} in {self.directory} (known: {', '.join(self.names) or 'none'})"
         if verb not in ("start", "stop", "restart"):
             return False, f"unknown verb {verb!r} (start, stop or restart)"
         if verb == "stop":

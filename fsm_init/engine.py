@@ -677,9 +677,9 @@ class Engine:
             if not self.may_restart_request():
                 return {"ok": False, "message": self._why_no_restart()}
             log.info("srvctl restart")
-            self.operator = True
+            self.operator, was = True, self.state
             self.fire("restart_request", "srvctl restart")
-            return {"ok": True, "message": f"restarting ({self.state})"}
+            return {"ok": True, "message": f"restarting (was {was})"}
         if verb == "stop":
             if self.state not in STOPPABLE:
                 return {"ok": False, "message": f"already {self.state}"}
@@ -703,19 +703,20 @@ class Engine:
         proof = restart_interval.seconds(self.config)
         if ran >= proof:
             return True, f"the service has run {ran:.0f}s"
-        return False, f"the service has run {ran:.1f}s of the {proof}s it needs to count as healthy"
+        return False, f"the service has run {ran:.1f}s of the {proof}s (workintvl) it needs to count as healthy"
 
     def why(self) -> str:
         """The current state as a causal chain, in one paragraph."""
         t = self.last_transition
         guards = ", ".join(f"{g} {'yes' if v else 'no'}" for g, v in t.get("guards", {}).items())
         reason = t.get("cause") or f"from {t.get('from') or 'boot'}" + (f" ({guards})" if guards else "")
+        when = f" at {_clock(t['time'])}" if t.get("time") else ""
         if self.state in ("restart", "gave_up") or (self.state == "restart_interval" and not self.service):
             reason = self.restart_cause or reason
-        elif self.state == "restart_interval" and self.restart_cause:
-            reason = f"started again after {self.restart_cause}"
-        text = f"{self.state}: {reason}"
-        text += f" at {_clock(t['time'])}" if t.get("time") else ""
+        if self.state == "restart_interval" and self.service and self.restart_cause:
+            text = f"{self.state}: started again{when} after {self.restart_cause}"
+        else:
+            text = f"{self.state}: {reason}{when}"
         # In a failure's restart interval, name the restart that is coming.
         restart = self.run_count if self.state == "restart_interval" and not self.service else self.run_count - 1
         if restart > 0:

@@ -362,7 +362,7 @@ def supporting(status: dict) -> list[tuple[str, str, str]]:
             out.append((name, text, tone))
     for daemon in status.get("daemons") or []:
         tone = "good" if daemon.get("state") == "running" else "dim" if daemon.get("state") == "down" else "warn"
-        out.append((f"service/{daemon.get('name')}", describe_daemon(daemon), tone))
+        out.append((f"daemon {daemon.get('name')}", describe_daemon(daemon), tone))
     return out
 
 

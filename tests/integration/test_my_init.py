@@ -164,8 +164,8 @@ def test_runit_services_are_supervised_beside_the_service(sandbox):
     for name in ("alpha", "beta", "delta"):
         wait_lines(out / f"{name}.pids", 1)
     log = run.log
-    assert log.index("service alpha started") < log.index("service delta started") < log.index("starting the service")
-    assert "service gamma: /etc/service/gamma/down exists, not started" in log
+    assert log.index("daemon alpha started") < log.index("daemon delta started") < log.index("starting the service")
+    assert "daemon gamma: /etc/service/gamma/down exists, not started" in log
     found = daemons(run)
     assert found["gamma"]["state"] == "down" and found["gamma"]["down_file"] and not (out / "gamma.pids").exists()
     assert found["alpha"]["state"] == "running" and found["alpha"]["pid"] == int(lines(out / "alpha.pids")[0])
@@ -199,8 +199,8 @@ def test_runit_services_are_supervised_beside_the_service(sandbox):
     run.signal(signal.SIGTERM)
     assert run.wait() == 0, run.log
     assert lines(out / "stopped")[stopped_before:] == ["service", "gamma", "beta", "alpha"]
-    assert re.search(r"service delta's session outlived the grace time: sent SIGKILL to \d+ process", run.log)
-    assert run.log.index("service delta's session outlived") < run.log.rindex("stopping service beta")
+    assert re.search(r"daemon delta's session outlived the grace time: sent SIGKILL to \d+ process", run.log)
+    assert run.log.index("daemon delta's session outlived") < run.log.rindex("stopping daemon beta")
 
 
 def test_skip_runit_starts_no_daemon(sandbox):

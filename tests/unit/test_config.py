@@ -2,7 +2,10 @@
 
 import io
 import json
+import os
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +14,8 @@ from fsm_init.config import MASK
 from fsm_init.resolve_target import Target
 
 from .fakes import FakeSystem, make_settings
+
+ROOT = Path(__file__).resolve().parents[2]
 
 DEFAULTS = config.defaults()
 
@@ -554,3 +559,19 @@ def test_validate_usage_errors(capsys):
     assert cli.main(["validate", "a.json", "b.json"]) == 2
     assert cli.main(["validate", "--bogus"]) == 2
     assert "usage:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args", [["validate", "--json"], ["graph"]])
+def test_a_reader_that_went_away_ends_a_printing_subcommand_quietly(tmp_path, args):
+    """`fsm-init validate --json | head -1`: no traceback when the pipe's reader is gone."""
+    path = tmp_path / "workcfg.json"
+    path.write_text('{"workintvl": 5}')
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = subprocess.run([sys.executable, "-m", "fsm_init", *args, *([str(path)] if args[0] == "validate" else [])],
+                                stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60, cwd=ROOT)
+    finally:
+        os.close(write_end)
+    assert "Traceback" not in result.stderr and "BrokenPipeError" not in result.stderr, result.stderr
+    assert result.returncode == 1

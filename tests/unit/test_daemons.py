@@ -170,7 +170,7 @@ def test_restart_backs_off_1_2_4_capped_by_workbackoff(make, lines):
         assert rig.info("cron")["state"] == "running"
     assert delays == [1, 2, 4, 4, 4]
     assert rig.info("cron")["restarts"] == 5 and rig.info("cron")["last_exit"] == 1
-    assert "service cron (pid 100) exited with status 1; restart in 1s" in lines
+    assert "daemon cron (pid 100) exited with status 1; restart in 1s" in lines
     assert all(s.cwd == f"{SERVICE}/cron" for s in rig.runs("cron"))
 
 
@@ -195,7 +195,7 @@ def test_finish_gets_runit_arguments_and_the_restart_waits_for_it(make, lines):
     assert finish.argv == [f"{SERVICE}/cron/finish", "3", "0"]
     assert finish.cwd == f"{SERVICE}/cron" and finish.env == ENV
     assert rig.info("cron")["state"] == "finishing" and rig.due("cron") is None
-    assert f"service cron (pid {first}) exited with status 3; finish, then restart in 1s" in lines
+    assert f"daemon cron (pid {first}) exited with status 3; finish, then restart in 1s" in lines
     rig.advance(3)
     assert len(rig.runs("cron")) == 1, "run started while finish was still running"
     assert rig.due("cron", "finish") == GRACE - 3
@@ -225,7 +225,7 @@ def test_a_hung_finish_is_killed_after_the_grace_time(make, lines):
     rig.advance(0.5)
     assert rig.system.signals_to(finish.pid) == [signal.SIGKILL]
     assert not rig.system.alive(finish.pid)
-    assert any(line.startswith("warning: service cron: finish") for line in lines)
+    assert any(line.startswith("warning: daemon cron: finish") for line in lines)
     assert rig.due("cron") == 1
     rig.advance(1)
     assert len(rig.runs("cron")) == 2 and rig.strangers == []
@@ -237,7 +237,7 @@ def test_a_spawn_failure_counts_as_a_failure_and_is_retried(make, lines):
     rig.system.spawn_errors[run] = errno.EACCES
     rig.start()
     assert rig.info("cron")["state"] == "backoff" and rig.due("cron") == 1
-    assert f"error: cannot start service cron ({run}): Permission denied; retry in 1s" in lines
+    assert f"error: cannot start daemon cron ({run}): Permission denied; retry in 1s" in lines
     rig.advance(1)
     assert rig.due("cron") == 2
     del rig.system.spawn_errors[run]
@@ -343,7 +343,7 @@ def test_restart_when_not_running_starts_now(make):
 
 def test_unknown_service_and_unknown_verb(make):
     rig = make("cron sshd")
-    assert rig.request("start", "x") == (False, f"no service 'x' in {SERVICE} (known: cron, sshd)")
+    assert rig.request("start", "x") == (False, f"no daemon 'x' in {SERVICE} (known: cron, sshd)")
     ok, message = rig.request("reload", "cron")
     assert not ok and "reload" in message
 
@@ -462,7 +462,7 @@ def test_restart_waits_for_the_whole_session(make):
 def test_a_daemon_killed_by_a_real_time_signal_comes_back_and_teardown_ends(make, lines):
     rig = make("cron sshd")
     rig.die(rig.pid("cron"), killed(40))
-    assert "service cron (pid 100) was killed by signal 40 (status 168); restart in 1s" in lines
+    assert "daemon cron (pid 100) was killed by signal 40 (status 168); restart in 1s" in lines
     rig.advance(1)
     assert rig.info("cron")["state"] == "running"
     done = []

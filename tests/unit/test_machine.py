@@ -10,6 +10,7 @@ TAKEN / GUARD_OUTCOMES sets; ``test_every_transition_and_guard_outcome_was_exerc
 import errno
 import json
 import os
+import re
 import sys
 import signal
 
@@ -1076,6 +1077,22 @@ def test_failures_outside_the_window_do_not_count(make):
     assert "gave_up" not in h.states
 
 
+def test_why_after_a_failure_restart_says_when_it_started_again_and_why(make):
+    h = in_check(make)
+    h.exit(script_pid(h, "PeriodicST-a"), exited(1))
+    h.advance(5)
+    assert h.state == "restart_interval" and h.engine.service is not None, h.states
+    text = h.engine.why()
+    assert re.match(r"restart_interval: started again at \d\d:\d\d:\d\d after check failed: PeriodicST-a "
+                    r"exited 1", text), text
+
+
+def test_srvctl_restart_names_the_state_it_came_from(make):
+    h = make(cfg(workwatch=0))
+    h.begin()
+    assert h.request("restart") == {"ok": True, "message": "restarting (was watch)"}
+
+
 # -- my_init: start-up scripts, shutdown scripts, /etc/service daemons, options -------------------
 
 INIT_D = "/etc/my_init.d"
@@ -1278,7 +1295,7 @@ def test_srvctl_verbs_with_a_name_act_on_one_daemon(make):
     assert h.request("start", name="cron")["ok"] is True
     assert h.engine.snapshot()["daemons"][0]["state"] == "running"
     assert h.request("restart", name="nope") == {
-        "ok": False, "message": "no service 'nope' in /etc/service (known: cron)"}
+        "ok": False, "message": "no daemon 'nope' in /etc/service (known: cron)"}
     assert h.request("status", name="cron") == {"ok": False, "message": "status does not take a service name"}
 
 

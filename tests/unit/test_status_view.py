@@ -316,9 +316,9 @@ def test_etc_service_daemons_are_listed_with_their_state_pid_and_uptime():
                {"name": "spare", "state": "down", "pid": None, "uptime": None, "last_exit": None, "restarts": 0,
                 "down_file": True}]
     text = rich_text(status_view.render(frame(snapshot(daemons=daemons))))
-    assert "service/cron       running, pid 12, up 30s" in text
-    assert "service/memcached  backoff, last exit 1, restarts 3" in text
-    assert "service/spare      down (down file)" in text
+    assert "daemon cron       running, pid 12, up 30s" in text
+    assert "daemon memcached  backoff, last exit 1, restarts 3" in text
+    assert "daemon spare      down (down file)" in text
     plain = srvctl.format_status(snapshot(daemons=daemons))
     assert "daemon:     cron: running, pid 12, up 30s\n" in plain + "\n"
 
