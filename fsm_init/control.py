@@ -14,6 +14,13 @@ from collections.abc import Callable
 from fsm_init import log
 
 MAX_REQUEST = 4096
+# A client gets this long to send its request line, and at most this many are served
+# at once: idle or piled-up connections must not exhaust PID 1's file descriptors.
+REQUEST_TIMEOUT = 5.0
+MAX_CONNECTIONS = 16
+# After accept() fails (EMFILE: no descriptor left), listening pauses this long: the
+# listener stays readable, and retrying at once would spin PID 1.
+ACCEPT_PAUSE = 1.0
 # The answer to `srvctl restart` in non-daemon mode, from the engine or the thin reaper.
 NOT_SUPERVISED = "the service runs in non-daemon mode: fsm-init does not restart it (set workwatch)"
 
@@ -39,7 +46,18 @@ class ControlServer:
     def __init__(self, sock: socket.socket, path: str, loop, handler: Callable[[dict], dict]) -> None:
         self.sock, self.path, self.loop, self.handler = sock, path, loop, handler
         self.buffers: dict[socket.socket, bytes] = {}
-        loop.watch(sock, self._accept)
+        self.listening = False
+        self._listen()
+
+    def _listen(self) -> None:
+        if not self.listening:
+            self.loop.watch(self.sock, self._accept)
+            self.listening = True
+
+    def _pause(self) -> None:
+        if self.listening:
+            self.loop.unwatch(self.sock)
+            self.listening = False
 
     @classmethod
     def listen(cls, path: str, loop, handler: Callable[[dict], dict]) -> "ControlServer | None":
@@ -54,9 +72,22 @@ class ControlServer:
             conn, _ = self.sock.accept()
         except BlockingIOError:
             return
+        except OSError as e:
+            log.warn(f"control socket: cannot accept ({e.strerror}); listening again in {ACCEPT_PAUSE:g}s")
+            self._pause()
+            self.loop.call_later("control-accept", ACCEPT_PAUSE, self._listen)
+            return
         conn.setblocking(False)
         self.buffers[conn] = b""
         self.loop.watch(conn, lambda: self._read(conn))
+        self.loop.call_later(self._deadline(conn), REQUEST_TIMEOUT, lambda: self._finish(
+            conn, {"ok": False, "message": f"no request line within {REQUEST_TIMEOUT:g}s"}))
+        if len(self.buffers) >= MAX_CONNECTIONS:
+            self._pause()  # _finish listens again
+
+    @staticmethod
+    def _deadline(conn: socket.socket) -> str:
+        return f"control-{id(conn)}"
 
     def _read(self, conn: socket.socket) -> None:
         try:
@@ -69,20 +100,30 @@ class ControlServer:
         self.buffers[conn] = data
         if chunk and b"\n" not in data and len(data) < MAX_REQUEST:
             return
-        self._finish(conn, self._answer(data))
+        try:
+            reply = self._answer(data)
+        except Exception as e:  # a bug must not leave the connection readable, spinning the loop
+            log.error(f"control request failed: {e!r}")
+            reply = {"ok": False, "message": f"internal error: {e!r}"}
+        self._finish(conn, reply)
 
     def _answer(self, data: bytes) -> dict:
         try:
             request = json.loads(data.split(b"\n", 1)[0])
             if not isinstance(request, dict):
                 raise ValueError
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested past the parser's limit
             return {"ok": False, "message": "bad request: expected one JSON object line"}
         return self.handler(request)
 
     def _finish(self, conn: socket.socket, reply: dict) -> None:
+        if conn not in self.buffers:
+            return
+        self.loop.cancel(self._deadline(conn))
         self.loop.unwatch(conn)
         del self.buffers[conn]
+        if self.sock.fileno() >= 0:
+            self._listen()
         try:
             conn.setblocking(True)
             conn.settimeout(1.0)
@@ -92,7 +133,8 @@ class ControlServer:
         conn.close()
 
     def close(self) -> None:
-        self.loop.unwatch(self.sock)
+        self._pause()
+        self.loop.cancel("control-accept")
         self.sock.close()
         try:
             os.unlink(self.path)

@@ -88,7 +88,13 @@ class Daemon:
 
     def _session_gone(self) -> None:
         if self.pid is not None:
-            return  # run is a zombie not reaped yet: _run_exited goes on from here
+            if not any(p.pid == self.pid for p in self.owner.system.processes()):
+                return  # run is a zombie not reaped yet: _run_exited goes on from here
+            # Still there after SIGKILL and the settle time: uninterruptible sleep (a hung
+            # NFS or FUSE mount).  The stop path must end, so fsm-init goes on without it.
+            log.warn(f"daemon {self.name} (pid {self.pid}) is still there after SIGKILL; going on without it")
+            self.pid, self.exit_status = None, signal.SIGKILL
+            self.last_exit = exit_code(self.exit_status)
         self.stopping = False
         if self.owner.system.is_executable(self.finish):
             self._run_finish(self.exit_status)

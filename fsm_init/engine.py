@@ -133,6 +133,7 @@ class Engine:
         self.next_cause = ""  # taken by the next trigger called (see _CausedEvent)
         self.restart_cause = ""  # what set off the restart in progress, for `srvctl why`
         self.gave_up_reason = ""  # for `srvctl live` while in gave_up
+        self.give_up_status: int | None = None  # workretry.action exit: never 0
         self.last_transition: dict = {}
         self.machine = _Machine(
             model=self, states=[name for name, _ in STATES], transitions=TRANSITIONS,
@@ -346,7 +347,9 @@ class Engine:
 
     def _service_env(self) -> dict:
         env = dict(self.environ)
-        env["SRVCFG"] = config.dumps_compact(self.config)
+        # The passwords are fsm-init's (root's SSH login, the dial-up): a service, maybe
+        # running as a workuser, and its check scripts get them masked.
+        env["SRVCFG"] = config.dumps_compact(config.masked(self.config))
         return env
 
     def on_enter_start(self) -> None:
@@ -505,8 +508,13 @@ class Engine:
 
     def on_enter_gave_up(self) -> None:
         retry = self.config["workretry"]
-        action = "exiting with the service's last status" if self.give_up_exits() else \
-            "staying up for debugging (srvctl restart tries again)"
+        action = "staying up for debugging (srvctl restart tries again)"
+        if self.give_up_exits():
+            # A last status of 0 (a start script that daemonised, say) would tell the
+            # orchestrator that nothing failed.
+            self.give_up_status = self.last_exit or 1
+            action = f"exiting with status {self.give_up_status}" + ("" if self.last_exit else
+                                                                     " (the last instance's own status was 0)")
         cause = f"{len(self.failure_times) + 1} failure restarts within {retry['window']}s (workretry.max {retry['max']})"
         log.error(f"gave up: {cause}; {action}")
         self.gave_up_reason = cause
@@ -564,7 +572,12 @@ class Engine:
     def on_enter_exited(self) -> None:
         # The service may be a zombie not reaped yet (it died while the stop path ran).
         self.loop.reap()
-        self.exit_status = 0 if self.stop_requested or self.last_exit is None else self.last_exit
+        if self.stop_requested:
+            self.exit_status = 0
+        elif self.give_up_status is not None:
+            self.exit_status = self.give_up_status
+        else:
+            self.exit_status = self.last_exit or 0
         log.info(f"exiting with status {self.exit_status}")
         if self.control:
             self.control.close()

@@ -19,6 +19,7 @@ from fsm_init.system import System
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 FORWARDED_SIGNALS = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGQUIT, signal.SIGWINCH, signal.SIGCONT)
 CAUGHT = STOP_SIGNALS + FORWARDED_SIGNALS + (signal.SIGCHLD,)
+MAX_WAIT = 86400.0  # seconds: the longest single wait in select
 
 
 def _noop(signum, frame):  # the wake-up fd carries the signal number
@@ -72,7 +73,9 @@ class EventLoop:
         while not self.stopped:
             timeout = None
             if self.deadlines:
-                timeout = max(0.0, min(when for when, _ in self.deadlines.values()) - self.system.now())
+                # epoll refuses a time-out past ~24.8 days (OverflowError); a deadline
+                # further away (workwatch of a month) is reached by waking once a day.
+                timeout = min(MAX_WAIT, max(0.0, min(when for when, _ in self.deadlines.values()) - self.system.now()))
             for key, _ in self.selector.select(timeout):
                 # An earlier callback of this batch may have unwatched (and closed) this fd,
                 # and its number may already belong to a new file.

@@ -1,5 +1,6 @@
 """Environment settings shared by the engine, the thin reaper and srvctl (stdlib only)."""
 
+import math
 import os
 
 
@@ -12,7 +13,7 @@ def _seconds(name: str, default: float, alias: str = "") -> float:
         value = float(raw) if raw else default
     except ValueError:
         value = -1.0
-    if value < 0:
+    if not 0 <= value < math.inf:  # also nan
         from fsm_init import log
 
         log.warn(f"environment {name}={raw!r} is not a number of seconds >= 0; using {default}")

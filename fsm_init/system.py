@@ -52,6 +52,20 @@ def spawn_error_code(error: OSError) -> int:
     return 127 if error.errno == errno.ENOENT else 126
 
 
+def _new_temporary(directory: str, name: str, mode: int) -> tuple[str, int]:
+    """A fresh file beside name, for write_atomic.  The name is random and the open
+    exclusive and not following links: a directory someone else may write to (a
+    workuser's service directory) can hold no symlink or FIFO that turns root's write
+    into one somewhere else, or blocks PID 1."""
+    for _ in range(8):
+        tmp = os.path.join(directory, f".{name}.{os.urandom(6).hex()}.tmp")
+        try:
+            return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary name", os.path.join(directory, name))
+
+
 class System:
     """The real operating system."""
 
@@ -225,8 +239,7 @@ class System:
         gid: the file's group, set before the rename (so it never appears with the wrong one).
         """
         directory = os.path.dirname(path) or "."
-        tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+        tmp, fd = _new_temporary(directory, os.path.basename(path), mode)
         try:
             if gid is not None:
                 os.fchown(fd, -1, gid)

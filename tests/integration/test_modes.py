@@ -302,3 +302,14 @@ def test_sigterm_in_status_check_mode_stops_everything(sandbox):
     run.signal(signal.SIGTERM)
     assert run.wait() == 0
     assert "service-got-term" in run.output
+
+
+def test_a_check_period_of_a_month_is_waited_for(sandbox):
+    """The next cycle 30 days away: longer than epoll's longest time-out (~24.8 days)."""
+    d = sandbox.service("app", {"initdelay": 0, "workstart": "./run.sh", "workwatch": 2592000, "workintvl": 1},
+                        run__sh="exec sleep 1000\n", PeriodicST_ok="echo ran >> checks\n")
+    run = sandbox.start(SRVNAME="app")
+    wait_lines(d / "checks", 1)
+    status = run.wait_state("watch")
+    assert status["period"] == 2592000 and run.proc.poll() is None, run.log
+    assert run.srvctl("stop").returncode == 0 and run.wait() == 0

@@ -483,3 +483,19 @@ def test_teardown_waits_for_each_session_in_turn(make):
     rig.advance(GRACE)
     assert not rig.system.alive(child) and rig.system.signals_to(alpha) == [signal.SIGTERM]
     assert done == [True]
+
+
+def test_a_run_that_even_sigkill_cannot_end_does_not_hold_up_teardown(make, lines):
+    """Uninterruptible sleep (a hung NFS mount): the stop goes on without it."""
+    rig = make("alpha beta")
+    stuck = rig.pid("beta")
+    rig.system.deadly[stuck] = frozenset()
+    done = []
+    rig.daemons.stop_all(lambda: done.append(True))
+    rig.pump()
+    rig.advance(GRACE)
+    assert signal.SIGKILL in rig.system.signals_to(stuck) and done == []
+    rig.advance(1)  # stop.KILL_SETTLE
+    assert f"warning: daemon beta (pid {stuck}) is still there after SIGKILL; going on without it" in lines
+    rig.pump()
+    assert done == [True] and rig.info("beta")["last_exit"] == 137

@@ -17,7 +17,7 @@ import signal
 import pytest
 
 from fsm_init import engine as engine_module
-from fsm_init import firewall, pppoe, reaper, ssh, table
+from fsm_init import config, firewall, pppoe, reaper, ssh, table
 
 from .fakes import (Exec, FakeSystem, Harness, ProcessReplaced, exited, killed, make_settings,
                     table_rows)
@@ -159,6 +159,18 @@ def test_service_gets_the_effective_config_and_the_environment(make):
     assert srvcfg == h.engine.config
     assert srvcfg["custom"] == {"x": 1} and srvcfg["workintvl"] == 5
     assert " " not in env["SRVCFG"]  # compact
+
+
+def test_the_services_srvcfg_has_the_passwords_masked(make):
+    h = make(cfg(workwatch=30, sshsrv={"rootpwd": "R00t-Secret"}, inetdail={"dialpswd": "Dial-Secret"}),
+             scripts=("run.sh", "PeriodicST-a"))
+    h.begin()
+    h.advance(5)
+    for spawn in h.system.spawns:
+        if "SRVCFG" in spawn.env:
+            assert "Secret" not in spawn.env["SRVCFG"], spawn.argv
+            assert json.loads(spawn.env["SRVCFG"])["sshsrv"]["rootpwd"] == config.MASK
+    assert any(s.argv == [f"{SRV}/PeriodicST-a"] for s in h.system.spawns)
 
 
 def test_custom_init_replaces_fsm_init(make):
@@ -1044,6 +1056,22 @@ def test_give_up_and_exit_with_the_last_status(make):
     assert h.states[-7:] == ["gave_up", *STOP_PATH]
     assert h.engine.exit_status == 4
     assert ("restart", "group_gone", "gave_up") in taken_rows(h)
+
+
+def test_giving_up_never_exits_0_even_when_the_last_status_was(make, capfd):
+    """Status-check mode: the start script daemonises and exits 0, the checks fail."""
+    h = make(cfg(workwatch=5, workintvl=1, workretry={"max": 1, "window": 600, "action": "exit"}),
+             scripts=("run.sh", "PeriodicST-a"))
+    h.begin()
+    for _ in range(2):
+        h.exit(service_pid(h), exited(0))
+        h.advance(1)
+        assert h.state == "check", h.states
+        h.exit(script_pid(h, "PeriodicST-a"), exited(1))
+        h.advance(5)
+    assert "gave_up" in h.states and h.state == "exited", h.states
+    assert h.engine.last_exit == 0 and h.engine.exit_status == 1
+    assert "exiting with status 1 (the last instance's own status was 0)" in capfd.readouterr().err
 
 
 def test_give_up_and_stay_up_for_debugging_until_srvctl_restart(make):

@@ -84,3 +84,9 @@ def test_directories_default_to_my_inits_and_move_with_the_environment(monkeypat
     assert (s.pre_shutdown_dir, s.post_shutdown_dir) == ("/etc/my_init.pre_shutdown.d", "/etc/my_init.post_shutdown.d")
     s = settings_with(monkeypatch, ENV_INIT_DIRECTORY="/opt/init.d", FSM_INIT_SERVICE_DIRECTORY="/opt/sv")
     assert (s.init_dir, s.service_dir) == ("/opt/init.d", "/opt/sv")
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-1"])
+def test_a_grace_that_is_not_a_finite_number_is_refused(monkeypatch, capfd, value):
+    s = settings_with(monkeypatch, FSM_INIT_STOP_GRACE=value)
+    assert s.stop_grace == 5.0 and "FSM_INIT_STOP_GRACE" in capfd.readouterr().err
