@@ -103,6 +103,13 @@ def validate(document: dict) -> tuple[dict, list[Problem]]:
     return config_schema.load(document)
 
 
+def masked_text(raw: str) -> str:
+    """$SRVCFG as every child of fsm-init may see it: the passwords masked; a text that is
+    not a JSON object (which may still hold one) is withheld."""
+    document, _ = parse_document(raw)
+    return dumps_compact(masked(document)) if document is not None else ""
+
+
 def dumps_compact(config: dict) -> str:
     # ensure_ascii: a lone surrogate from a "\ud800" escape could not go into the environment.
     return json.dumps(config, separators=(",", ":"), ensure_ascii=True)

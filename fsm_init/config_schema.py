@@ -142,7 +142,8 @@ class PortList(Lenient, fields.Field):
             if not entry:
                 continue
             if _port_range(entry):
-                kept.append(entry)
+                # iptables reads 010 as octal (port 8): the number, without its leading zeros.
+                kept.append(":".join(str(int(part)) for part in entry.split(":")))
             else:
                 _report(self.data_key or attr, entry, None, "is not a port or a port range", dropped=True)
         return ",".join(kept)

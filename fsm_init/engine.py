@@ -88,6 +88,11 @@ class Engine:
                  command: list[str] | None = None) -> None:
         self.system, self.settings = system, settings
         self.environ = dict(environ)
+        # $SRVCFG as given, for load_config; every child (EnvResume-*, the daemons, the
+        # container environment's dump) gets it with the passwords masked.
+        self.srvcfg = self.environ.get("SRVCFG", "")
+        if self.srvcfg:
+            self.environ["SRVCFG"] = config.masked_text(self.srvcfg)
         self.override = command
         self.loop = EventLoop(system, self._on_signal, self._on_exit)
         self.stopper = Stopper(system, self.loop)
@@ -249,7 +254,7 @@ class Engine:
             log.info(note)
         if self.target.directory:
             self.system.chdir(self.target.directory)
-        self.source = load_config.ConfigSource(self.target, self.environ.get("SRVCFG", ""), self.system)
+        self.source = load_config.ConfigSource(self.target, self.srvcfg, self.system)
         self.done()
 
     def on_enter_custom_init(self) -> None:
@@ -260,7 +265,8 @@ class Engine:
                 self.control.close()
             self.syslog.close()
             try:
-                self.system.execve([path], self.environ)
+                # init.sh takes over every step, the SSH password included: $SRVCFG as given.
+                self.system.execve([path], dict(self.environ, **({"SRVCFG": self.srvcfg} if self.srvcfg else {})))
             except OSError as e:
                 log.error(f"cannot exec {path}: {e.strerror}; carrying on with fsm-init's own steps")
                 self.control = ControlServer.listen(self.settings.control_socket, self.loop, self.handle_request)

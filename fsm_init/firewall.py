@@ -21,6 +21,11 @@ TIMEOUT = 20.0
 # the initial network namespace has one only on recent kernels (6.18 here).
 PID_INIT_INO = 0xEFFFFFFC
 NET_INIT_INO = 0xEFFFFFF9
+# On older kernels (Debian 12's 6.1) the host's network namespace has an ordinary inode
+# number, so the host is also recognised by its filter table: chains that container
+# engines, Kubernetes and host firewalls create there, never in a container's own
+# namespace (Docker's embedded-DNS chains are in a container's nat table, not filter).
+HOST_CHAIN_PREFIXES = ("DOCKER", "KUBE-", "CNI-", "LIBVIRT_", "ufw-", "ufw6-", "f2b-", "FLANNEL", "CILIUM", "cali-")
 
 
 def enabled(config: dict, has_config: bool) -> bool:
@@ -84,9 +89,12 @@ class Firewall:
         """A container run with --network host shares the machine's network namespace:
         its iptables rules are the host's.  Only fsm-init as the init of the whole
         machine (PID 1 of the initial PID namespace) may filter that one."""
-        if self.system.namespace("net") != NET_INIT_INO:
+        in_initial_pid_ns = self.system.namespace("pid") == PID_INIT_INO
+        if in_initial_pid_ns and self.system.getpid() == 1:
             return
-        if self.system.getpid() != 1 or self.system.namespace("pid") != PID_INIT_INO:
+        # The initial PID namespace has had its fixed inode number since Linux 3.8: a
+        # process in it other than PID 1 runs on the host, whatever the kernel.
+        if self.system.namespace("net") == NET_INIT_INO or in_initial_pid_ns:
             raise Unavailable("this is the host's network namespace (a container run with --network host, "
                               "or fsm-init started on the host): fsm-init leaves the host's iptables alone")
 
@@ -94,7 +102,12 @@ class Firewall:
         status, out, err = self.system.run([family.save], timeout=TIMEOUT)
         if status:
             raise self._unavailable(family.save, status, err)
-        text = script(rules.parse_save(out))
+        now = rules.parse_save(out)
+        host = sorted(c for c in now.chains.get("filter", {}) if c.startswith(HOST_CHAIN_PREFIXES))
+        if host:
+            raise Unavailable(f"the filter table holds {', '.join(host[:3])}: this looks like the host's network "
+                              "namespace (--network host), whose iptables fsm-init leaves alone")
+        text = script(now)
         argv = [family.restore, "--wait=5", "--noflush"]
         status, _, err = self.system.run(argv, input=text.encode(), timeout=TIMEOUT)
         if status:

@@ -32,7 +32,10 @@ TABLES = ("filter", "nat", "mangle")
 
 NEW = "-m conntrack --ctstate NEW"
 ICMP_LIMIT = "-m limit --limit 100/sec --limit-burst 300"
-SSH_LIMIT = "-m conntrack --ctstate NEW -m limit --limit 4/min --limit-burst 20"
+# Per source address: one shared counter (-m limit) would let anyone who sends a SYN
+# every 15 s lock every client out of SSH.
+SSH_LIMIT = ("-m conntrack --ctstate NEW -m hashlimit --hashlimit-upto 4/min --hashlimit-burst 20 "
+             "--hashlimit-mode srcip --hashlimit-name fsm-ssh")
 
 
 class Family(NamedTuple):

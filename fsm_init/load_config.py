@@ -2,7 +2,13 @@
 
 A $SRVCFG that is a JSON object is written, exactly as given, over workcfg.json
 (atomically, mode 0600: it may hold passwords).  Anything else is reported and the
-existing workcfg.json stays untouched: imginit wrote bad input over a good file.
+existing workcfg.json stays untouched: imginit wrote bad input over a good file.  When
+$SRVNAME could not be used and imginit stands in, $SRVCFG (meant for the other service)
+serves this start from memory and imginit's own file is left alone.
+
+A workcfg.json that breaks between two starts (a typo while editing it) is reported and
+the configuration read before is kept: falling back to the defaults would stop dropbear
+and close the firewall's ports, locking out the operator who is fixing the file.
 """
 
 import os
@@ -32,6 +38,7 @@ class ConfigSource:
         # to, it is kept in memory for the restarts of this process.
         self.pending_srvcfg = srvcfg if target.first_start and srvcfg.strip() else ""
         self.memory: dict | None = None
+        self.last_read: dict | None = None  # the last good workcfg.json
 
     @property
     def path(self) -> str | None:
@@ -40,7 +47,7 @@ class ConfigSource:
     def load(self) -> Loaded:
         errors: list[str] = []
         document = self._take_srvcfg(errors)
-        if document is None and self.path:
+        if document is None and self.path and self.memory is None:
             document = self._read_file(errors)
         if document is None:
             document = self.memory
@@ -63,7 +70,7 @@ class ConfigSource:
         if document is None:
             errors.append(f"$SRVCFG is {why}: ignored, {self.path or 'the built-in defaults'} kept")
             return None
-        if self.path is None:
+        if self.path is None or self.target.fallback:
             self.memory = document
             return document
         try:
@@ -75,10 +82,13 @@ class ConfigSource:
 
     def _read_file(self, errors: list[str]) -> dict | None:
         raw = self.system.read_bytes(self.path)
-        if raw is None:
-            errors.append(f"no {self.path}: using the built-in defaults")
-            return None
-        document, why = config.parse_document(raw)
-        if document is None:
-            errors.append(f"{self.path} is {why}: using the built-in defaults")
-        return document
+        document, why = config.parse_document(raw) if raw is not None else (None, "")
+        if document is not None:
+            self.last_read = document
+            return document
+        problem = f"{self.path} is {why}" if raw is not None else f"no {self.path}"
+        if self.last_read is not None:
+            errors.append(f"{problem}: keeping the configuration read before (fix it, then srvctl restart)")
+        else:
+            errors.append(f"{problem}: using the built-in defaults")
+        return self.last_read

@@ -19,6 +19,7 @@ class Target(NamedTuple):
     name: str | None  # None: no service directory, built-in defaults
     directory: str | None
     first_start: bool
+    fallback: bool = False  # $SRVNAME could not be used: imginit serves this start only
 
 
 def _unusable(name: str) -> str:
@@ -46,7 +47,7 @@ def resolve(settings: Settings, environ: dict, system: System) -> tuple[Target, 
         notes.append(f"SRVNAME {name!r} {why} under {settings.srv_root}: falling back for this start (not remembered)")
     if name != DEFAULT_NAME and system.is_dir(fallback):
         notes.append(f"target service {DEFAULT_NAME} in {fallback}")
-        return Target(DEFAULT_NAME, fallback, first_start), notes
+        return Target(DEFAULT_NAME, fallback, first_start, fallback=True), notes
     notes.append(f"no service directory {fallback}: running with built-in defaults")
     return Target(None, None, first_start), notes
 

@@ -92,10 +92,12 @@ def _refuse_host_root_account(system: System) -> None:
     """Every container has a mount namespace of its own: in the machine's initial one
     fsm-init was started on the host, and root's password and keys are the host's.
     Only fsm-init as the init of the whole machine may change them.  (The initial mount
-    namespace has a fixed inode number on recent kernels only; elsewhere this cannot tell.)"""
-    if system.namespace("mnt") != MNT_INIT_INO:
+    namespace has a fixed inode number on recent kernels only; the initial PID namespace
+    has had one since Linux 3.8, so a process in it other than PID 1 is on the host too.)"""
+    in_initial_pid_ns = system.namespace("pid") == PID_INIT_INO
+    if in_initial_pid_ns and system.getpid() == 1:
         return
-    if system.getpid() != 1 or system.namespace("pid") != PID_INIT_INO:
+    if system.namespace("mnt") == MNT_INIT_INO or in_initial_pid_ns:
         raise Unavailable("this is the host's own mount namespace (fsm-init started on the host, not in a "
                           "container): fsm-init leaves the host's root password and SSH keys alone")
 

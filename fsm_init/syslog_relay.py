@@ -44,7 +44,10 @@ _BSD_TIME = re.compile(rb"[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d ")
 _RFC5424 = re.compile(rb"1 (\S+) (\S+) (\S+) (\S+) (\S+) (-|(?:\[(?:[^\]\\]|\\.)*\])+) ?")
 # A tag: prog, prog[pid] or prog[pid] ending in ':' (glibc, logger, busybox).
 _TAG = re.compile(rb"([^\s\[\]:]{1,64})(?:\[(\d{1,10})\])?:(?: |$)")
-_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7f) if c != 0x09}
+# C0, DEL, C1 and the Unicode line and paragraph separators: a local sender (the socket
+# is 0666) must not split or forge lines for a consumer that breaks lines on them.
+_CONTROL = {c: f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
+            for c in (*range(0x20), *range(0x7f, 0xa0), 0x2028, 0x2029) if c != 0x09}
 _CONTROL[0x0a] = "\\n"
 
 

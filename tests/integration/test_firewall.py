@@ -9,12 +9,13 @@ when it fails; the host's own iptables rules are never read or touched.
 
 import json
 import re
+import subprocess
 import sys
 
 import pytest
 
 from tests.conftest import wait_for
-from tests.integration.netns import (CONTAINER4, CONTAINER6, NetnsRunning, NetPair, Prober, can_netns)
+from tests.integration.netns import (CONTAINER4, CONTAINER6, PEER4, NetnsRunning, NetPair, Prober, can_netns)
 
 pytestmark = pytest.mark.skipif(not can_netns(), reason="needs root, ip netns, unshare and iptables (integration)")
 
@@ -216,3 +217,49 @@ def test_without_net_admin_the_step_is_unavailable_and_the_service_starts(sandbo
     # nothing was applied: the unpermitted port is reachable, the tables are untouched
     assert probe.tcp(CONTAINER4, 8081)["result"] == "connected"
     assert "FSMINIT" not in pair.save()
+
+
+CONNECTS = r"""
+import json, socket, sys
+port, attempts = int(sys.argv[1]), int(sys.argv[2])
+def connect(source):
+    with socket.socket() as s:
+        s.settimeout(3)
+        s.bind((source, 0))
+        try:
+            s.connect((sys.argv[3], port))
+            return "connected"
+        except OSError as e:
+            return type(e).__name__
+flood = [connect(sys.argv[4]) for _ in range(attempts)]
+print(json.dumps({"flood": flood, "other": connect(sys.argv[5])}))
+"""
+
+
+def test_the_ssh_rate_limit_is_per_source_address(net, tmp_path):
+    """One client using up the limit (20 new connections, then 4 a minute) must not lock
+    the others out.  The rules fsm-init renders for sshsrv.enable, applied in the test's
+    own container namespace, with real connections from two addresses of the peer."""
+    from fsm_init import config, iptables_rules
+
+    pair, _ = net
+    cfg = config.validate({"sshsrv": {"enable": "yes", "sshport": 8022}})[0]
+    policy = iptables_rules.policy(iptables_rules.Permits.from_config(cfg), iptables_rules.IPV4)
+    now = iptables_rules.parse_save(pair.run(pair.container, "iptables-save").stdout)
+    pair.run(pair.container, "iptables-restore", "--noflush", input=iptables_rules.restore_script(policy, now))
+    listener = subprocess.Popen(["ip", "netns", "exec", pair.container, sys.executable, "-c",
+                                 "import socket, time\ns = socket.create_server(('0.0.0.0', 8022), backlog=64)\n"
+                                 "open('ssh-ready', 'w').close()\nwhile True: s.accept()[0].close()\n"],
+                                cwd=tmp_path)
+    try:
+        wait_for(lambda: (tmp_path / "ssh-ready").exists(), what="the stand-in SSH listener")
+        other = "10.199.0.3"
+        pair.run(pair.peer, "ip", "addr", "add", f"{other}/24", "dev", "veth0")
+        out = pair.run(pair.peer, sys.executable, "-c", CONNECTS, "8022", "26", CONTAINER4, PEER4, other).stdout
+        result = json.loads(out)
+    finally:
+        listener.kill()
+        listener.wait(5)
+    assert result["flood"][:20] == ["connected"] * 20, result
+    assert "connected" not in result["flood"][21:], "the limit did not hold for the flooding address"
+    assert result["other"] == "connected", "one address's flood locked another out"

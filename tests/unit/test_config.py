@@ -136,6 +136,9 @@ def test_port_lists(key):
     assert effective["firewall"][key] == "443"
     effective, _, _ = validate({"firewall": {key: " 22 , 80:90 ,"}})
     assert effective["firewall"][key] == "22,80:90"
+    # iptables would read 010 as octal (port 8)
+    effective, _, _ = validate({"firewall": {key: "010,0080:00090"}})
+    assert effective["firewall"][key] == "10,80:90"
 
 
 @pytest.mark.parametrize("key", ["tcpportpmt", "udpportpmt"])
@@ -387,6 +390,31 @@ def test_accepted_srvcfg_is_what_the_next_start_reads():
         assert first.errors
 
 
+def test_a_file_broken_between_two_starts_keeps_the_configuration_read_before():
+    """A typo while editing workcfg.json must not stop dropbear and close the ports."""
+    src, fake = source(first_start=False)
+    assert src.load().config["workstart"] == "./good"
+    fake.add_file(PATH, b'{"workstart": "./good",,}')
+    again = src.load()
+    assert again.config["workstart"] == "./good" and again.config["initdelay"] == 1
+    assert len(again.errors) == 1 and again.errors[0].startswith(f"{PATH} is not valid JSON")
+    assert again.errors[0].endswith("keeping the configuration read before (fix it, then srvctl restart)")
+    fake.remove(PATH)
+    assert src.load().config["workstart"] == "./good"
+    fake.add_file(PATH, b'{"workstart": "./fixed"}')
+    assert src.load().config["workstart"] == "./fixed"
+
+
+def test_srvcfg_for_a_srvname_that_fell_back_leaves_imginits_file_alone():
+    fake = FakeSystem()
+    fake.add_file("/srv/imginit/workcfg.json", b'{"workstart": "./imginit"}')
+    target = Target("imginit", "/srv/imginit", True, fallback=True)
+    src = load_config.ConfigSource(target, '{"workstart": "./web.sh"}', fake)
+    assert src.load().config["workstart"] == "./web.sh"
+    assert src.load().config["workstart"] == "./web.sh", "a restart of this process"
+    assert fake.files["/srv/imginit/workcfg.json"] == b'{"workstart": "./imginit"}' and fake.writes == []
+
+
 # -- resolve_target -----------------------------------------------------------------------------------
 
 STATE = "/var/lib/fsm-init"
@@ -426,7 +454,7 @@ def test_restart_serves_the_remembered_directory():
 @pytest.mark.parametrize("srvname", ["nope", "../etc", "a/b", ".."])
 def test_unusable_srvname_falls_back_and_is_not_remembered(srvname):
     target, notes, fake = resolve({"SRVNAME": srvname})
-    assert target == Target("imginit", "/srv/imginit", True)
+    assert target == Target("imginit", "/srv/imginit", True, fallback=True)
     assert MARK not in fake.files
     assert any("not remembered" in n for n in notes)
 
@@ -439,7 +467,7 @@ def test_fallback_without_imginit_is_the_built_in_defaults():
 
 def test_remembered_directory_that_vanished_falls_back():
     target, _, fake = resolve({"SRVNAME": "web"}, dirs=("imginit",), marker="web\n")
-    assert target == Target("imginit", "/srv/imginit", False)
+    assert target == Target("imginit", "/srv/imginit", False, fallback=True)
     assert fake.files[MARK] == b"web\n"
 
 

@@ -240,7 +240,7 @@ def test_every_permit_ipv4():
         "-p gre -j ACCEPT",
         "-p esp -j ACCEPT",
         "-p ah -j ACCEPT",
-        "-p tcp -m tcp --dport 2222 -m conntrack --ctstate NEW -m limit --limit 4/min --limit-burst 20 -j ACCEPT",
+        "-p tcp -m tcp --dport 2222 -m conntrack --ctstate NEW -m hashlimit --hashlimit-upto 4/min --hashlimit-burst 20 --hashlimit-mode srcip --hashlimit-name fsm-ssh -j ACCEPT",
     ]
 
 
@@ -254,7 +254,7 @@ def test_every_permit_ipv6():
         "-p gre -j ACCEPT",
         "-p esp -j ACCEPT",
         "-m ah -j ACCEPT",
-        "-p tcp -m tcp --dport 8022 -m conntrack --ctstate NEW -m limit --limit 4/min --limit-burst 20 -j ACCEPT",
+        "-p tcp -m tcp --dport 8022 -m conntrack --ctstate NEW -m hashlimit --hashlimit-upto 4/min --hashlimit-burst 20 --hashlimit-mode srcip --hashlimit-name fsm-ssh -j ACCEPT",
     ]
 
 
@@ -595,6 +595,30 @@ def test_host_network_namespace_is_left_alone(system, v4):
     assert system.runs == []
     # the init of a whole machine (PID 1 of the initial PID namespace) does filter it
     system.pid = 1
+    assert make_firewall(system).apply(workcfg()) == "tcp - udp -; ipv4"
+
+
+def test_a_process_in_the_initial_pid_namespace_other_than_pid_1_is_on_the_host(system, v4):
+    system.namespaces["pid"] = firewall.PID_INIT_INO
+    system.pid = 4242
+    with pytest.raises(Unavailable, match="leaves the host's iptables alone"):
+        make_firewall(system).apply(workcfg())
+    assert system.runs == []
+
+
+@pytest.mark.parametrize("chain", ["DOCKER-USER", "KUBE-FIREWALL", "ufw-user-input"])
+def test_a_host_namespace_an_older_kernel_cannot_name_is_known_by_its_chains(system, v4, chain):
+    """Debian 12's kernel gives the host's network namespace an ordinary inode number."""
+    v4.add("filter", f"-N {chain}")
+    v4.add("filter", f"-A FORWARD -j {chain}")
+    with pytest.raises(Unavailable, match=f"the filter table holds {chain}: this looks like the host's network"):
+        make_firewall(system).apply(workcfg())
+    assert v4.restores == []
+
+
+def test_dockers_embedded_dns_chains_in_a_containers_nat_table_are_no_host_sign(system, v4):
+    v4.add("nat", "-N DOCKER_OUTPUT")
+    v4.add("nat", "-A OUTPUT -d 127.0.0.11/32 -j DOCKER_OUTPUT")
     assert make_firewall(system).apply(workcfg()) == "tcp - udp -; ipv4"
 
 

@@ -181,6 +181,24 @@ def test_custom_init_replaces_fsm_init(make):
     assert h.system.spawns == []
 
 
+def test_srvcfg_passwords_reach_init_sh_but_no_other_child(make):
+    given = '{"initdelay": 0, "workstart": "./run.sh", "workwatch": 0, "sshsrv": {"rootpwd": "R00t-Secret"}}'
+    h = make(cfg(), scripts=("run.sh", "EnvResume-a", "init.sh"), environ={"SRVCFG": given})
+    with pytest.raises(ProcessReplaced):
+        h.begin()
+    assert h.system.execs[0].env["SRVCFG"] == given
+    h2 = make(None, scripts=("run.sh", "EnvResume-a"), environ={"SRVCFG": given})
+    h2.system.add_script("/etc/service/cron/run")
+    h2.system.add_dir("/etc/container_environment")
+    h2.begin()
+    h2.exit(script_pid(h2, "EnvResume-a"), exited(0))
+    assert h2.state == "watch" and len(h2.system.spawns) == 3
+    for spawn in h2.system.spawns:
+        assert "Secret" not in spawn.env["SRVCFG"], spawn.argv
+    assert b"Secret" not in h2.system.files["/etc/container_environment/SRVCFG"]
+    assert h2.system.files[f"{SRV}/workcfg.json"] == given.encode(), "load_config still gets it whole"
+
+
 def test_custom_init_that_cannot_exec_lets_fsm_init_carry_on(make, listens):
     h = make(cfg(), scripts=("run.sh", "init.sh"))
     h.system.exec_error = OSError(errno.ENOEXEC, "Exec format error")

@@ -85,6 +85,17 @@ def test_started_on_the_host_itself_it_leaves_roots_account_alone():
     assert m.chpasswd_inputs == [f"root:{PASSWORD}\n".encode()]
 
 
+def test_on_a_host_an_older_kernel_cannot_name_the_initial_pid_namespace_tells():
+    """Debian 12's kernel gives the initial mount namespace an ordinary inode number, but
+    the initial PID namespace has a fixed one: a process in it other than PID 1 is on the host."""
+    m = Machine()
+    m.system.namespaces["pid"] = ssh.PID_INIT_INO
+    m.system.pid = 4242
+    with pytest.raises(Unavailable, match="leaves the host's root password and SSH keys alone"):
+        m.spec(rootpwd=PASSWORD)
+    assert m.chpasswd_inputs == [] and m.system.writes == []
+
+
 def test_argv_host_keys_password_and_authorized_keys(capfd):
     m = Machine()
     spec = m.spec(sshport=2222, rootpwd=PASSWORD, authkeys=[KEY1, KEY2])
