@@ -94,6 +94,9 @@ class Engine:
         if self.srvcfg:
             self.environ["SRVCFG"] = config.masked_text(self.srvcfg)
         self.override = command
+        # A command line runs where fsm-init was started (the image's WORKDIR), as under
+        # tini; workstart and the target's scripts run in the target directory.
+        self.caller_dir = system.getcwd()
         self.loop = EventLoop(system, self._on_signal, self._on_exit)
         self.stopper = Stopper(system, self.loop)
         self.control: ControlServer | None = None
@@ -121,6 +124,7 @@ class Engine:
         self.cycle_anchor: float | None = None
         self.last_checks: list[watch.CheckResult] = []
         self.checks_healthy = False  # the latest cycle of this instance passed
+        self.healthy_since: float | None = None  # this instance's first passed check cycle
         self.firewall = firewall.Firewall(system, settings)
         self.firewall_status = ""
         self.supporters = {name: Supporting(name, system, self.loop, settings.stop_grace) for name in SUPPORTING_STEPS}
@@ -140,6 +144,7 @@ class Engine:
         self.gave_up_reason = ""  # for `srvctl live` while in gave_up
         self.give_up_status: int | None = None  # workretry.action exit: never 0
         self.last_transition: dict = {}
+        self.entry_recorded = False
         self.machine = _Machine(
             model=self, states=[name for name, _ in STATES], transitions=TRANSITIONS,
             initial="boot", auto_transitions=False, queued=True, ignore_invalid_triggers=True,
@@ -167,6 +172,9 @@ class Engine:
         self.loop.cancel("state")
 
     def _entered_state(self) -> None:
+        if self.entry_recorded:  # on_enter_handover recorded it before its exec
+            self.entry_recorded = False
+            return
         self.state_since = self.system.now()
         source, dest, trigger = self.taking
         self.last_transition = {
@@ -364,6 +372,7 @@ class Engine:
         self.cycle_anchor = None
         self.cycle_count = 0  # $SMCNT counts the cycles of this instance, as in imginit
         self.last_checks, self.checks_healthy = [], False
+        self.healthy_since: float | None = None  # this instance's first passed check cycle
         self._write_count(start.count_text(self.run_count, self.mode, self.config))
         cmd = start.command(self.config, self.override, self.target.directory, self.system)
         if cmd.note:
@@ -389,10 +398,11 @@ class Engine:
                              "need fsm-init to stay PID 1")
                 else:
                     self._exec_service(cmd, env)
-            pid = self.system.spawn(cmd.argv, env, cmd.executable, tty)
+            pid = self.system.spawn(cmd.argv, env, cmd.executable, tty, cwd=self.caller_dir if self.override else None)
         except OSError as e:
             self.last_exit = spawn_error_code(e)
-            cause = f"cannot execute {cmd.argv[0]}: {e.strerror} (status {self.last_exit})"
+            hint = start.exec_hint(cmd.executable or cmd.argv[0], e, self.system)
+            cause = f"cannot execute {cmd.argv[0]}: {e.strerror}{hint} (status {self.last_exit})"
             log.error(cause)
             self.fire("spawn_failed", cause)
             return
@@ -407,6 +417,8 @@ class Engine:
             self.control.close()
             self.control = None
         self.syslog.close()
+        if self.override:
+            self.system.chdir(self.caller_dir)
         self.system.execve(cmd.argv, env, cmd.executable or which(cmd.argv[0]) or cmd.argv[0])
 
     def on_enter_foreground(self) -> None:
@@ -421,6 +433,9 @@ class Engine:
             self.control.sock.set_inheritable(True)
         relaying = self.syslog.sock is not None
         self.syslog.close()  # the thin reaper does not relay: remove /dev/log, not leave it stale
+        # The exec replaces this process before transitions would record the entry.
+        self._entered_state()
+        self.entry_recorded = True
         reaper.hand_over(self)
         # Only reached when the exec failed: this engine carries on reaping.
         if self.control:
@@ -478,6 +493,8 @@ class Engine:
         self.last_checks = self.cycle.results
         failure = self.cycle.failure
         self.checks_healthy = failure is None
+        if self.checks_healthy and self.healthy_since is None:
+            self.healthy_since = self.system.now()
         if failure:
             cause = f"check failed: {failure.describe()}"
             log.warn(f"{cause}; restarting the service")
@@ -506,11 +523,19 @@ class Engine:
         self.restart_cause = self.cause
         self.loop.cancel("cycle")
         stable = self.config["workstable"]
-        if self.failures and self.service and self.system.now() - self.service.started >= stable:
+        if self.failures and self._stable_for() >= stable:
             log.info(f"the instance ran {stable}s or more: the restart back-off starts over")
             self.failures = 0
         self._abandon_script()
         self._stop_service(signal.SIGTERM)
+
+    def _stable_for(self) -> float:
+        """How long the instance has run well: in status-check mode since its first passed
+        cycle (a service whose checks hang never passed one), otherwise since its start."""
+        if self.service is None:
+            return 0.0
+        since = self.healthy_since if self.mode.kind == start.STATUS_CHECK else self.service.started
+        return 0.0 if since is None else self.system.now() - since
 
     def on_enter_gave_up(self) -> None:
         retry = self.config["workretry"]

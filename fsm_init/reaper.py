@@ -16,6 +16,7 @@ import sys
 
 from fsm_init import log
 from fsm_init.control import NOT_SUPERVISED, ControlServer
+from fsm_init.journal import Journal
 from fsm_init.loop import CAUGHT, STOP_SIGNALS, EventLoop
 from fsm_init.settings import Settings
 from fsm_init.stop import Group, Stopper
@@ -59,10 +60,12 @@ class Reaper:
         self.supporting = state["supporting"]
         self.proof = state["proof"]
         self.last_transition = state["last_transition"]
+        self.journal = Journal(settings.run_dir, system)
         self.kill_all_on_exit = state.get("kill_all_on_exit", True)
         self.last_exit: int | None = None
         self.stop_requested = False
         self.state = "handover"
+        self.since = system.now()
         self.loop = EventLoop(system, self._on_signal, self._on_exit)
         self.stopper = Stopper(system, self.loop)
         self.control = None
@@ -80,40 +83,48 @@ class Reaper:
     def exit_status(self) -> int:
         return 0 if self.stop_requested or self.last_exit is None else self.last_exit
 
-    def _enter(self, state: str) -> None:
-        self.state = state
+    def _enter(self, state: str, trigger: str = "", cause: str = "") -> None:
+        """The reaper's own steps of the stop path, journalled as the engine's are (the
+        engine recorded the handover itself, before its exec)."""
+        previous, self.state, self.since = self.state, state, self.system.now()
         log.set_state(state)
+        if trigger:
+            self.last_transition = {"time": round(self.system.wall(), 3), "from": previous, "to": state,
+                                    "trigger": trigger, "guards": {}, "cause": cause,
+                                    "restarts": max(0, self.run_count - 1)}
+            self.journal.record(self.last_transition, self.snapshot())
 
     def _on_signal(self, signum: int) -> None:
         if signum in STOP_SIGNALS:
             if self.state == "handover":
                 log.info(f"received {signal.Signals(signum).name}: stopping")
-                self._stop(signum)
+                self._stop(signum, f"received {signal.Signals(signum).name}")
             return
         if self.group.signal(self.system, signum):
             log.info(f"forwarded {signal.Signals(signum).name} to the service's session")
 
-    def _stop(self, signum: int) -> None:
-        self._enter("stopping")
-        self.stopper.stop_group(self.group, signum, self.settings.stop_grace, self._teardown)
+    def _stop(self, signum: int, cause: str) -> None:
+        self._enter("stopping", "stop", cause)
+        self.stopper.stop_group(self.group, signum, self.settings.stop_grace,
+                                lambda: self._teardown("group_gone", "the service's session is gone"))
 
     def _on_exit(self, pid: int, status: int) -> None:
         if pid == self.pid:
             self.last_exit = exit_code(status)
             log.info(f"service (pid {pid}) exited with status {self.last_exit}")
             if self.state == "handover":
-                self._teardown()
+                self._teardown("service_exit", f"service (pid {pid}) exited with status {self.last_exit}")
         self.stopper.check_soon()
 
-    def _teardown(self) -> None:
-        self._enter("teardown")
+    def _teardown(self, trigger: str, cause: str) -> None:
+        self._enter("teardown", trigger, cause)
         if self.kill_all_on_exit:
-            self.stopper.sweep(self.settings.leftover_grace, self._exited)
+            self.stopper.sweep(self.settings.leftover_grace, lambda: self._exited("no leftover process remains"))
         else:
-            self._exited()
+            self._exited("--no-kill-all-on-exit")
 
-    def _exited(self) -> None:
-        self._enter("exited")
+    def _exited(self, cause: str) -> None:
+        self._enter("exited", "done", cause)
         self.loop.reap()
         log.info(f"exiting with status {self.exit_status()}")
         if self.control:
@@ -129,7 +140,7 @@ class Reaper:
         if verb == "stop" and self.state == "handover":
             log.info("srvctl stop: stopping the service, then exiting 0")
             self.stop_requested = True
-            self._stop(signal.SIGTERM)
+            self._stop(signal.SIGTERM, "srvctl stop")
             return {"ok": True, "message": "stopping"}
         if verb == "restart":
             return {"ok": False, "message": NOT_SUPERVISED}
@@ -149,7 +160,8 @@ class Reaper:
     def snapshot(self) -> dict:
         alive = self.last_exit is None
         return {
-            "state": self.state, "mode": "non-daemon", "period": None, "target": self.target,
+            "state": self.state, "since": round(self.system.now() - self.since, 3), "mode": "non-daemon",
+            "period": None, "target": self.target, "failures": 0, "daemons": [],
             "service_pid": self.pid if alive else None,
             "uptime": round(self.system.now() - self.started, 3) if alive else None,
             "run_count": self.run_count, "restarts": 0, "last_exit": self.last_exit,

@@ -5,6 +5,7 @@ exit is fsm-init's exit); 0 → daemon (restart when it exits); N > 0 → status
 (PeriodicST-* every N seconds decide).
 """
 
+import errno
 import os
 import shlex
 import sys
@@ -109,6 +110,20 @@ def _executable(program: str, directory: str | None, system: System) -> bool:
     if "/" in program:
         return system.is_executable(os.path.join(directory or ".", program))
     return which(program) is not None
+
+
+def exec_hint(program: str, error: OSError, system: System) -> str:
+    """Why the kernel said ENOENT for a file that is there: its #! interpreter is not."""
+    if error.errno != errno.ENOENT:
+        return ""
+    head = (system.read_bytes(program) or b"")[:256]
+    if not head.startswith(b"#!"):
+        return ""
+    line = head[2:].split(b"\n", 1)[0]
+    if line.endswith(b"\r"):
+        return "; its #! line ends in a carriage return (Windows line endings)"
+    interpreter = line.split()[0].decode("utf-8", "replace") if line.split() else ""
+    return f"; its #! interpreter {interpreter!r} is not there" if interpreter else ""
 
 
 def _do_nothing(args: list[str], why: str) -> Command:

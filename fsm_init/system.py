@@ -320,6 +320,9 @@ class System:
     def chdir(self, path: str) -> None:
         os.chdir(path)
 
+    def getcwd(self) -> str:
+        return os.getcwd()
+
     def remove(self, path: str) -> None:
         try:
             os.unlink(path)

@@ -171,13 +171,14 @@ def test_a_stop_during_env_resume_runs_no_further_script_and_no_service(sandbox)
         "app", {"initdelay": 0, "workstart": "./run.sh", "workwatch": 0},
         # A child that outlives the TERM keeps the leftover sweep waiting while
         # EnvResume-a itself exits: that exit must not start EnvResume-b.
-        EnvResume_a="(trap '' TERM; exec sleep 5) &\n"
+        EnvResume_a="(trap '' TERM; touch child-ready; exec sleep 5) &\n"
                     "trap 'sleep 0.3; echo a-term >> order; exit 0' TERM\n"
                     "echo a >> order\nwhile :; do sleep 0.05; done\n",
         EnvResume_b="echo b >> order\n",
         run__sh="echo service >> order\nexec sleep 1000\n")
     run = sandbox.start(SRVNAME="app", FSM_INIT_LEFTOVER_GRACE=2)
     wait_lines(d / "order", 1)
+    wait_for((d / "child-ready").exists, what="the child to ignore TERM")  # the stop TERMs the script's session at once
     run.signal(signal.SIGTERM)
     assert run.wait() == 0
     assert lines(d / "order") == ["a", "a-term"], lines(d / "order")
@@ -388,3 +389,13 @@ def test_disabled_network_steps_are_not_listed(sandbox):
     wait_lines(d / "pids", 1)
     assert run.wait_state("watch")["supporting"] == {}
     assert "not available" not in run.log
+
+
+def test_a_command_line_runs_in_the_directory_fsm_init_was_started_in(sandbox):
+    """`docker run IMAGE ./app.py` with WORKDIR /app: as under tini, not in /srv/imginit."""
+    sandbox.service("imginit", {"initdelay": 0})
+    (sandbox.root / "hello.sh").write_text("#!/bin/sh\npwd > where\n")
+    (sandbox.root / "hello.sh").chmod(0o755)
+    run = sandbox.start("--", "./hello.sh")
+    assert run.wait() == 0, run.log
+    assert (sandbox.root / "where").read_text().strip() == str(sandbox.root)

@@ -438,3 +438,20 @@ def test_give_up_with_action_stay_keeps_the_container_up_until_srvctl_restart(sa
     wait_for(lambda: run.srvctl("health").returncode == 0, 10, f"health 0 after srvctl restart\n{run.log}")
     assert run.srvctl("live").returncode == 0
     assert run.proc.poll() is None
+
+
+def test_the_thin_reaper_journals_the_handover_and_the_end(sandbox):
+    """After the handover the journal and status.json still tell the story to the end."""
+    release = sandbox.root / "release"
+    sandbox.service("app", {"initdelay": 0, "workstart": "./run.sh"},
+                    run__sh=f"while [ ! -e {release} ]; do sleep 0.05; done\nexit 7\n")
+    run = sandbox.start(SRVNAME="app", FSM_INIT_HANDOVER_AFTER="0.2")
+    run.wait_state("handover")
+    release.touch()
+    assert run.wait() == 7, run.log
+    tail = [(e["from"], e["to"], e["trigger"]) for e in journal(sandbox)[-4:]]
+    assert tail == [("start", "foreground", "spawned"), ("foreground", "handover", "settled"),
+                    ("handover", "teardown", "service_exit"), ("teardown", "exited", "done")], tail
+    assert journal(sandbox)[-2]["cause"].endswith("exited with status 7")
+    status = json.loads((sandbox.run_dir / "status.json").read_text())
+    assert status["state"] == "exited" and status["last_exit"] == 7 and status["service_pid"] is None

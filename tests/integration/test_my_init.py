@@ -112,7 +112,7 @@ def test_pre_shutdown_runs_while_the_service_runs_and_post_shutdown_once_it_is_g
     check = f'kill -0 $(cat {pid_file}) 2>/dev/null && echo "$0: service alive" >> {order} || echo "$0: service gone" >> {order}\n'
     sandbox.etc("my_init.pre_shutdown.d/10-pre", check)
     sandbox.etc("my_init.post_shutdown.d/10-post", check)
-    service = (f"echo $$ > {pid_file}; trap 'echo service: term >> {order}; exit 0' TERM; "
+    service = (f"trap 'echo service: term >> {order}; exit 0' TERM; echo $$ > {pid_file}; "
                "while :; do sleep 0.05; done")
     run = sandbox.start("--", "sh", "-c", service)
     wait_for(pid_file.exists, what="the service")
@@ -140,7 +140,8 @@ def test_a_failing_shutdown_script_is_reported_and_the_stop_goes_on(sandbox):
 def runit_service(sandbox, name: str, out: Path, *, ignore_term=False, finish=False, down=False) -> None:
     """/etc/service/NAME: run records its pid in NAME.pids and its TERM in ``stopped``."""
     on_term = "trap '' TERM\n" if ignore_term else f"trap 'echo {name} >> {out}/stopped; exit 0' TERM\n"
-    sandbox.etc(f"service/{name}/run", f"echo $$ >> {out}/{name}.pids\n{on_term}while :; do sleep 0.05; done\n")
+    # the trap first: a pid in NAME.pids means the daemon is ready for a TERM
+    sandbox.etc(f"service/{name}/run", f"{on_term}echo $$ >> {out}/{name}.pids\nwhile :; do sleep 0.05; done\n")
     if finish:
         sandbox.etc(f"service/{name}/finish", f'echo "$1 $2 $(pwd)" >> {out}/{name}.finish\n')
     if down:

@@ -346,6 +346,9 @@ class FakeSystem:
                  if p != path and posixpath.dirname(p) == path}
         return sorted(names)
 
+    def getcwd(self) -> str:
+        return self.cwd
+
     def chdir(self, path: str) -> None:
         path = self._abs(path)
         self.calls.append(("chdir", path))

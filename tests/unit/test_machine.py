@@ -181,6 +181,18 @@ def test_custom_init_replaces_fsm_init(make):
     assert h.system.spawns == []
 
 
+def test_a_command_line_runs_where_fsm_init_was_started_and_workstart_in_the_target(make):
+    fake = FakeSystem()
+    fake.add_dir("/app")
+    fake.chdir("/app")  # the image's WORKDIR
+    h = make(cfg(), command=["./manage.py", "serve"], system=fake)
+    h.begin()
+    assert h.system.spawns[-1].argv == ["./manage.py", "serve"] and h.system.spawns[-1].cwd == "/app"
+    h2 = make(cfg())
+    h2.begin()
+    assert h2.system.spawns[-1].argv == RUN and h2.system.spawns[-1].cwd is None and h2.system.cwd == SRV
+
+
 def test_srvcfg_passwords_reach_init_sh_but_no_other_child(make):
     given = '{"initdelay": 0, "workstart": "./run.sh", "workwatch": 0, "sshsrv": {"rootpwd": "R00t-Secret"}}'
     h = make(cfg(), scripts=("run.sh", "EnvResume-a", "init.sh"), environ={"SRVCFG": given})
@@ -431,6 +443,18 @@ def test_non_daemon_spawn_failure_is_the_exit_status(make, code, status):
     h.begin()
     assert h.states[-7:] == ["start", *STOP_PATH]
     assert h.engine.exit_status == status and h.engine.loop.stopped
+
+
+@pytest.mark.parametrize("first_line, hint", [
+    ("#!/bin/sh\r\n", "its #! line ends in a carriage return (Windows line endings)"),
+    ("#!/usr/bin/python9 -u\n", "its #! interpreter '/usr/bin/python9' is not there")])
+def test_a_workstart_whose_interpreter_is_missing_says_so(make, capfd, first_line, hint):
+    h = make(cfg(), scripts=())
+    h.system.add_file(f"{SRV}/run.sh", first_line + "echo hi\n", 0o755)
+    h.system.spawn_errors["./run.sh"] = errno.ENOENT
+    h.begin()
+    assert h.engine.exit_status == 127
+    assert f"cannot execute ./run.sh: No such file or directory; {hint} (status 127)" in capfd.readouterr().err
 
 
 def test_supervised_spawn_failure_retries_after_workintvl(make):
@@ -1074,6 +1098,16 @@ def test_give_up_and_exit_with_the_last_status(make):
     assert h.states[-7:] == ["gave_up", *STOP_PATH]
     assert h.engine.exit_status == 4
     assert ("restart", "group_gone", "gave_up") in taken_rows(h)
+
+
+def test_a_service_whose_checks_never_pass_keeps_backing_off(make):
+    """workintvl + the check time-out outlast workstable: time since the start alone
+    would reset the back-off at every restart of a service that never worked."""
+    h = make(cfg(workwatch=3, workintvl=1, workstable=3), scripts=("run.sh", "PeriodicST-a"))
+    h.begin()
+    for _ in range(60):
+        h.advance(1)
+    assert h.engine.failures >= 4, h.engine.failures
 
 
 def test_giving_up_never_exits_0_even_when_the_last_status_was(make, capfd):
