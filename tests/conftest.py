@@ -167,6 +167,12 @@ class Running:
 
     def kill(self) -> None:
         if self.proc.poll() is None:
+            # PID 1 first: its death ends the namespace.  unshare's --kill-child works through
+            # the parent-death signal, which setpriv clears when it changes the user.
+            try:
+                os.kill(self.pid1, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(5)
 
@@ -211,11 +217,17 @@ class Sandbox:
     def etc(self, relative: str, body: str | None = None, mode: int = 0o755) -> Path:
         """/etc/RELATIVE as fsm-init sees it: a file (body given) or a directory in the upper
         layer of the sandbox's private overlay over /etc; the machine's /etc is never touched."""
-        path = self.root / ".etc-up" / relative
+        upper = self.root / ".etc-up"
+        path = upper / relative
+        directory = path if body is None else path.parent
+        directory.mkdir(parents=True, exist_ok=True)
+        # 0755 whatever the umask: fsm-init may run as nobody (nobody_sandbox).
+        for d in [directory, *directory.parents]:
+            if d == upper.parent:
+                break
+            d.chmod(0o755)
         if body is None:
-            path.mkdir(parents=True, exist_ok=True)
             return path
-        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(body if body.startswith("#!") else "#!/bin/sh\n" + body)
         path.chmod(mode)
         return path

@@ -171,7 +171,7 @@ def test_a_stop_during_env_resume_runs_no_further_script_and_no_service(sandbox)
         "app", {"initdelay": 0, "workstart": "./run.sh", "workwatch": 0},
         # A child that outlives the TERM keeps the leftover sweep waiting while
         # EnvResume-a itself exits: that exit must not start EnvResume-b.
-        EnvResume_a="(trap '' TERM; touch child-ready; exec sleep 5) &\n"
+        EnvResume_a="(trap '' TERM; touch child-ready; exec sleep 60) &\n"
                     "trap 'sleep 0.3; echo a-term >> order; exit 0' TERM\n"
                     "echo a >> order\nwhile :; do sleep 0.05; done\n",
         EnvResume_b="echo b >> order\n",

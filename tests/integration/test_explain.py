@@ -362,8 +362,10 @@ def test_the_client_path_is_light_and_fast(sandbox):
     print(f"\nsrvctl health: in-process round trip median {result['median'] * 1000:.2f} ms; "
           f"whole process median {process * 1000:.1f} ms, bare interpreter {bare * 1000:.1f} ms, "
           f"difference {(process - bare) * 1000:.1f} ms")
-    assert result["median"] < 0.050, result
-    assert process - bare < 1.0, (process, bare)
+    # Generous bounds (the figures are measured, not promised, in the benchmark): they
+    # catch the client importing transitions, marshmallow or rich, not a slow machine.
+    assert result["median"] < 0.25, result
+    assert process - bare < 2.0, (process, bare)
 
 
 # -- crash loops --------------------------------------------------------------------------------

@@ -252,8 +252,10 @@ def test_cycles_run_at_a_fixed_rate(sandbox):
                         PeriodicST_slow="date +%s.%N >> st.times\nsleep 0.5\n")
     run = sandbox.start(SRVNAME="app")
     times = [float(t) for t in wait_lines(d / "st.times", 4)[:4]]
-    gaps = [b - a for a, b in zip(times, times[1:])]
-    assert all(0.7 < g < 1.3 for g in gaps), gaps
+    # The average gap: one late start (a loaded machine) makes one long gap and one short
+    # one, but a period counted from the end of the checks would average 1.5 s.
+    average = (times[3] - times[0]) / 3
+    assert 0.8 < average < 1.25, times
     assert run.status()["restarts"] == 0
 
 
