@@ -70,7 +70,7 @@ class Daemon:
             log.error(f"cannot start daemon {self.name} ({self.run}): {e.strerror}; retry in {delay}s")
             loop.call_later(self.deadline("restart"), delay, self.start)
             return e.strerror
-        self.started, self.stopping = system.now(), False
+        self.started = system.now()
         self.starts += 1
         log.info(f"daemon {self.name} started (pid {self.pid})")
         return None

@@ -27,7 +27,7 @@ import sys
 
 from fsm_init import log
 from fsm_init.settings import Settings
-from fsm_init.supporting import Spec
+from fsm_init.supporting import Spec, prepare
 from fsm_init.system import System, Unavailable
 
 SEARCH_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -63,11 +63,7 @@ def enabled(config: dict, has_config: bool) -> bool:
 def spec(config: dict, system: System, settings: Settings) -> Spec:
     """Prepares what the process needs (and raises Unavailable when it cannot run here);
     the engine's Supporting starts, watches and restarts it."""
-    try:
-        return _spec(config["inetdail"], system, settings)
-    except OSError as e:
-        where = f" ({e.filename})" if e.filename else ""
-        raise Unavailable(f"cannot prepare the PPPoE dial-up{where}: {e.strerror or e}") from None
+    return prepare("the PPPoE dial-up", lambda: _spec(config["inetdail"], system, settings))
 
 
 def _spec(dial: dict, system: System, settings: Settings) -> Spec:

@@ -27,7 +27,7 @@ import re
 
 from fsm_init import log
 from fsm_init.settings import Settings
-from fsm_init.supporting import Spec
+from fsm_init.supporting import Spec, prepare
 from fsm_init.system import System, Unavailable
 
 # Where programs are looked for besides $PATH (a container's PATH may lack the sbin dirs).
@@ -55,11 +55,7 @@ def enabled(config: dict, has_config: bool) -> bool:
 def spec(config: dict, system: System, settings: Settings) -> Spec:
     """Prepares what the process needs (and raises Unavailable when it cannot run here);
     the engine's Supporting starts, watches and restarts it."""
-    try:
-        return _spec(config["sshsrv"], system, settings)
-    except OSError as e:
-        where = f" ({e.filename})" if e.filename else ""
-        raise Unavailable(f"cannot prepare dropbear{where}: {e.strerror or e}") from None
+    return prepare("dropbear", lambda: _spec(config["sshsrv"], system, settings))
 
 
 def _spec(ssh: dict, system: System, settings: Settings) -> Spec:

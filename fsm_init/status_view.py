@@ -619,14 +619,7 @@ def parse(args: list[str]) -> tuple[dict | None, str]:
 
 
 def main(args: list[str]) -> int:
-    try:
-        return _main(args)
-    except BrokenPipeError:  # fsm-init status | head
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return FAILED
-
-
-def _main(args: list[str]) -> int:
+    """``fsm-init status`` (cli.main ends it quietly when the reader goes away: ``| head``)."""
     options, problem = parse(args)
     if options is None:
         sys.stderr.write(f"fsm-init status: {problem}\n{USAGE}")

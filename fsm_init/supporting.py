@@ -13,7 +13,17 @@ from typing import NamedTuple
 
 from fsm_init import log
 from fsm_init.stop import Group
-from fsm_init.system import System, exit_code
+from fsm_init.system import System, Unavailable, exit_code
+
+
+def prepare(what: str, work) -> "Spec":
+    """A supporting step's spec: work() prepares what the process needs; a file it cannot
+    prepare makes the step unavailable, with the file named."""
+    try:
+        return work()
+    except OSError as e:
+        where = f" ({e.filename})" if e.filename else ""
+        raise Unavailable(f"cannot prepare {what}{where}: {e.strerror or e}") from None
 
 
 class Spec(NamedTuple):

@@ -72,6 +72,15 @@ def count_file(directory: Path) -> str:
         return ""
 
 
+def first_child(pid: int) -> int | None:
+    """unshare's child: PID 1 of the namespace it made (None until it is there)."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return None
+    return int(children[0]) if children else None
+
+
 def can_unshare() -> bool:
     if os.geteuid() != 0 or not shutil.which("unshare"):
         return False
@@ -95,14 +104,7 @@ class Running:
             env=env, stdin=subprocess.DEVNULL,
             stdout=open(self.out_path, "wb"), stderr=open(self.err_path, "wb"),
             cwd=sandbox.root)
-        self.pid1 = wait_for(self._find_pid1, what="fsm-init to start")
-
-    def _find_pid1(self):
-        try:
-            children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
-        except OSError:
-            return None
-        return int(children[0]) if children else None
+        self.pid1 = wait_for(lambda: first_child(self.proc.pid), what="fsm-init to start")
 
     @property
     def log(self) -> str:

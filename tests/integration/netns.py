@@ -17,7 +17,7 @@ import shutil
 import subprocess
 import sys
 
-from tests.conftest import FSM_INIT, Running, wait_for
+from tests.conftest import FSM_INIT, Running, first_child, wait_for
 
 _names = itertools.count()
 
@@ -104,7 +104,7 @@ class NetnsRunning(Running):
                  *launcher, *FSM_INIT],
                 env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=sandbox.root)
         sandbox.runs.append(self)
-        self.pid1 = wait_for(self._find_pid1, what="fsm-init to start")
+        self.pid1 = wait_for(lambda: first_child(self.proc.pid), what="fsm-init to start")
 
 
 PROBE_SERVER = r'''

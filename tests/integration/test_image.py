@@ -56,7 +56,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, wait_for
+from tests.conftest import ROOT, first_child, wait_for
 
 pytestmark = [
     pytest.mark.integration,
@@ -483,17 +483,10 @@ class Container:
                 *image.entrypoint, *(image.cmd if cmd is None else cmd)]
         self.proc = subprocess.Popen([str(a) for a in argv], env=STEP_ENV, stdin=subprocess.DEVNULL,
                                      stdout=open(self.out_path, "wb"), stderr=open(self.err_path, "wb"))
-        self.pid1 = wait_for(self._find_pid1, what=f"PID 1 of the container\n{self.log}")
+        self.pid1 = wait_for(lambda: first_child(self.proc.pid), what=f"PID 1 of the container\n{self.log}")
         # PID 1 is the set-up shell until it execs the entrypoint: python, from the image's venv.
         wait_for(lambda: self.cmdline(self.pid1).startswith("/opt/fsm-init/") or self.proc.poll() is not None,
                  what=f"fsm-init to be PID 1\n{self.log}")
-
-    def _find_pid1(self):
-        try:
-            children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
-        except OSError:
-            return None
-        return int(children[0]) if children else None
 
     @property
     def log(self) -> str:

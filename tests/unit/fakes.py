@@ -387,16 +387,20 @@ def make_engine(system: FakeSystem | None = None, settings: Settings | None = No
     return Engine(system or FakeSystem(), settings or make_settings(), environ or {}, command)
 
 
-def close_engine(engine: Engine) -> None:
+def close_loop(loop) -> None:
     """Release the wake-up pipe and selector each EventLoop opens."""
-    if engine.control:
-        engine.control.close()
-    engine.loop.selector.close()
-    for fd in (engine.loop._wake_r, engine.loop._wake_w):
+    loop.selector.close()
+    for fd in (loop._wake_r, loop._wake_w):
         try:
             os.close(fd)
         except OSError:
             pass
+
+
+def close_engine(engine: Engine) -> None:
+    if engine.control:
+        engine.control.close()
+    close_loop(engine.loop)
 
 
 def pump(engine: Engine, limit: int = 1000) -> None:

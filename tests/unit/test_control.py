@@ -49,9 +49,7 @@ class Rig:
         for conn in list(self.server.buffers):
             conn.close()
         self.server.sock.close()
-        self.loop.selector.close()
-        os.close(self.loop._wake_r)
-        os.close(self.loop._wake_w)
+        fakes.close_loop(self.loop)
 
 
 @pytest.fixture
@@ -133,7 +131,5 @@ def test_accept_failing_pauses_listening_instead_of_spinning(capfd):
         rig.serve(rounds=1)
         assert listener.accepts == 2
     finally:
-        rig.loop.selector.close()
         listener.close()
-        os.close(rig.loop._wake_r)
-        os.close(rig.loop._wake_w)
+        fakes.close_loop(rig.loop)

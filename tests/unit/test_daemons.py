@@ -91,9 +91,7 @@ class Rig:
         return reply
 
     def close(self) -> None:
-        self.loop.selector.close()
-        for fd in (self.loop._wake_r, self.loop._wake_w):
-            os.close(fd)
+        fakes.close_loop(self.loop)
 
 
 @pytest.fixture

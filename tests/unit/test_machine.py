@@ -19,7 +19,7 @@ import pytest
 from fsm_init import engine as engine_module
 from fsm_init import config, firewall, pppoe, reaper, ssh, table
 
-from .fakes import (Exec, FakeSystem, Harness, ProcessReplaced, exited, killed, make_settings,
+from .fakes import (Exec, FakeSystem, Harness, ProcessReplaced, close_loop, exited, killed, make_settings,
                     table_rows)
 
 TAKEN: set = set()
@@ -1417,9 +1417,7 @@ def test_the_thin_reaper_refuses_a_daemon_request():
         assert reply["ok"] is False and "no /etc/service daemon" in reply["message"]
         assert fake.kills == [] and thin.state == "handover"
     finally:
-        thin.loop.selector.close()
-        for fd in (thin.loop._wake_r, thin.loop._wake_w):
-            os.close(fd)
+        close_loop(thin.loop)
 
 
 def test_no_kill_all_on_exit_leaves_leftovers_alone(make, capfd):

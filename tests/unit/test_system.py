@@ -6,6 +6,8 @@ import stat
 
 from fsm_init.system import System, describe_exit, signal_name
 
+from .fakes import close_loop
+
 
 def test_write_atomic_writes_the_file_with_its_mode_and_leaves_no_temporary(tmp_path):
     path = tmp_path / "service.run.count"
@@ -66,7 +68,5 @@ def test_a_deadline_a_month_away_is_waited_for_a_day_at_a_time():
         loop.selector.select = select
         loop.run()
     finally:
-        loop.selector.close()
-        os.close(loop._wake_r)
-        os.close(loop._wake_w)
+        close_loop(loop)
     assert waits == [MAX_WAIT] and MAX_WAIT <= 86400
