@@ -115,6 +115,25 @@ def dumps_compact(config: dict) -> str:
     return json.dumps(config, separators=(",", ":"), ensure_ascii=True)
 
 
+def secrets_in(document: dict) -> list[str]:
+    """The secret keys (SECRET_KEYS) document gives a value."""
+    found = []
+    for key in sorted(SECRET_KEYS):
+        section, _, name = key.partition(".")
+        if isinstance(document.get(section), dict) and document[section].get(name):
+            found.append(key)
+    return found
+
+
+def without_secrets(document: dict) -> dict:
+    """document with its secret values removed (a refused secret takes its default)."""
+    kept = json.loads(json.dumps(document))
+    for key in secrets_in(kept):
+        section, _, name = key.partition(".")
+        del kept[section][name]
+    return kept
+
+
 def masked(config: dict) -> dict:
     shown = json.loads(json.dumps(config))
     for key in SECRET_KEYS:

@@ -2,11 +2,16 @@
 
 import os
 
+from fsm_init import trust
 from fsm_init.system import System
 
 
 def find(directory: str | None, system: System) -> str | None:
+    """./init.sh when it is executable and no other user could change it (refused: logged
+    once, and fsm-init carries on with its own steps)."""
     if directory is None:
         return None
     path = os.path.join(directory, "init.sh")
-    return path if system.is_executable(path) else None
+    if not system.is_executable(path):
+        return None
+    return path if trust.trusted(path, system, "exec") else None

@@ -12,10 +12,11 @@ Nothing here waits: the event loop's named deadlines time the restarts and kills
 and the engine hands over every child exit through ``Daemons.exited``.
 """
 
+import errno
 import os
 import signal
 
-from fsm_init import log, restart_interval
+from fsm_init import log, restart_interval, trust
 from fsm_init.stop import KILL_SETTLE, Group, Stopper
 from fsm_init.system import System, describe_exit, exit_code
 
@@ -63,6 +64,8 @@ class Daemon:
         system, loop = self.owner.system, self.owner.loop
         loop.cancel(self.deadline("restart"))
         try:
+            if not trust.trusted(self.run, system, "run"):
+                raise PermissionError(errno.EACCES, "refused: another user could change it", self.run)
             self.pid = system.spawn([self.run], self.owner.environ, cwd=self.directory)
         except OSError as e:
             self.failures += 1
@@ -139,6 +142,8 @@ class Daemon:
         else:
             args = [str(os.WEXITSTATUS(status)), "0"]
         try:
+            if not trust.trusted(self.finish, self.owner.system, "run"):
+                raise PermissionError(errno.EACCES, "refused: another user could change it", self.finish)
             self.finish_pid = self.owner.system.spawn([self.finish, *args], self.owner.environ, cwd=self.directory)
         except OSError as e:
             log.error(f"cannot run {self.finish}: {e.strerror}")
@@ -205,6 +210,8 @@ class Daemons:
                 continue
             if not self.system.is_executable(os.path.join(path, "run")):
                 log.warn(f"daemon {name}: {path}/run is missing or not executable; skipped")
+                continue
+            if not trust.trusted(os.path.join(path, "run"), self.system, "run"):
                 continue
             daemon = self.services[name] = Daemon(name, path, self)
             if daemon.down_file:

@@ -17,7 +17,8 @@ from functools import partial
 from transitions import Event, EventData, Machine, Transition
 
 from fsm_init import (config, custom_init, delay, env_resume, firewall, load_config, log, pppoe,
-                      resolve_target, restart_interval, shutdown_scripts, ssh, start, startup_scripts, watch)
+                      resolve_target, restart_interval, shutdown_scripts, ssh, start, startup_scripts, trust,
+                      watch)
 from fsm_init.container_env import ContainerEnvironment
 from fsm_init.control import NOT_SUPERVISED, ControlServer
 from fsm_init.daemons import Daemons
@@ -385,8 +386,19 @@ class Engine:
             log.error(cause)
             self.fire("spawn_failed", cause)
             return
+        if not workuser and cmd.executable is None:
+            program = start.program_path(cmd.argv[0], self.caller_dir if self.override else self.target.directory)
+            if program and not trust.trusted(program, self.system, "run"):
+                if not self.override:  # as a workstart that is not executable: stay up for debugging
+                    cmd = start.do_nothing()
+                else:
+                    self.last_exit = 126
+                    cause = f"cannot execute {start.shown([cmd.argv[0]])}: refused, another user could change it (status 126)"
+                    log.error(cause)
+                    self.fire("spawn_failed", cause)
+                    return
         as_whom = f" as {workuser} (setuser, no_new_privs)" if workuser else ""
-        log.info(f"starting the service (run {self.run_count}, {self.mode.kind} mode){as_whom}: {' '.join(cmd.argv)}")
+        log.info(f"starting the service (run {self.run_count}, {self.mode.kind} mode){as_whom}: {start.shown(cmd.argv)}")
         if workuser:
             cmd = start.Command(start.as_user(cmd.argv, workuser, cmd.executable), None, cmd.note)
         env = self._service_env()
@@ -402,7 +414,7 @@ class Engine:
         except OSError as e:
             self.last_exit = spawn_error_code(e)
             hint = start.exec_hint(cmd.executable or cmd.argv[0], e, self.system)
-            cause = f"cannot execute {cmd.argv[0]}: {e.strerror}{hint} (status {self.last_exit})"
+            cause = f"cannot execute {start.shown([cmd.argv[0]])}: {e.strerror}{hint} (status {self.last_exit})"
             log.error(cause)
             self.fire("spawn_failed", cause)
             return
@@ -513,6 +525,8 @@ class Engine:
             name = watch.name(path)
             if name in self.background:
                 log.info(f"{name} is still running from an earlier cycle: not started again")
+                continue
+            if not self.config["workuser"] and not trust.trusted(path, self.system, "run"):
                 continue
             try:
                 self.background[name] = self.system.spawn(start.as_user([path], self.config["workuser"]), env)
@@ -669,6 +683,11 @@ class Engine:
     def _run_script(self, path: str, timeout: float, on_done, env: dict, capture: bool = False,
                     workuser: str | None = None) -> None:
         name = watch.name(path)
+        if not workuser and not trust.trusted(path, self.system, "run"):
+            # Refused like a file that is not executable: a start-up script fails the
+            # start-up, a PeriodicST-* check fails its cycle.
+            on_done(name, 126, 0.0, "refused: another user could change it")
+            return
         argv = start.as_user([path], workuser)
         output = CapturedOutput(self.loop, self.system) if capture else None
         try:

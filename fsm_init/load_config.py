@@ -14,7 +14,7 @@ and close the firewall's ports, locking out the operator who is fixing the file.
 import os
 from typing import NamedTuple
 
-from fsm_init import config
+from fsm_init import config, log, trust
 from fsm_init.resolve_target import Target
 from fsm_init.system import System
 
@@ -73,6 +73,12 @@ class ConfigSource:
         if self.path is None or self.target.fallback:
             self.memory = document
             return document
+        if trust.problem(self.target.directory, self.system):
+            # Root would refuse to read the file back: another user could replace it.
+            errors.append(f"$SRVCFG is not written to {self.path}: {trust.problem(self.target.directory, self.system)}; "
+                          "using it from memory for the restarts of this container start")
+            self.memory = document
+            return document
         try:
             self.system.write_atomic(self.path, data, 0o600)
         except OSError as e:
@@ -81,9 +87,13 @@ class ConfigSource:
         return document
 
     def _read_file(self, errors: list[str]) -> dict | None:
+        if self.system.owner_mode(self.path) is not None and \
+                not trust.trusted(self.path, self.system, "take fsm-init's configuration from"):
+            return self.last_read
         raw = self.system.read_bytes(self.path)
         document, why = config.parse_document(raw) if raw is not None else (None, "")
         if document is not None:
+            document = self._private(document)
             self.last_read = document
             return document
         problem = f"{self.path} is {why}" if raw is not None else f"no {self.path}"
@@ -92,3 +102,32 @@ class ConfigSource:
         else:
             errors.append(f"{problem}: using the built-in defaults")
         return self.last_read
+
+    def _private(self, document: dict) -> dict:
+        """A file that holds a secret is made 0600, owned by fsm-init's uid (root), so
+        that no other user (the workuser) reads it; when that is impossible (a read-only
+        file system, a file of another owner) its secrets are refused."""
+        secrets = config.secrets_in(document)
+        found = self.system.owner_mode(self.path)
+        if not secrets or found is None or (found[0] == self.system.euid() and not found[1] & 0o077):
+            return document
+        names = " and ".join(secrets)
+        try:
+            self.system.make_private(self.path)
+        except OSError as e:
+            _once(f"cannot make {self.path} readable by its owner only ({e.strerror}): it holds {names}, "
+                  f"which other users can read; {names} refused (make the file 0600 root in the image)", log.error)
+            return config.without_secrets(document)
+        owner = "root" if self.system.euid() == 0 else f"uid {self.system.euid()}"
+        _once(f"{self.path} holds {names}: made it mode 0600, owner {owner} (was {found[1] & 0o7777:04o}, "
+              f"owner uid {found[0]})", log.info)
+        return document
+
+
+_said: set[str] = set()
+
+
+def _once(message: str, say) -> None:
+    if message not in _said:
+        _said.add(message)
+        say(message)

@@ -106,6 +106,29 @@ def workuser_problem(workuser: str | None) -> str:
     return ""
 
 
+def program_path(program: str, directory: str | None) -> str | None:
+    """The file that running program executes (a relative path from directory), or None."""
+    if "/" in program:
+        return os.path.join(directory or ".", program)
+    return which(program)
+
+
+def do_nothing() -> Command:
+    return _do_nothing([], "")
+
+
+# C0, DEL, C1 and the Unicode line separators, escaped where an argument is logged: a
+# newline in a workstart argument must not forge a line of fsm-init's log.
+_CONTROL = {c: f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
+            for c in (*range(0x20), *range(0x7f, 0xa0), 0x2028, 0x2029)}
+_CONTROL.update({0x0a: "\\n", 0x0d: "\\r", 0x09: "\\t"})
+
+
+def shown(argv: list[str]) -> str:
+    """argv for a log line: space-separated, control characters escaped."""
+    return " ".join(arg.translate(_CONTROL) for arg in argv)
+
+
 def _executable(program: str, directory: str | None, system: System) -> bool:
     if "/" in program:
         return system.is_executable(os.path.join(directory or ".", program))

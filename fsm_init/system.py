@@ -283,6 +283,26 @@ class System:
     def makedirs(self, path: str, mode: int = 0o755) -> None:
         os.makedirs(path, mode=mode, exist_ok=True)
 
+    def owner_mode(self, path: str) -> tuple[int, int] | None:
+        """(owner uid, st_mode) of path itself (lstat: a link is not followed), or None."""
+        try:
+            found = os.lstat(path)
+        except OSError:
+            return None
+        return found.st_uid, found.st_mode
+
+    def realpath(self, path: str) -> str:
+        return os.path.realpath(path)
+
+    def make_private(self, path: str) -> None:
+        """Mode 0600, owned by this process's uid, without following a link (ELOOP then)."""
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            os.fchmod(fd, 0o600)
+            os.fchown(fd, os.geteuid(), -1)
+        finally:
+            os.close(fd)
+
     def euid(self) -> int:
         return os.geteuid()
 

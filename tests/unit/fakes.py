@@ -16,6 +16,7 @@ import errno
 import os
 import posixpath
 import signal
+import stat
 from functools import partial
 from typing import NamedTuple
 
@@ -94,6 +95,8 @@ class FakeSystem:
         # files
         self.files: dict[str, bytes] = {}
         self.modes: dict[str, int] = {}
+        self.owners: dict[str, int] = {}  # path -> owner uid (default 0, root)
+        self.dir_modes: dict[str, int] = {}  # directory -> mode (default 0755)
         self.dirs: set[str] = {"/"}
         self.cwd = "/"
         self.chdirs: list[str] = []
@@ -294,6 +297,7 @@ class FakeSystem:
             self._check_group(path, gid)
         self.files[path] = bytes(data)
         self.modes[path] = mode
+        self.owners[path] = self.uid
         if gid is not None:
             self.groups[path] = gid
         self.writes.append((path, bytes(data), mode))
@@ -319,6 +323,27 @@ class FakeSystem:
         """As the kernel: only root may give a file a group it is not a member of."""
         if self.uid != 0 and gid not in self.member_of:
             raise PermissionError(errno.EPERM, os.strerror(errno.EPERM), path)
+
+    def owner_mode(self, path: str) -> tuple[int, int] | None:
+        path = self._abs(path)
+        if path in self.files:
+            return self.owners.get(path, 0), stat.S_IFREG | self.modes.get(path, 0o644)
+        if path in self.dirs:
+            return self.owners.get(path, 0), stat.S_IFDIR | self.dir_modes.get(path, 0o755)
+        return None
+
+    def realpath(self, path: str) -> str:
+        return self._abs(path)
+
+    def make_private(self, path: str) -> None:
+        path = self._abs(path)
+        self.calls.append(("make_private", path))
+        self._maybe_fail("make_private", path)
+        if path not in self.files:
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
+        if self.uid != 0 and self.owners.get(path, 0) != self.uid:
+            raise PermissionError(errno.EPERM, os.strerror(errno.EPERM), path)
+        self.modes[path], self.owners[path] = 0o600, self.uid
 
     def makedirs(self, path: str, mode: int = 0o755) -> None:
         self.calls.append(("makedirs", self._abs(path)))
