@@ -114,7 +114,15 @@ def run(args: list[str]) -> int:
 
     from fsm_init.reaper import _exit
 
-    _exit(Engine(System(), settings, dict(os.environ), command or None).run())
+    environ = dict(os.environ)
+    if environ.get("SRVCFG"):
+        from fsm_init import config
+
+        # fsm-init's own environment is what every helper command inherits (chpasswd,
+        # dropbearkey, iptables-restore, pppd's probes): the passwords masked there too.
+        # The engine keeps $SRVCFG as given, for load_config and a custom init.sh.
+        os.environ["SRVCFG"] = config.masked_text(environ["SRVCFG"])
+    _exit(Engine(System(), settings, environ, command or None).run())
 
 
 # my_init's options: option -> the Settings attribute and its value.

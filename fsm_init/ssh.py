@@ -7,8 +7,9 @@ target (re)starts:
 * host keys (ed25519, ecdsa, rsa), generated with dropbearkey on the first start and
   kept under ``$FSM_INIT_STATE_DIR/dropbear/`` (given to dropbear with ``-r``);
 * the root password: ``sshsrv.rootpwd`` through ``chpasswd`` on stdin (never on a
-  command line, never in a log).  Without it (and with password logins on) a random
-  password is generated and logged once; ``dropbear/rootpwd.json`` (mode 0600) keeps
+  command line, never in a log).  Without it (with password logins on and no
+  ``sshsrv.authkeys``) a random password is generated and put in
+  ``dropbear/root-password`` (mode 0600, root only), never in the log; ``dropbear/rootpwd.json`` (mode 0600) keeps
   a salted digest of what was set and a digest of the shadow entry it produced, so
   chpasswd runs again only when the password or /etc/shadow changed;
 * ``sshsrv.authkeys`` as root's ``~/.ssh/authorized_keys`` (0600, directory 0700);
@@ -40,6 +41,7 @@ SFTP_SERVERS = ("/usr/lib/openssh/sftp-server", "/usr/libexec/openssh/sftp-serve
 DEFAULT_SFTP_PATH = "/usr/lib/sftp-server"
 AUTHKEYS_HEADER = b"# written by fsm-init from sshsrv.authkeys: edit the config, not this file\n"
 PBKDF2_ROUNDS = 100_000
+GENERATED_FILE = "root-password"  # the generated root password, mode 0600, in the state dir
 # The inode numbers of the kernel's initial namespaces (include/linux/proc_ns.h, 6.x).
 MNT_INIT_INO = 0xEFFFFFF8
 PID_INIT_INO = 0xEFFFFFFC
@@ -68,6 +70,11 @@ def _spec(ssh: dict, system: System, settings: Settings) -> Spec:
     keys = host_keys(system, state)
     sftp = sftp_server(system, dropbear)
     passwords = ssh["password"] == "yes"
+    if passwords and ssh["authkeys"] and not ssh["rootpwd"]:
+        # Keys and no password of the operator's: a generated one would only be one more
+        # way in (and a secret to hand over).
+        _note("ssh: sshsrv.authkeys is set and sshsrv.rootpwd is not: password logins are off")
+        passwords = False
     password_token = root_password(system, state, ssh["rootpwd"], generate=passwords)
     authorized = authorized_keys(system, ssh["authkeys"])
     system.makedirs(settings.run_dir, 0o755)
@@ -199,6 +206,7 @@ def root_password(system: System, state: str, configured: str, generate: bool) -
     the fingerprint that changes when the password does (never the password itself)."""
     import secrets
     path = posixpath.join(state, "rootpwd.json")
+    handed = posixpath.join(state, GENERATED_FILE)
     try:
         recorded = json.loads(system.read_bytes(path) or b"{}")
     except ValueError:
@@ -215,18 +223,22 @@ def root_password(system: System, state: str, configured: str, generate: bool) -
         _record(system, path, {"source": "config", "salt": salt.hex(), "digest": _digest(configured, salt),
                                "shadow": _sha(shadow_entry(system))})
         log.info("ssh: root password set from sshsrv.rootpwd")
+        system.remove(handed)  # a generated password no longer in force
         return _keyed("config", configured)
     if not generate:
         return "none"
     if recorded.get("source") == "generated" and recorded.get("shadow") == shadow:
-        _note("ssh: root keeps the password generated on an earlier start (it was shown in the log then)")
+        _note(f"ssh: root keeps the password generated on an earlier start (in {handed}, readable by root only)")
         return "generated:" + shadow
     password = secrets.token_urlsafe(15)
     _chpasswd(system, password, "the generated password")
     shadow = _sha(shadow_entry(system))
     _record(system, path, {"source": "generated", "shadow": shadow})
-    log.warn(f"ssh: sshsrv.rootpwd is not set: root's password is now {password} "
-             "(generated; shown only this once; set sshsrv.rootpwd or sshsrv.authkeys)")
+    # Never in the log (a log is read by many: docker logs, a log shipper): in a file
+    # only root reads, for `docker exec CONTAINER cat` it.
+    system.write_atomic(handed, password.encode() + b"\n", 0o600)
+    log.warn(f"ssh: sshsrv.rootpwd is not set: root's password is now a generated one, in {handed} "
+             "(mode 0600, root only; set sshsrv.rootpwd or sshsrv.authkeys)")
     return "generated:" + shadow
 
 

@@ -176,12 +176,15 @@ def test_logins_with_password_and_key_and_sftp_and_no_secret_anywhere(sandbox, n
     assert argv[1:5] == [b"-F", b"-E", b"-p", b"2200"] and b"-s" not in argv
 
 
-def test_generated_password_is_logged_once_and_password_logins_can_be_turned_off(sandbox, netns, client_key,
-                                                                                 host_keys, shadow_guard):
+def test_generated_password_is_in_a_root_only_file_never_in_the_log_and_password_logins_can_be_turned_off(
+        sandbox, netns, client_key, host_keys, shadow_guard):
     ns = netns()
     run = start(sandbox, ns, workcfg(), keys=host_keys)
-    found = re.search(r"root's password is now (\S+) \(generated; shown only this once", run.wait_log("password is now"))
-    generated = found.group(1)
+    run.wait_log("root's password is now a generated one")
+    handed = sandbox.state_dir / "dropbear" / "root-password"
+    generated = handed.read_text().strip()
+    assert len(generated) >= 16 and stat.S_IMODE(handed.stat().st_mode) == 0o600 and handed.stat().st_uid == 0
+    assert generated not in run.log and generated not in run.output
     assert wait_login(ns, 8022, password=generated).stdout.strip() == "ok"
     pid = dropbear_pid(run)
     # the same settings: dropbear is left running and no new password is made
@@ -198,7 +201,7 @@ def test_generated_password_is_logged_once_and_password_logins_can_be_turned_off
     refused = ssh(ns, 8022, password=generated)
     assert refused.returncode != 0 and "Permission denied (publickey)" in refused.stderr, refused
     assert "password logins off" in run.status()["supporting"]["ssh"]
-    assert run.log.count("password is now") == 1
+    assert run.log.count("password is now") == 1 and generated not in run.log
     assert secret_on_any_command_line(generated) == []
 
 

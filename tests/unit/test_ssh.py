@@ -154,13 +154,15 @@ def test_the_configured_password_is_set_again_only_when_it_or_the_shadow_entry_c
     assert m.chpasswd_inputs[-1] == f"root:{PASSWORD}2\n".encode() and len(m.chpasswd_inputs) == 3
 
 
-def test_a_random_password_is_generated_and_logged_once(capfd):
+def test_a_random_password_is_generated_into_a_private_file_never_logged(capfd):
     m = Machine()
     first = m.spec()
     err = capfd.readouterr().err
-    found = re.findall(r"warning: ssh: sshsrv.rootpwd is not set: root's password is now (\S+) \(generated; shown only this once", err)
-    assert len(found) == 1 and len(found[0]) >= 16
-    generated = found[0]
+    handed = f"{STATE}/root-password"
+    generated = m.system.files[handed].decode().strip()
+    assert len(generated) >= 16 and m.system.modes[handed] == 0o600
+    assert generated not in err
+    assert err.count(f"root's password is now a generated one, in {handed} (mode 0600, root only") == 1
     assert m.chpasswd_inputs == [f"root:{generated}\n".encode()]
     record = m.system.files[f"{STATE}/rootpwd.json"]
     assert m.system.modes[f"{STATE}/rootpwd.json"] == 0o600 and generated.encode() not in record
@@ -176,7 +178,22 @@ def test_a_random_password_is_generated_and_logged_once(capfd):
     fourth = m.spec()
     err = capfd.readouterr().err
     assert err.count("password is now") == 1 and generated not in err
+    assert m.system.files[handed].decode().strip() not in err
     assert len(m.chpasswd_inputs) == 2 and fourth.fingerprint != first.fingerprint
+    # the operator's own password: the generated one's file goes
+    m.spec(rootpwd=PASSWORD)
+    assert handed not in m.system.files
+
+
+def test_keys_and_no_root_password_mean_no_password_logins_and_none_generated(capfd):
+    m = Machine()
+    spec = m.spec(authkeys=KEY1)
+    assert spec.argv[-1] == "-s" and "password logins off" in spec.summary
+    assert m.chpasswd_inputs == [] and f"{STATE}/root-password" not in m.system.files
+    assert "password is now" not in capfd.readouterr().err
+    # with the operator's password as well, password logins stay on
+    spec = m.spec(authkeys=KEY1, rootpwd=PASSWORD)
+    assert "-s" not in spec.argv and m.chpasswd_inputs == [f"root:{PASSWORD}\n".encode()]
 
 
 def test_password_logins_off_adds_s_and_generates_no_password(capfd):
