@@ -97,10 +97,25 @@ class Text(Lenient, fields.Field):
         return value
 
 
+class Line(Text):
+    """A string that becomes one line of a file or an argument (a password through
+    chpasswd, a pppd option): a line break would add a line, a NUL would cut it."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        value = super()._deserialize(value, attr, data, **kwargs)
+        if any(c in value for c in "\n\r\0"):
+            raise ValidationError("contains a line break or a NUL byte")
+        return value
+
+
 class Command(Lenient, fields.Field):
     """A string split like a shell would, or a JSON array that is the exact argv."""
 
     def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, str) and "\0" in value or isinstance(value, list) and any(
+                isinstance(v, str) and "\0" in v for v in value):
+            # No program can receive it: an argument ends at its first NUL.
+            raise ValidationError("contains a NUL byte")
         if isinstance(value, str) and value.strip():
             return value
         if isinstance(value, list) and value and all(isinstance(v, str) and v for v in value):
@@ -163,7 +178,14 @@ class AuthKeys(Lenient, fields.Field):
             value = [value]
         if not isinstance(value, list) or not all(isinstance(k, str) for k in value):
             raise ValidationError("is not a public key or a list of them")
-        return [k.strip() for k in value if k.strip()]
+        kept = []
+        for key in (k.strip() for k in value):
+            if any(c in key for c in "\n\r\0"):
+                # One entry is one line of authorized_keys: a line break would add a key.
+                _report(self.data_key or attr, key, None, "contains a line break or a NUL byte", dropped=True)
+            elif key:
+                kept.append(key)
+        return kept
 
 
 class Section(Lenient, fields.Nested):
@@ -203,7 +225,7 @@ class SshSchema(Schema):
 
     enable = YesNo(load_default="no")
     sshport = Count(1, 65535, load_default=_d("sshsrv", "sshport"))
-    rootpwd = Text(load_default="")
+    rootpwd = Line(load_default="")
     authkeys = AuthKeys(load_default=list)
     password = YesNo(load_default="yes")
 
@@ -213,9 +235,9 @@ class DialSchema(Schema):
         unknown = INCLUDE
 
     enable = YesNo(load_default="no")
-    dialuser = Text(load_default="")
-    dialpswd = Text(load_default="")
-    dialintf = Text(load_default="")
+    dialuser = Line(load_default="")
+    dialpswd = Line(load_default="")
+    dialintf = Line(load_default="")
     usedefgw = YesNo(load_default="no")
 
 

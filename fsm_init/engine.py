@@ -33,6 +33,7 @@ from fsm_init.system import System, Unavailable, describe_exit, exit_code, spawn
 from fsm_init.table import STATES, STOPPABLE, TRANSITIONS
 
 SUPPORTING_STEPS = {"ssh": ssh, "pppoe": pppoe}
+INTERNAL_ERROR_STATUS = 70  # EX_SOFTWARE: fsm-init itself failed; never reported as 0
 
 
 class _RecordingTransition(Transition):
@@ -129,6 +130,7 @@ class Engine:
         self.firewall = firewall.Firewall(system, settings)
         self.firewall_status = ""
         self.supporters = {name: Supporting(name, system, self.loop, settings.stop_grace) for name in SUPPORTING_STEPS}
+        self.supporters["ssh"].on_change = self._sync_ssh_permit
         self.daemons = Daemons(system, self.loop, settings.stop_grace, lambda: self.config)
         self.unavailable: dict[str, str] = {}
         self.container_env = ContainerEnvironment.from_environ(system, self.environ)
@@ -143,6 +145,7 @@ class Engine:
         self.next_cause = ""  # taken by the next trigger called (see _CausedEvent)
         self.restart_cause = ""  # what set off the restart in progress, for `srvctl why`
         self.gave_up_reason = ""  # for `srvctl live` while in gave_up
+        self.internal_error = ""  # the first internal error: the exit status is then never 0
         self.give_up_status: int | None = None  # workretry.action exit: never 0
         self.last_transition: dict = {}
         self.entry_recorded = False
@@ -197,6 +200,7 @@ class Engine:
         import traceback  # only on this path: it costs PID 1's start-up 3 ms
 
         log.error(f"internal error in state {self.state}: {error!r}")
+        self.internal_error = self.internal_error or f"{error!r} in state {self.state}"
         traceback.print_exception(error, file=sys.stderr)
         if self.state in STOPPABLE:
             self.fire("stop", f"internal error: {error!r}")
@@ -312,7 +316,7 @@ class Engine:
     def on_enter_firewall(self) -> None:
         self.firewall_status = ""
         if firewall.enabled(self.config, self.has_config):
-            self.firewall_status = self._unless_unavailable(lambda: self.firewall.apply(self.config))
+            self.firewall_status = self._unless_unavailable(lambda: self.firewall.apply(self.config, self._ssh_up()))
         elif self.firewall.families:  # switched off after fsm-init applied its rules
             self._unless_unavailable(self.firewall.withdraw)
         self.done()
@@ -326,6 +330,19 @@ class Engine:
         self.done()
 
     on_enter_ssh = on_enter_pppoe = _supporting_step
+
+    def _ssh_up(self) -> bool:
+        return self.supporters["ssh"].pid is not None
+
+    def _sync_ssh_permit(self) -> None:
+        """dropbear started or exited: its port is permitted exactly while it runs."""
+        if not self.firewall.families or not firewall.enabled(self.config, self.has_config) \
+                or self.state not in STOPPABLE:
+            return
+        try:
+            self.firewall_status = self.firewall.apply(self.config, self._ssh_up(), quiet=True)
+        except Unavailable as e:
+            log.error(f"firewall: cannot update the SSH port's permit: {e}")
 
     def _unless_unavailable(self, work):
         """The step's work; if it cannot be done here, one clear line and the machine goes on."""
@@ -623,7 +640,12 @@ class Engine:
             self.exit_status = self.give_up_status
         else:
             self.exit_status = self.last_exit or 0
-        log.info(f"exiting with status {self.exit_status}")
+        if self.internal_error and self.exit_status == 0:
+            self.exit_status = INTERNAL_ERROR_STATUS
+            log.error(f"exiting with status {self.exit_status}: an internal error ({self.internal_error}) "
+                      "ended fsm-init, which must not look like success")
+        else:
+            log.info(f"exiting with status {self.exit_status}")
         if self.control:
             self.control.close()
         self.syslog.close()

@@ -41,14 +41,21 @@ class Firewall:
         self.families: list[rules.Family] = []  # where it is in force
         self.summary = ""
 
-    def apply(self, config: dict) -> str:
-        """A one-line summary of what is in force; raises Unavailable when it cannot be done here."""
+    def apply(self, config: dict, ssh_up: bool = True, quiet: bool = False) -> str:
+        """A one-line summary of what is in force; raises Unavailable when it cannot be done here.
+
+        ssh_up: dropbear runs, so its port is permitted; otherwise it is not (a local user
+        could bind the port dropbear could not).  quiet: no line when nothing changes."""
         self._refuse_host_network()
         permits = rules.Permits.from_config(config)
+        if not ssh_up:
+            permits = permits._replace(ssh_port=None)
         families = [rules.IPV4] + ([rules.IPV6] if self.system.read_bytes(IF_INET6) is not None else [])
         wanted = {family.name: rules.policy(permits, family) for family in families}
         text = "".join(f"# {name}\n{rules.policy_text(policy)}" for name, policy in wanted.items())
         if text == self.applied:
+            if quiet:
+                return self.summary
             log.info(f"firewall: permits unchanged, the rules in force are kept ({self.summary})")
             return self.summary
         self.applied = None

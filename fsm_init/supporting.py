@@ -34,8 +34,9 @@ class Spec(NamedTuple):
 
 
 class Supporting:
-    def __init__(self, name: str, system: System, loop, grace: float) -> None:
+    def __init__(self, name: str, system: System, loop, grace: float, on_change=None) -> None:
         self.name, self.system, self.loop, self.grace = name, system, loop, grace
+        self.on_change = on_change or (lambda: None)  # called when the process starts or exits
         self.spec: Spec | None = None
         self.pid: int | None = None
         self.started = 0.0
@@ -66,6 +67,8 @@ class Supporting:
         if self.restart_when_gone:
             self.restart_when_gone = False
             self._start()
+        if self.pid is None:
+            self.on_change()
         return True
 
     def status(self) -> str:
@@ -83,6 +86,7 @@ class Supporting:
             return
         self.started = self.system.now()
         log.info(f"{self.name} started (pid {self.pid}): {self.spec.summary}")
+        self.on_change()
 
     def _stop(self, restart: bool) -> None:
         self.restart_when_gone = restart

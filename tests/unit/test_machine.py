@@ -885,6 +885,9 @@ STOPS = {
 # The exit status of each: 0 before any service and on srvctl stop, else the service's 128+S.
 STOP_STATUS = dict.fromkeys(STOPS, 0)
 STOP_STATUS.update(foreground=143, watch=143, check=143, restart=137)
+# The states reached by an injected fault: an internal error exits 70, never 0.
+STOP_STATUS.update(dict.fromkeys(("resolve_target", "custom_init", "daemons", "load_config", "firewall", "ssh",
+                                  "pppoe", "start"), 70))
 
 
 def test_every_stoppable_state_is_listed_here():
@@ -1012,7 +1015,18 @@ def test_an_internal_error_stops_fsm_init_in_order(make, capfd):
     h.begin()  # must not raise
     h.advance(10)
     assert h.states[-7:] == ["load_config", *STOP_PATH]
-    assert "internal error" in capfd.readouterr().err and h.engine.exit_status == 0
+    err = capfd.readouterr().err
+    # an internal error never looks like success: EX_SOFTWARE, and the log says why
+    assert "internal error" in err and h.engine.exit_status == 70
+    assert "exiting with status 70: an internal error (RuntimeError('disk on fire') in state load_config)" in err
+
+
+def test_an_internal_error_after_srvctl_stop_still_exits_non_zero(make, capfd):
+    h = make(cfg())
+    h.system.fail("spawn", ValueError("embedded null byte"), "./run.sh")
+    h.begin()
+    h.advance(10)
+    assert h.states[-1] == "exited" and h.engine.exit_status == 70
 
 
 def test_failed_exec_of_the_service_does_not_leave_it_running_under_a_stopped_loop(make):
