@@ -105,7 +105,19 @@ class Line(Text):
         value = super()._deserialize(value, attr, data, **kwargs)
         if any(c in value for c in "\n\r\0"):
             raise ValidationError("contains a line break or a NUL byte")
+        if not _encodable(value, "strict"):
+            raise ValidationError("is not valid Unicode (a lone surrogate)")
         return value
+
+
+def _encodable(text: str, errors: str) -> bool:
+    """Whether text can become bytes: a JSON "\\ud800" escape gives a lone surrogate that
+    no argument, file line or pipe can take."""
+    try:
+        text.encode("utf-8", errors)
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class Command(Lenient, fields.Field):
@@ -116,6 +128,9 @@ class Command(Lenient, fields.Field):
                 isinstance(v, str) and "\0" in v for v in value):
             # No program can receive it: an argument ends at its first NUL.
             raise ValidationError("contains a NUL byte")
+        if not all(_encodable(v, "surrogateescape") for v in (value if isinstance(value, list) else [value])
+                   if isinstance(v, str)):
+            raise ValidationError("is not valid Unicode (a lone surrogate)")
         if isinstance(value, str) and value.strip():
             return value
         if isinstance(value, list) and value and all(isinstance(v, str) and v for v in value):

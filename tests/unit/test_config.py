@@ -603,3 +603,35 @@ def test_a_reader_that_went_away_ends_a_printing_subcommand_quietly(tmp_path, ar
         os.close(write_end)
     assert "Traceback" not in result.stderr and "BrokenPipeError" not in result.stderr, result.stderr
     assert result.returncode == 1
+
+
+@pytest.mark.parametrize("workstart", ["./run.sh a\u0000b", ["./run.sh", "a\u0000b"], ["./run.sh", "\ud800"]])
+def test_a_workstart_no_program_could_receive_is_rejected_naming_the_key(workstart):
+    effective, problems = config.validate({"workstart": workstart})
+    assert effective["workstart"] is None
+    [problem] = problems
+    assert problem.key == "workstart" and ("NUL" in problem.reason or "surrogate" in problem.reason)
+    assert "\0" not in problem.describe()
+
+
+def test_a_newline_in_a_workstart_argument_is_kept_for_the_program():
+    effective, problems = config.validate({"workstart": ["./run.sh", "a\nb"]})
+    assert effective["workstart"] == ["./run.sh", "a\nb"] and problems == []
+
+
+@pytest.mark.parametrize("key", ["sshsrv.rootpwd", "inetdail.dialuser", "inetdail.dialpswd", "inetdail.dialintf"])
+@pytest.mark.parametrize("bad", ["a\nb", "a\rb", "a\0b"])
+def test_a_value_that_becomes_a_line_rejects_line_breaks_and_nul(key, bad):
+    section, _, name = key.split(".")[0], None, key.split(".")[1]
+    effective, problems = config.validate({section: {name: bad}})
+    assert effective[section][name] == "" and [p.key for p in problems] == [key]
+    assert bad not in problems[0].describe()
+
+
+def test_an_authkeys_entry_with_a_line_break_is_dropped_alone():
+    good = "ssh-ed25519 AAAAC3Nza good"
+    effective, problems = config.validate({"sshsrv": {"authkeys": [good, "ssh-ed25519 AAA a\nssh-rsa BBB b",
+                                                                   "ssh-rsa CCC\r"]}})
+    assert effective["sshsrv"]["authkeys"] == [good, "ssh-rsa CCC"]
+    [problem] = problems
+    assert problem.key == "sshsrv.authkeys" and problem.dropped and "line break" in problem.reason
