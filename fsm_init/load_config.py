@@ -39,6 +39,7 @@ class ConfigSource:
         self.pending_srvcfg = srvcfg if target.first_start and srvcfg.strip() else ""
         self.memory: dict | None = None
         self.last_read: dict | None = None  # the last good workcfg.json
+        self.said: set[str] = set()  # lines said once per container start, not at every read
 
     @property
     def path(self) -> str | None:
@@ -115,19 +116,15 @@ class ConfigSource:
         try:
             self.system.make_private(self.path)
         except OSError as e:
-            _once(f"cannot make {self.path} readable by its owner only ({e.strerror}): it holds {names}, "
-                  f"which other users can read; {names} refused (make the file 0600 root in the image)", log.error)
+            self._once(f"cannot make {self.path} readable by its owner only ({e.strerror}): it holds {names}, "
+                       f"which other users can read; {names} refused (make the file 0600 root in the image)", log.error)
             return config.without_secrets(document)
         owner = "root" if self.system.euid() == 0 else f"uid {self.system.euid()}"
-        _once(f"{self.path} holds {names}: made it mode 0600, owner {owner} (was {found[1] & 0o7777:04o}, "
-              f"owner uid {found[0]})", log.info)
+        self._once(f"{self.path} holds {names}: made it mode 0600, owner {owner} (was {found[1] & 0o7777:04o}, "
+                   f"owner uid {found[0]})", log.info)
         return document
 
-
-_said: set[str] = set()
-
-
-def _once(message: str, say) -> None:
-    if message not in _said:
-        _said.add(message)
-        say(message)
+    def _once(self, message: str, say) -> None:
+        if message not in self.said:
+            self.said.add(message)
+            say(message)

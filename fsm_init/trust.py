@@ -65,12 +65,6 @@ def trusted(path: str, system: System, what: str) -> bool:
     return False
 
 
-def refusal(path: str, system: System) -> str:
-    """The short reason for a status or a check's output ("" when trusted)."""
-    why = problem(path, system)
-    return f"refused: {why}" if why else ""
-
-
 def forget() -> None:
     """Tests: report every refusal again."""
     _reported.clear()
