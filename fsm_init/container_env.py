@@ -18,7 +18,7 @@ import os
 import re
 from typing import NamedTuple
 
-from fsm_init import log
+from fsm_init import log, trust
 
 DIRECTORY = "/etc/container_environment"
 SH_PATH = "/etc/container_environment.sh"
@@ -186,6 +186,7 @@ class ContainerEnvironment:
         self.json_path = json_path or self.directory + ".json"
         self.dumped: frozenset = frozenset()
         self.warned: set[str] = set()
+        self.untrusted = False  # another user could change the directory: neither read nor written
 
     @classmethod
     def from_environ(cls, system, environ: dict) -> "ContainerEnvironment":
@@ -193,6 +194,12 @@ class ContainerEnvironment:
         return cls(system, environ.get(DIRECTORY_VARIABLE) or DIRECTORY)
 
     def start(self, environ: dict) -> dict:
+        # Its variables reach every child of root (LD_PRELOAD, PATH): the directory must be
+        # one no other user can change (README: Security model).
+        self.untrusted = self.system.is_dir(self.directory) and \
+            not trust.trusted(self.directory, self.system, "import the container environment from")
+        if self.untrusted:
+            return dict(environ)
         if self.system.is_dir(self.directory) and not self.system.can_list(self.directory):
             log.warn(f"container environment: cannot list {self.directory} (running as uid {self.system.euid()}); "
                      "its variables are not imported")
@@ -201,6 +208,8 @@ class ContainerEnvironment:
         return env
 
     def after_script(self, environ: dict) -> dict:
+        if self.untrusted:
+            return dict(environ)
         found = read_directory(self.system, self.directory)
         env = _reload(environ, found, self.dumped)
         if found is not None:

@@ -8,6 +8,7 @@ import subprocess
 import pytest
 
 from fsm_init import container_env as ce
+from fsm_init import trust
 from fsm_init.system import System
 from tests.unit.fakes import FakeSystem
 
@@ -270,3 +271,16 @@ def test_real_group_is_docker_env_when_it_exists(tmp_path, monkeypatch):
     ce.ContainerEnvironment(system, str(directory)).start({"A": "1"})
     for path in (directory, directory / "A", tmp_path / "ce.sh", tmp_path / "ce.json"):
         assert path.stat().st_gid == 8377
+
+
+def test_a_directory_another_user_could_change_is_neither_imported_nor_written(fs, capfd):
+    trust.forget()
+    fs.add_file(f"{D}/LD_PRELOAD", "/tmp/evil.so")
+    fs.owners[D] = 65534
+    handle = ce.ContainerEnvironment(fs, D)
+    env = handle.start({"FROM_DOCKER": "d"})
+    assert env == {"FROM_DOCKER": "d"} and f"{D}/FROM_DOCKER" not in fs.files
+    assert handle.after_script(env) == env
+    err = capfd.readouterr().err
+    assert err.count(f"refusing to import the container environment from {D}: another user could change it: "
+                     f"{D} is owned by uid 65534, not root (fix: chown root {D})") == 1
