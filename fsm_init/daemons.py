@@ -359,8 +359,8 @@ class Daemons:
             return False, "the service directory is not read (--skip-runit, or the daemons step is still to come)"
         if not self.system.is_dir(self.directory):
             return False, f"no directory {self.directory}"
-        if self.watch_fd is None and self.watch_error.endswith("removed or renamed"):
-            self._watch()  # it is back
+        if self.watch_fd is None:  # back after a removal, made after the start, or inotify failed before
+            self._watch()
         done = self.scan()
         said = [f"{what} {', '.join(names)}" for what, names in done.items() if names]
         watch = "watched" if self.watching else f"not watched: {self.watch_error}"

@@ -674,3 +674,16 @@ def test_the_directory_itself_removed_ends_the_watch_with_one_warning(make, line
     assert not rig.daemons.watching and rig.system.watch_pipes == {}
     assert len([line for line in lines if line.startswith("warning")]) == 1
     assert rig.loop.deadlines == {}
+
+
+def test_rescan_watches_a_directory_made_after_the_start(make):
+    rig = make("", start=False)
+    rig.start()  # no /etc/service: nothing to watch
+    assert not rig.daemons.watching
+    rig.add("web")
+    ok, message = rig.daemons.rescan()
+    assert ok and message == f"rescanned {SERVICE} (watched): started web" and rig.daemons.watching
+    rig.add("late")
+    rig.changed(SERVICE, "late", CREATED_DIR)
+    rig.advance(SETTLE)
+    assert len(rig.runs("late")) == 1
