@@ -687,3 +687,14 @@ def test_rescan_watches_a_directory_made_after_the_start(make):
     rig.changed(SERVICE, "late", CREATED_DIR)
     rig.advance(SETTLE)
     assert len(rig.runs("late")) == 1
+
+
+def test_status_says_a_removed_daemon_is_being_stopped(make):
+    from fsm_init.srvctl import describe_daemon
+
+    rig = make("web")
+    rig.system.stubborn(rig.pid("web"))
+    rig.system.remove_tree(f"{SERVICE}/web")
+    rig.changed(SERVICE, "web", os_events.IN_DELETE)
+    rig.advance(SETTLE)
+    assert describe_daemon(rig.info("web")) == "stopping (its directory was removed)"
