@@ -278,8 +278,8 @@ class Daemons:
         self.loop.cancel("daemons-scan")
         self.burst_started = None
         done: dict[str, list[str]] = {"started": [], "down": [], "stopping": [], "removed": [], "waiting for run": []}
-        if self.shutting_down:
-            return done
+        if self.shutting_down or not self.system.is_dir(self.directory):
+            return done  # a vanished directory stops nothing: its removal is said once, in _changed
         present = set()
         for name in self.system.list_dir(self.directory):
             path = os.path.join(self.directory, name)

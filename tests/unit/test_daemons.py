@@ -698,3 +698,11 @@ def test_status_says_a_removed_daemon_is_being_stopped(make):
     rig.changed(SERVICE, "web", os_events.IN_DELETE)
     rig.advance(SETTLE)
     assert describe_daemon(rig.info("web")) == "stopping (its directory was removed)"
+
+
+def test_a_scan_after_the_directory_vanished_stops_nothing(make):
+    rig = make("cron")
+    rig.changed(SERVICE, "x", os_events.IN_CREATE)  # a change, then the whole directory goes
+    rig.system.remove_tree(SERVICE)
+    rig.advance(SETTLE)
+    assert rig.info("cron")["state"] == "running" and rig.system.signals_to(rig.pid("cron")) == []
