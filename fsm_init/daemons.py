@@ -10,6 +10,13 @@ daemon that dies at once cannot spin the CPU.
 
 Nothing here waits: the event loop's named deadlines time the restarts and kills,
 and the engine hands over every child exit through ``Daemons.exited``.
+
+The directory is watched while fsm-init runs (inotify, an fd in the one event loop: no
+polling, no wake-up while nothing changes).  A service directory added at run time
+(``ln -s``, ``cp -r``, ``mv``) starts within a second, one removed is stopped as on
+teardown (TERM, grace, KILL); ``srvctl rescan`` does the same scan on request.  A new
+directory whose run is not there yet (``cp -r`` makes the directory first) is watched
+itself until run appears.
 """
 
 import errno
@@ -17,8 +24,21 @@ import os
 import signal
 
 from fsm_init import log, restart_interval, trust
+from fsm_init import system as os_events
 from fsm_init.stop import KILL_SETTLE, Group, Stopper
 from fsm_init.system import System, describe_exit, exit_code
+
+# What changes the list of services: entries made, removed or renamed in the directory.
+DIRECTORY_EVENTS = (os_events.IN_CREATE | os_events.IN_DELETE | os_events.IN_MOVED_FROM | os_events.IN_MOVED_TO
+                    | os_events.IN_DELETE_SELF | os_events.IN_MOVE_SELF | os_events.IN_ONLYDIR)
+# What makes a new service directory's run appear: created, renamed in, written, chmod +x.
+PENDING_EVENTS = (os_events.IN_CREATE | os_events.IN_MOVED_TO | os_events.IN_CLOSE_WRITE
+                  | os_events.IN_ATTRIB | os_events.IN_ONLYDIR)
+# A change is acted on once the directory has been quiet this long (cp -r writes run after
+# making the directory; running a file still open for writing fails with ETXTBSY), and at
+# most this long after the first event of a burst: within a second, as promised.
+SETTLE = 0.1
+MAX_SETTLE = 0.5
 
 
 class Daemon:
@@ -40,6 +60,7 @@ class Daemon:
         self.again = False  # start right after the exit and finish: no back-off, no failure
         self.delay = 0  # the back-off chosen when run last exited
         self.exit_status = 0  # run's last wait status, for finish
+        self.removed = False  # its directory left the service directory: stop, then forget it
         self.stopper = Stopper(owner.system, owner.loop, self.deadline("stop"))
 
     def deadline(self, what: str) -> str:
@@ -181,7 +202,8 @@ class Daemon:
         now = self.owner.system.now()
         return {"name": self.name, "state": self.state, "pid": self.pid,
                 "uptime": round(now - self.started, 3) if self.pid is not None else None,
-                "last_exit": self.last_exit, "restarts": max(0, self.starts - 1), "down_file": self.down_file}
+                "last_exit": self.last_exit, "restarts": max(0, self.starts - 1), "down_file": self.down_file,
+                "removed": self.removed}
 
 
 class Daemons:
@@ -194,6 +216,10 @@ class Daemons:
         self.services: dict[str, Daemon] = {}
         self.then = None
         self.shutting_down = False
+        self.watch_fd: int | None = None  # the inotify instance watching the directory
+        self.watch_error = ""  # why the directory is not watched, when it is not
+        self.pending: dict[int, str] = {}  # watch descriptor -> a new directory without run yet
+        self.burst_started: float | None = None  # the first change not acted on yet
 
     @property
     def names(self) -> list[str]:
@@ -203,21 +229,149 @@ class Daemons:
         self.directory, self.environ = directory, environ
         if not self.system.is_dir(directory):
             return
-        for name in sorted(self.system.list_dir(directory)):
-            path = os.path.join(directory, name)
+        self._watch()
+        self.scan()
+
+    @property
+    def watching(self) -> bool:
+        return self.watch_fd is not None
+
+    def _watch(self) -> None:
+        try:
+            self.watch_fd = self.system.watch_open()
+            self.system.watch_add(self.watch_fd, self.directory, DIRECTORY_EVENTS)
+        except OSError as e:
+            if self.watch_fd is not None:
+                self.system.close(self.watch_fd)
+                self.watch_fd = None
+            self.watch_error = e.strerror or str(e)
+            log.warn(f"cannot watch {self.directory} ({self.watch_error}): "
+                     "a service added or removed later needs `srvctl rescan`")
+            return
+        self.loop.watch(self.watch_fd, self._changed)
+
+    def _unwatch(self) -> None:
+        self.loop.cancel("daemons-scan")
+        if self.watch_fd is not None:
+            self.loop.unwatch(self.watch_fd)
+            self.system.close(self.watch_fd)  # its watches go with it
+            self.watch_fd = None
+            self.pending.clear()
+
+    def _changed(self) -> None:
+        """The directory (or a new one waiting for its run) changed: scan once it settles."""
+        gone = False
+        for wd, mask, _name in self.system.watch_read(self.watch_fd):
+            if mask & os_events.IN_IGNORED:
+                self.pending.pop(wd, None)
+            elif mask & (os_events.IN_DELETE_SELF | os_events.IN_MOVE_SELF) and wd not in self.pending:
+                gone = True
+        if gone:
+            log.warn(f"{self.directory} itself was removed or renamed: it is no longer watched; "
+                     "its services run on (`srvctl rescan` reads it again once it is back)")
+            self._unwatch()
+            self.watch_error = f"{self.directory} was removed or renamed"
+            return
+        now = self.system.now()
+        if self.burst_started is None:
+            self.burst_started = now
+        self.loop.call_at("daemons-scan", min(now + SETTLE, self.burst_started + MAX_SETTLE), self.scan)
+
+    def scan(self) -> dict[str, list[str]]:
+        """Bring the services in line with the directory: start the new ones, stop the ones
+        that left.  Returns what changed, by kind ("started", "stopping", ...)."""
+        self.loop.cancel("daemons-scan")
+        self.burst_started = None
+        done: dict[str, list[str]] = {"started": [], "down": [], "stopping": [], "removed": [], "waiting for run": []}
+        if self.shutting_down or not self.system.is_dir(self.directory):
+            return done  # a vanished directory stops nothing: its removal is said once, in _changed
+        present = set()
+        for name in self.system.list_dir(self.directory):
+            path = os.path.join(self.directory, name)
             # runsvdir skips dot-directories (a "supervise" or editor leftover) and plain files.
-            if name.startswith(".") or name in self.services or not self.system.is_dir(path):
+            if name.startswith(".") or not self.system.is_dir(path):
+                continue
+            present.add(name)
+            daemon = self.services.get(name)
+            if daemon is not None:
+                if daemon.removed:  # back before its stop ended: it runs again after the stop
+                    self._return(daemon, done)
                 continue
             if not self.system.is_executable(os.path.join(path, "run")):
-                log.warn(f"daemon {name}: {path}/run is missing or not executable; skipped")
+                self._await_run(name, path, done)
                 continue
             if not trust.trusted(os.path.join(path, "run"), self.system, "run"):
                 continue
+            self._forget_pending(name)
             daemon = self.services[name] = Daemon(name, path, self)
             if daemon.down_file:
                 log.info(f"daemon {name}: {path}/down exists, not started (srvctl start {name} starts it)")
+                done["down"].append(name)
             else:
                 daemon.start()
+                done["started"].append(name)
+        for name in [n for n in self.names if n not in present]:
+            self._retire(self.services[name], done)
+        for wd, name in list(self.pending.items()):
+            if name not in present:
+                self.system.watch_remove(self.watch_fd, wd)
+                del self.pending[wd]
+        return done
+
+    def _await_run(self, name: str, path: str, done: dict) -> None:
+        done["waiting for run"].append(name)
+        if name in self.pending.values():
+            return  # said once
+        if self.watch_fd is not None:
+            try:
+                self.pending[self.system.watch_add(self.watch_fd, path, PENDING_EVENTS)] = name
+            except OSError as e:
+                log.warn(f"cannot watch {path} ({e.strerror}): `srvctl rescan` once its run is there")
+            else:
+                log.warn(f"daemon {name}: {path}/run is missing or not executable; started once it is")
+                return
+        log.warn(f"daemon {name}: {path}/run is missing or not executable; skipped")
+
+    def _forget_pending(self, name: str) -> None:
+        for wd, pending in list(self.pending.items()):
+            if pending == name:
+                self.system.watch_remove(self.watch_fd, wd)
+                del self.pending[wd]
+
+    def _retire(self, daemon: Daemon, done: dict) -> None:
+        """Its directory is gone: stop it as teardown would, then forget it."""
+        if not daemon.removed:
+            log.info(f"daemon {daemon.name}: {daemon.directory} was removed; stopping it")
+        daemon.removed, daemon.wanted, daemon.again = True, False, False
+        self.loop.cancel(daemon.deadline("restart"))
+        if daemon.state == "running":
+            daemon.terminate()
+        if daemon.busy:
+            done["stopping"].append(daemon.name)
+        else:
+            del self.services[daemon.name]
+            done["removed"].append(daemon.name)
+
+    def _return(self, daemon: Daemon, done: dict) -> None:
+        log.info(f"daemon {daemon.name}: {daemon.directory} is back; it starts again once its stop is done")
+        daemon.removed = False
+        daemon.wanted = daemon.again = not daemon.down_file
+        done["started"].append(daemon.name)
+
+    def rescan(self) -> tuple[bool, str]:
+        """srvctl rescan: the scan a change in the directory sets off, now."""
+        if self.shutting_down:
+            return False, "shutting down"
+        if not self.directory:
+            return False, "the service directory is not read (--skip-runit, or the daemons step is still to come)"
+        if not self.system.is_dir(self.directory):
+            return False, f"no directory {self.directory}"
+        if self.watch_fd is None:  # back after a removal, made after the start, or inotify failed before
+            self._watch()
+        done = self.scan()
+        said = [f"{what} {', '.join(names)}" for what, names in done.items() if names]
+        watch = "watched" if self.watching else f"not watched: {self.watch_error}"
+        return True, f"rescanned {self.directory} ({watch}): " + ("; ".join(said) or "no change")
 
     def exited(self, pid: int, status: int) -> bool:
         for daemon in self.services.values():
@@ -228,6 +382,9 @@ class Daemons:
         """A daemon's run, session and finish are all done: the next one's turn on teardown."""
         if self.shutting_down:
             self._stop_next()
+        for name in [n for n, d in self.services.items() if d.removed and not d.busy]:
+            log.info(f"daemon {name} stopped and forgotten: its directory was removed")
+            del self.services[name]
 
     def request(self, verb: str, name: str) -> tuple[bool, str]:
         daemon = self.services.get(name)
@@ -271,6 +428,7 @@ class Daemons:
         """Teardown: stop the services one at a time, in reverse name order (the reverse of
         the start order, so one started earlier outlives its later neighbours), then then()."""
         self.shutting_down, self.then = True, then
+        self._unwatch()
         for daemon in self.services.values():
             daemon.wanted = daemon.again = False
             self.loop.cancel(daemon.deadline("restart"))

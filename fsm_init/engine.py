@@ -237,7 +237,8 @@ class Engine:
         return self.config["workretry"]["action"] == "exit"
 
     def keeps_supervising(self) -> bool:
-        return bool(self.daemons.names or self._shutdown_scripts(self.settings.pre_shutdown_dir)
+        # A watched service directory, even empty, may gain a service at run time.
+        return bool(self.daemons.names or self.daemons.watching or self._shutdown_scripts(self.settings.pre_shutdown_dir)
                     or self._shutdown_scripts(self.settings.post_shutdown_dir))
 
     # -- boot path -------------------------------------------------------------------
@@ -749,6 +750,10 @@ class Engine:
             return {"ok": ok, "message": message}
         if verb == "status":
             return {"ok": True, "status": self.snapshot()}
+        if verb == "rescan":
+            ok, message = self.daemons.rescan()
+            log.info(f"srvctl rescan: {message}")
+            return {"ok": ok, "message": message}
         if verb == "health":
             healthy, why = self.health()
             return {"ok": healthy, "message": why}

@@ -144,6 +144,10 @@ class Reaper:
             return {"ok": True, "message": "stopping"}
         if verb == "restart":
             return {"ok": False, "message": NOT_SUPERVISED}
+        if verb == "rescan":  # the engine hands over only when there is no service directory to watch
+            return {"ok": False, "message": f"the thin reaper does not read {self.settings.service_dir}: fsm-init "
+                                            "hands over to it only when that directory did not exist (or with "
+                                            "--skip-runit); restart the container to supervise services there"}
         if verb == "health":
             ran = self.system.now() - self.started
             healthy = self.last_exit is None and ran >= self.proof

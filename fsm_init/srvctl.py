@@ -10,9 +10,10 @@ import sys
 USAGE = """\
 usage: srvctl restart|stop|status|why|health|live [--json]
        srvctl restart|stop|start NAME     one /etc/service daemon
+       srvctl rescan                      read /etc/service again: start new, stop removed
        srvctl history [-n N] [--json]
 """
-VERBS = ("restart", "stop", "status", "why", "health", "live", "history")
+VERBS = ("restart", "stop", "status", "why", "health", "live", "history", "rescan")
 DAEMON_VERBS = ("restart", "stop", "start")
 DONE, REFUSED, USAGE_ERROR, NO_ENGINE = 0, 1, 2, 3
 
@@ -99,6 +100,8 @@ def describe_daemon(daemon: dict) -> str:
         text = f"running, pid {daemon['pid']}, up {daemon['uptime']:.0f}s"
     else:
         text = daemon["state"] + (" (down file)" if daemon.get("down_file") and daemon["state"] == "down" else "")
+    if daemon.get("removed"):
+        text += " (its directory was removed)"
     if daemon.get("last_exit") is not None:
         text += f", last exit {daemon['last_exit']}"
     return text + (f", restarts {daemon['restarts']}" if daemon.get("restarts") else "")

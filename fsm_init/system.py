@@ -350,6 +350,77 @@ class System:
             pass
 
 
+    # -- inotify (Linux), for the /etc/service directory: no polling -----------------------
+
+    def watch_open(self) -> int:
+        """A new inotify instance (non-blocking, close-on-exec) as a file descriptor for the loop.
+
+        ctypes on libc's inotify_init1, imported here: the standard library has no inotify,
+        and only an engine with a service directory to watch pays for the import.
+        """
+        return _inotify_call("inotify_init1", IN_NONBLOCK | os.O_CLOEXEC)
+
+    def watch_add(self, fd: int, path: str, mask: int) -> int:
+        """Watch path (a symbolic link is followed) for the events of mask; the watch descriptor."""
+        return _inotify_call("inotify_add_watch", fd, os.fsencode(path), mask)
+
+    def watch_remove(self, fd: int, wd: int) -> None:
+        try:
+            _inotify_call("inotify_rm_watch", fd, wd)
+        except OSError:  # EINVAL: the kernel dropped it already (the directory is gone)
+            pass
+
+    def watch_read(self, fd: int) -> list[tuple[int, int, str]]:
+        """Every event queued on the inotify fd, as (watch descriptor, mask, name); never blocks."""
+        import struct
+
+        events = []
+        while True:
+            try:
+                data = os.read(fd, 65536)
+            except BlockingIOError:
+                return events
+            if not data:
+                return events
+            offset = 0
+            while offset + 16 <= len(data):
+                wd, mask, _cookie, length = struct.unpack_from("iIII", data, offset)
+                name = data[offset + 16:offset + 16 + length].split(b"\0", 1)[0]
+                events.append((wd, mask, os.fsdecode(name)))
+                offset += 16 + length
+
+    def close(self, fd: int) -> None:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+# <linux/inotify.h>
+IN_ATTRIB, IN_CLOSE_WRITE, IN_MOVED_FROM, IN_MOVED_TO = 0x4, 0x8, 0x40, 0x80
+IN_CREATE, IN_DELETE, IN_DELETE_SELF, IN_MOVE_SELF = 0x100, 0x200, 0x400, 0x800
+IN_Q_OVERFLOW, IN_IGNORED, IN_ONLYDIR, IN_NONBLOCK = 0x4000, 0x8000, 0x01000000, 0o4000
+_libc = None
+
+
+def _inotify_call(name: str, *args) -> int:
+    global _libc
+    if _libc is None:
+        import ctypes
+
+        _libc = ctypes.CDLL(None, use_errno=True)
+    function = getattr(_libc, name, None)
+    if function is None:
+        raise OSError(errno.ENOSYS, f"no {name} in the C library")
+    result = function(*args)
+    if result < 0:
+        import ctypes
+
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+    return result
+
+
 class Unavailable(Exception):
     """A step that is enabled but cannot do its work here; the message says why."""
 

@@ -73,7 +73,7 @@ STEP_ENV = {"PATH": DOCKER_PATH, "HOME": "/root", "LANG": "C.UTF-8"}
 C_EXTENSIONS = "python-prctl,netifaces"
 RUNTIME_PACKAGES = ["python3", "iptables", "dropbear-bin", "ppp", "pppoe", "iproute2", "procps",
                     "ca-certificates", "jq", "ipset", "inotify-tools", "psmisc", "netcat-openbsd",
-                    "sqlite3", "unzip", "sshpass", "libcap2", "openssh-sftp-server"]
+                    "sqlite3", "unzip", "sshpass", "libcap2", "openssh-sftp-server", "cron"]
 BUILDER_ONLY = ["gcc", "libcap-dev", "python3-dev", "python3-venv"]
 STOP_GRACE, LEFTOVER_GRACE = 5, 2
 # debian:bookworm-slim's /etc/dpkg/dpkg.cfg.d/docker: no documentation, manuals or locales.
@@ -711,6 +711,40 @@ def test_the_image_has_my_inits_layout_and_dumps_the_container_environment(run):
     assert "greeting=it's here" in out
     assert sorted(out[-4:]) == ["/etc/my_init.d", "/etc/my_init.post_shutdown.d", "/etc/my_init.pre_shutdown.d",
                                 "/etc/service"]
+
+
+def daemon_state(container, name: str) -> dict | None:
+    status = container.status()
+    return next((d for d in (status or {}).get("daemons", []) if d["name"] == name), None)
+
+
+def test_cron_runs_jobs_with_the_container_environment_and_logs_their_output(run):
+    # baseimage-docker runs cron beside every container; its users drop jobs into /etc/cron.d.
+    container = run(SRVNAME="web", GREETING="hello from docker run")
+    wait_for(lambda: (daemon_state(container, "cron") or {}).get("state") == "running",
+             what=f"cron running\n{container.log}", interval=0.2)
+    job = Path(f"/proc/{container.pid1}/root/etc/cron.d/fsm-test")  # docker exec ... > /etc/cron.d/fsm-test
+    job.write_text('* * * * * root echo "root job: GREETING=$GREETING"\n'
+                   '* * * * * nobody echo "nobody job: GREETING=$GREETING, uid $(id -u)"\n')
+    job.chmod(0o644)
+    # cron reads its tables and runs jobs at minute boundaries: at most a minute, once in the suite.
+    output = re.compile(r"cron-job: (root|nobody) job: ")  # not cron's own "CMD (echo ...)" lines
+    wait_for(lambda: len(set(output.findall(container.log))) == 2, timeout=125,
+             what=f"the jobs' output in the container log\n{container.log}", interval=0.5)
+    log = container.log
+    assert "cron-job: root job: GREETING=hello from docker run\n" in log, log
+    assert "cron-job: nobody job: GREETING=hello from docker run, uid 65534\n" in log, log
+    assert "X-Cron-Env" not in log, log  # the mail headers list the job's environment: dropped
+    assert daemon_state(container, "cron")["restarts"] == 0
+
+
+def test_disable_cron_keeps_cron_down(run):
+    container = run(SRVNAME="web", DISABLE_CRON="1")
+    down = wait_for(lambda: (daemon_state(container, "cron") or {}).get("down_file") and daemon_state(container, "cron"),
+                    what=f"cron known and down\n{container.log}", interval=0.2)
+    assert down["state"] == "down" and down["pid"] is None
+    assert "DISABLE_CRON is set: cron is not started" in container.log
+    assert not any(cmd.startswith("/usr/sbin/cron") for cmd in container.namespace_processes().values())
 
 
 def app_service(root: Path, name: str, workcfg: dict) -> Path:

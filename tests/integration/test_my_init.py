@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -279,3 +280,82 @@ def test_one_shot_mode_runs_the_command_beside_the_daemons_and_exits_with_its_st
     assert run.wait() == 5, run.log
     assert lines(out / "order") == ["startup", "command"]
     assert lines(out / "stopped") == ["alpha"]
+
+
+# -- services added and removed at run time ------------------------------------------------------
+
+
+def voluntary_switches(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("voluntary_ctxt_switches:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no voluntary_ctxt_switches for {pid}")
+
+
+def idle_wakeups(pid: int, window: float = 1.0) -> int:
+    """How often PID 1 woke up in a quiet window (tests/bench's measure): a select with no
+    time-out and no ready fd never does.  The sleep is the measuring window, not a wait."""
+    before = voluntary_switches(pid)
+    time.sleep(window)
+    return voluntary_switches(pid) - before
+
+
+def service_store(out: Path, *names: str) -> Path:
+    """Service directories outside /etc/service, to be linked or copied in while fsm-init runs."""
+    store = out / "store"
+    for name in names:
+        (store / name).mkdir(parents=True)
+        run = store / name / "run"
+        run.write_text(f"#!/bin/sh\ntrap 'echo {name} >> {out}/stopped; exit 0' TERM\necho $$ >> {out}/{name}.pids\n"
+                       "while :; do sleep 0.05; done\n")
+        run.chmod(0o755)
+    return store
+
+
+def test_services_added_and_removed_at_run_time(sandbox):
+    out = sandbox.root
+    service_dir = out / "service"  # on the file system the test shares with fsm-init: its changes are seen
+    service_dir.mkdir()
+    store = service_store(out, "alpha", "beta")
+    run = sandbox.start("--", "sleep", "1000", FSM_INIT_SERVICE_DIRECTORY=str(service_dir), FSM_INIT_STOP_GRACE="1")
+    run.wait_log("starting the service")
+    # Past FSM_INIT_HANDOVER_AFTER (1 s), the one deadline of this state: the engine stays.
+    wait_for(lambda: run.status()["since"] > 1.2, what="the hand-over time")
+    assert idle_wakeups(run.pid1) == 0, "PID 1 wakes up while nothing happens"
+    assert run.status()["state"] == "foreground", "a watched service directory keeps the engine"
+
+    # docker exec ... ln -s / cp -r: both run within a second.
+    os.symlink(store / "alpha", service_dir / "alpha")
+    subprocess.run(["cp", "-r", str(store / "beta"), str(service_dir / "beta")], check=True)
+    run.wait_log(r"daemon alpha started", timeout=1.0)
+    run.wait_log(r"daemon beta started", timeout=1.0)
+    wait_lines(out / "alpha.pids", 1)
+    wait_lines(out / "beta.pids", 1)
+    assert {d["name"]: d["state"] for d in run.status()["daemons"]} == {"alpha": "running", "beta": "running"}
+
+    # Removed: stopped (TERM) and forgotten; the other one runs on.
+    (service_dir / "alpha").unlink()
+    wait_for(lambda: "alpha" in lines(out / "stopped"), timeout=2.0, what=f"alpha's TERM\n{run.log}")
+    wait_for(lambda: [d["name"] for d in run.status()["daemons"]] == ["beta"], what="alpha forgotten")
+    assert "daemon alpha: " + str(service_dir / "alpha") + " was removed; stopping it" in run.log
+    assert len(lines(out / "alpha.pids")) == 1, "a removed service came back"
+
+    # srvctl rescan: the same scan on request.
+    rescan = run.srvctl("rescan")
+    assert rescan.returncode == 0 and rescan.stdout.strip() == f"rescanned {service_dir} (watched): no change"
+    assert idle_wakeups(run.pid1) == 0, "the watch costs wake-ups once things are quiet again"
+
+    run.signal(signal.SIGTERM)
+    assert run.wait() == 128 + signal.SIGTERM, run.log
+    assert lines(out / "stopped") == ["alpha", "beta"]
+    assert "Traceback" not in run.log
+
+
+def test_the_thin_reaper_refuses_rescan(sandbox):
+    run = sandbox.start("--", "sleep", "1000", FSM_INIT_SERVICE_DIRECTORY=str(sandbox.root / "nothing-here"),
+                        FSM_INIT_HANDOVER_AFTER="0.1")
+    run.wait_state("handover")
+    rescan = run.srvctl("rescan")
+    assert rescan.returncode == 1 and "the thin reaper does not read" in rescan.stdout
+    run.signal(signal.SIGTERM)
+    assert run.wait() == 128 + signal.SIGTERM

@@ -106,6 +106,12 @@ class FakeSystem:
         self.group_ids: dict[str, int] = {}  # group name -> gid (group_id)
         self.member_of: set[int] = set()  # gids a non-root uid may chgrp to
         self.unlistable: set[str] = set()  # directories can_list refuses (a non-root uid's view)
+        # inotify: a real pipe stands for each instance (the loop's selector needs an fd);
+        # notify() queues an event for a watched directory and makes the pipe readable
+        self.watch_pipes: dict[int, int] = {}  # read end (the "inotify fd") -> write end
+        self.watches: dict[int, tuple[int, str, int]] = {}  # wd -> (fd, path, mask)
+        self.next_wd = 1
+        self.notified: dict[int, list[tuple[int, int, str]]] = {}  # fd -> events not read yet
         # fault injection: (method, key) -> exception; key None matches any call
         self.faults: dict[tuple[str, str | None], BaseException] = {}
         self.calls: list[tuple] = []  # every call, in order: (method, *args)
@@ -389,6 +395,73 @@ class FakeSystem:
         self.modes.pop(path, None)
 
 
+    def remove_tree(self, path: str) -> None:
+        """rm -r path (a directory or a symbolic link to one, the fake does not tell them apart)."""
+        path = self._abs(path)
+        for name in [p for p in self.files if p.startswith(path + "/")]:
+            self.remove(name)
+        self.dirs = {d for d in self.dirs if d != path and not d.startswith(path + "/")}
+
+    # -- inotify -----------------------------------------------------------------------------
+
+    def watch_open(self) -> int:
+        self.calls.append(("watch_open",))
+        self._maybe_fail("watch_open")
+        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.watch_pipes[r] = w
+        self.notified[r] = []
+        return r
+
+    def watch_add(self, fd: int, path: str, mask: int) -> int:
+        path = self._abs(path)
+        self.calls.append(("watch_add", path))
+        self._maybe_fail("watch_add", path)
+        if path not in self.dirs:
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
+        for wd, (other_fd, other, _) in self.watches.items():
+            if other_fd == fd and other == path:  # as the kernel: one watch per inode
+                self.watches[wd] = (fd, path, mask)
+                return wd
+        wd, self.next_wd = self.next_wd, self.next_wd + 1
+        self.watches[wd] = (fd, path, mask)
+        return wd
+
+    def watch_remove(self, fd: int, wd: int) -> None:
+        self.calls.append(("watch_remove", wd))
+        self.watches.pop(wd, None)
+
+    def watch_read(self, fd: int) -> list[tuple[int, int, str]]:
+        try:
+            os.read(fd, 4096)
+        except BlockingIOError:
+            pass
+        events, self.notified[fd] = self.notified[fd], []
+        return events
+
+    def close(self, fd: int) -> None:
+        self.calls.append(("close", fd))
+        if fd in self.watch_pipes:
+            os.close(self.watch_pipes.pop(fd))
+            del self.notified[fd]
+            self.watches = {wd: w for wd, w in self.watches.items() if w[0] != fd}
+        os.close(fd)
+
+    def close_watches(self) -> None:
+        for fd in list(self.watch_pipes):
+            self.close(fd)
+
+    def notify(self, directory: str, name: str, mask: int) -> bool:
+        """The kernel's side: an event on name in directory reaches every watch asking for it."""
+        directory = self._abs(directory)
+        hit = False
+        for wd, (fd, path, wanted) in self.watches.items():
+            if path == directory and wanted & mask:
+                self.notified[fd].append((wd, mask, name))
+                os.write(self.watch_pipes[fd], b"x")
+                hit = True
+        return hit
+
+
 # -- settings and engine ---------------------------------------------------------------------
 
 
@@ -426,6 +499,8 @@ def close_engine(engine: Engine) -> None:
     if engine.control:
         engine.control.close()
     close_loop(engine.loop)
+    if isinstance(engine.system, FakeSystem):
+        engine.system.close_watches()
 
 
 def pump(engine: Engine, limit: int = 1000) -> None:

@@ -12,7 +12,8 @@ import signal
 import pytest
 
 from fsm_init import log
-from fsm_init.daemons import Daemons
+from fsm_init import system as os_events
+from fsm_init.daemons import MAX_SETTLE, SETTLE, Daemons
 from fsm_init.loop import EventLoop
 
 from . import fakes
@@ -85,6 +86,14 @@ class Rig:
         entry = self.loop.deadlines.get(f"daemon-{name}-{what}")
         return entry[0] - self.system.clock if entry else None
 
+    def changed(self, directory: str, name: str, mask: int) -> None:
+        """The kernel reports a change; the loop runs what watches it (as select would)."""
+        self.system.notify(directory, name, mask)
+        for key, _ in self.loop.selector.select(0):
+            if key.fileobj != self.loop._wake_r:
+                key.data()
+        self.pump()
+
     def request(self, verb: str, name: str) -> tuple[bool, str]:
         reply = self.daemons.request(verb, name)
         self.pump()
@@ -92,6 +101,7 @@ class Rig:
 
     def close(self) -> None:
         fakes.close_loop(self.loop)
+        self.system.close_watches()
 
 
 @pytest.fixture
@@ -142,7 +152,8 @@ def test_discovery_spawns_in_name_order_in_the_service_directory(make, lines):
     assert not any("hidden" in line or "README" in line for line in lines)
     assert any("idle" in line and "down" in line for line in lines)
     assert rig.info("idle") | {"name": None} == {"name": None, "state": "down", "pid": None, "uptime": None,
-                                                  "last_exit": None, "restarts": 0, "down_file": True}
+                                                  "last_exit": None, "restarts": 0, "down_file": True,
+                                                  "removed": False}
     assert rig.info("app")["state"] == "running" and rig.info("app")["down_file"] is False
 
 
@@ -414,7 +425,7 @@ def test_status_fields(make):
     rig = make("cron:finish")
     rig.advance(2.5)
     assert rig.info("cron") == {"name": "cron", "state": "running", "pid": 100, "uptime": 2.5,
-                                "last_exit": None, "restarts": 0, "down_file": False}
+                                "last_exit": None, "restarts": 0, "down_file": False, "removed": False}
     finish = rig.finishing("cron", killed(signal.SIGSEGV)).pid
     assert rig.info("cron") | {"state": "finishing", "pid": None, "uptime": None,
                                "last_exit": 128 + signal.SIGSEGV} == rig.info("cron")
@@ -497,3 +508,201 @@ def test_a_run_that_even_sigkill_cannot_end_does_not_hold_up_teardown(make, line
     assert f"warning: daemon beta (pid {stuck}) is still there after SIGKILL; going on without it" in lines
     rig.pump()
     assert done == [True] and rig.info("beta")["last_exit"] == 137
+
+
+# -- run time: services added and removed (inotify) ---------------------------------------------
+
+CREATED_DIR = os_events.IN_CREATE | 0x40000000  # IN_ISDIR
+
+
+def empty(make) -> Rig:
+    """An empty service directory, watched."""
+    rig = make("", start=False)
+    rig.system.add_dir(SERVICE)
+    rig.start()
+    return rig
+
+
+def test_the_directory_is_watched_and_an_idle_loop_has_no_deadline(make):
+    rig = make("cron")
+    (fd, path, mask), = rig.system.watches.values()
+    assert path == SERVICE and mask & os_events.IN_CREATE and mask & os_events.IN_DELETE
+    assert fd in {key.fileobj for key in rig.loop.selector.get_map().values()}
+    assert rig.loop.deadlines == {}  # nothing wakes fsm-init up while nothing changes
+
+
+def test_a_service_added_at_run_time_starts_once_the_directory_settles(make, lines):
+    rig = make("cron")
+    rig.add("web")  # ln -s /opt/web /etc/service/web (a symbolic link: IN_CREATE, no IN_ISDIR)
+    rig.changed(SERVICE, "web", os_events.IN_CREATE)
+    assert rig.runs("web") == [], "started before the directory settled"
+    rig.advance(SETTLE)
+    assert len(rig.runs("web")) == 1 and rig.info("web")["state"] == "running"
+    assert len(rig.runs("cron")) == 1, "an unchanged service was touched"
+    assert rig.loop.deadlines == {} and not any(line.startswith("warning") for line in lines)
+
+
+def test_a_burst_of_changes_is_acted_on_within_half_a_second(make):
+    rig = empty(make)
+    rig.add("web")
+    rig.changed(SERVICE, "web", CREATED_DIR)
+    for _ in range(20):  # a large cp -r keeps the directory busy
+        rig.advance(SETTLE / 2)
+        rig.changed(SERVICE, "web", os_events.IN_MOVED_TO)
+        if rig.runs("web"):
+            break
+    assert len(rig.runs("web")) == 1
+    assert rig.system.clock - 1000.0 <= MAX_SETTLE + SETTLE
+
+
+def test_a_copied_directory_whose_run_comes_later_is_watched_until_run_is_there(make, lines):
+    rig = empty(make)
+    rig.system.add_dir(f"{SERVICE}/web")  # cp -r: the directory first, its files after
+    rig.changed(SERVICE, "web", CREATED_DIR)
+    rig.advance(SETTLE)
+    assert rig.runs("web") == [] and rig.daemons.names == []
+    assert [line for line in lines if line.startswith("warning")] == [
+        f"warning: daemon web: {SERVICE}/web/run is missing or not executable; started once it is"]
+    assert f"{SERVICE}/web" in [path for _, path, _ in rig.system.watches.values()]
+    rig.system.add_script(f"{SERVICE}/web/finish")  # another file first: no start, no second warning
+    rig.changed(f"{SERVICE}/web", "finish", os_events.IN_CLOSE_WRITE)
+    rig.advance(SETTLE)
+    assert rig.runs("web") == [] and len([line for line in lines if line.startswith("warning")]) == 1
+    rig.system.add_script(f"{SERVICE}/web/run", "exec sleep infinity\n")
+    rig.changed(f"{SERVICE}/web", "run", os_events.IN_CLOSE_WRITE)
+    rig.advance(SETTLE)
+    assert len(rig.runs("web")) == 1
+    assert [path for _, path, _ in rig.system.watches.values()] == [SERVICE], "the new directory's watch stays"
+    assert rig.loop.deadlines == {}
+
+
+def test_a_removed_service_is_stopped_with_term_grace_kill_and_forgotten(make, lines):
+    rig = make("cron web")
+    pid = rig.pid("web")
+    rig.system.stubborn(pid)
+    rig.system.remove_tree(f"{SERVICE}/web")
+    rig.changed(SERVICE, "web", os_events.IN_DELETE)
+    rig.advance(SETTLE)
+    assert rig.system.signals_to(pid) == [signal.SIGTERM]
+    assert rig.info("web")["state"] == "stopping" and rig.info("web")["removed"] is True
+    rig.advance(GRACE)
+    assert rig.system.signals_to(pid) == [signal.SIGTERM, signal.SIGKILL] and not rig.system.alive(pid)
+    rig.advance(60)
+    assert rig.daemons.names == ["cron"] and len(rig.runs("web")) == 1, "a removed service came back"
+    assert f"daemon web stopped and forgotten: its directory was removed" in "\n".join(lines)
+    assert rig.system.signals_to(rig.pid("cron")) == []
+
+
+def test_a_removed_service_waiting_for_its_restart_is_forgotten_at_once(make):
+    rig = make("web")
+    rig.die(rig.pid("web"), exited(1))
+    assert rig.info("web")["state"] == "backoff"
+    rig.system.remove_tree(f"{SERVICE}/web")
+    rig.changed(SERVICE, "web", os_events.IN_DELETE)
+    rig.advance(SETTLE)
+    assert rig.daemons.names == [] and rig.loop.deadlines == {}
+    rig.advance(600)
+    assert len(rig.runs("web")) == 1
+
+
+def test_a_service_back_before_its_stop_ended_runs_again_after_it(make):
+    rig = make("web")
+    pid = rig.pid("web")
+    rig.system.stubborn(pid)
+    rig.system.remove_tree(f"{SERVICE}/web")
+    rig.changed(SERVICE, "web", os_events.IN_DELETE)
+    rig.advance(SETTLE)
+    rig.add("web")
+    rig.changed(SERVICE, "web", CREATED_DIR)
+    rig.advance(SETTLE)
+    assert len(rig.runs("web")) == 1, "a second run beside the old one"
+    rig.advance(GRACE + 1)
+    assert len(rig.runs("web")) == 2 and rig.info("web")["removed"] is False
+
+
+def test_a_new_service_with_a_down_file_is_known_but_not_started(make):
+    rig = empty(make)
+    rig.add("web", down=True)
+    rig.changed(SERVICE, "web", CREATED_DIR)
+    rig.advance(SETTLE)
+    assert rig.daemons.names == ["web"] and rig.runs("web") == []
+
+
+def test_rescan_does_the_scan_now_and_says_what_changed(make):
+    rig = make("cron web")
+    rig.system.stubborn(rig.pid("web"))
+    rig.add("new")
+    rig.system.remove_tree(f"{SERVICE}/web")  # no event: as if the watch had missed it
+    ok, message = rig.daemons.rescan()
+    assert ok and message == f"rescanned {SERVICE} (watched): started new; stopping web"
+    assert len(rig.runs("new")) == 1
+    rig.pump()
+    assert rig.daemons.rescan() == (True, f"rescanned {SERVICE} (watched): stopping web")
+    rig.advance(GRACE)
+    assert rig.daemons.rescan() == (True, f"rescanned {SERVICE} (watched): no change")
+
+
+def test_without_inotify_a_warning_once_and_rescan_still_works(make, lines):
+    rig = make("cron", start=False)
+    rig.system.fail("watch_open", OSError(errno.EMFILE, os.strerror(errno.EMFILE)))
+    rig.start()
+    assert [line for line in lines if line.startswith("warning")] == [
+        f"warning: cannot watch {SERVICE} (Too many open files): a service added or removed later needs "
+        "`srvctl rescan`"]
+    assert rig.runs("cron") and not rig.daemons.watching
+    rig.add("web")
+    ok, message = rig.daemons.rescan()
+    assert ok and "not watched: Too many open files" in message and len(rig.runs("web")) == 1
+
+
+def test_the_watch_ends_with_the_teardown(make):
+    rig = make("cron")
+    done = []
+    rig.daemons.stop_all(lambda: done.append(True))
+    assert rig.system.watches == {} and not rig.daemons.watching
+    rig.add("web")
+    assert rig.daemons.rescan() == (False, "shutting down")
+    rig.die(rig.pid("cron"), killed(signal.SIGTERM))
+    rig.advance(1)
+    assert done == [True] and rig.runs("web") == []
+
+
+def test_the_directory_itself_removed_ends_the_watch_with_one_warning(make, lines):
+    rig = make("cron")
+    rig.system.remove_tree(SERVICE)
+    rig.changed(SERVICE, "", os_events.IN_DELETE_SELF)
+    assert not rig.daemons.watching and rig.system.watch_pipes == {}
+    assert len([line for line in lines if line.startswith("warning")]) == 1
+    assert rig.loop.deadlines == {}
+
+
+def test_rescan_watches_a_directory_made_after_the_start(make):
+    rig = make("", start=False)
+    rig.start()  # no /etc/service: nothing to watch
+    assert not rig.daemons.watching
+    rig.add("web")
+    ok, message = rig.daemons.rescan()
+    assert ok and message == f"rescanned {SERVICE} (watched): started web" and rig.daemons.watching
+    rig.add("late")
+    rig.changed(SERVICE, "late", CREATED_DIR)
+    rig.advance(SETTLE)
+    assert len(rig.runs("late")) == 1
+
+
+def test_status_says_a_removed_daemon_is_being_stopped(make):
+    from fsm_init.srvctl import describe_daemon
+
+    rig = make("web")
+    rig.system.stubborn(rig.pid("web"))
+    rig.system.remove_tree(f"{SERVICE}/web")
+    rig.changed(SERVICE, "web", os_events.IN_DELETE)
+    rig.advance(SETTLE)
+    assert describe_daemon(rig.info("web")) == "stopping (its directory was removed)"
+
+
+def test_a_scan_after_the_directory_vanished_stops_nothing(make):
+    rig = make("cron")
+    rig.changed(SERVICE, "x", os_events.IN_CREATE)  # a change, then the whole directory goes
+    rig.system.remove_tree(SERVICE)
+    rig.advance(SETTLE)
+    assert rig.info("cron")["state"] == "running" and rig.system.signals_to(rig.pid("cron")) == []

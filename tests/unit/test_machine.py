@@ -1331,15 +1331,38 @@ def test_a_stop_during_a_startup_script_runs_no_further_one_and_no_service(make)
     assert spawned(h) == [[f"{INIT_D}/10-a"]] and not h.system.alive(pid) and h.state == "exited"
 
 
-@pytest.mark.parametrize("what", ["daemon", "pre_shutdown", "post_shutdown"])
+@pytest.mark.parametrize("what", ["daemon", "watched", "pre_shutdown", "post_shutdown"])
 def test_the_thin_reaper_does_not_take_over_while_the_engine_has_more_to_do(make, handovers, what):
     h = make(cfg())
-    h.system.add_script({"daemon": "/etc/service/cron/run", "pre_shutdown": f"{PRE_D}/a",
-                         "post_shutdown": f"{POST_D}/a"}[what])
+    if what == "watched":  # an empty /etc/service may gain a service at run time
+        h.system.add_dir("/etc/service")
+    else:
+        h.system.add_script({"daemon": "/etc/service/cron/run", "pre_shutdown": f"{PRE_D}/a",
+                             "post_shutdown": f"{POST_D}/a"}[what])
     h.begin()
     h.advance(5)
     assert h.state == "foreground" and handovers == []
     assert h.engine.guard_results == {"keeps_supervising": True}
+
+
+def test_srvctl_rescan_starts_a_service_added_to_the_directory(make):
+    h = make(cfg(workwatch=0))
+    h.system.add_dir("/etc/service")
+    h.begin()
+    h.system.add_script("/etc/service/cron/run")
+    reply = h.request("rescan")
+    assert reply == {"ok": True, "message": "rescanned /etc/service (watched): started cron"}
+    assert ["/etc/service/cron/run"] in spawned(h)
+    assert [d["name"] for d in h.engine.snapshot()["daemons"]] == ["cron"]
+
+
+def test_srvctl_rescan_with_skip_runit_is_refused(make):
+    h = make(cfg(workwatch=0), skip_runit=True)
+    h.system.add_script("/etc/service/cron/run")
+    h.begin()
+    reply = h.request("rescan")
+    assert reply["ok"] is False and "--skip-runit" in reply["message"]
+    assert ["/etc/service/cron/run"] not in spawned(h)
 
 
 def test_daemons_start_before_the_service_and_stop_after_it(make):
@@ -1458,3 +1481,15 @@ def test_every_transition_and_guard_outcome_was_exercised():
     report = [f"  row {i}: {source} --{trigger}--> {dest}" for i, source, trigger, dest in missing]
     report += [f"  guard {g} never seen {v}" for g, v in unseen]
     assert not report, "never exercised:\n" + "\n".join(report)
+
+
+def test_the_thin_reaper_refuses_rescan_and_says_why():
+    state = {"pid": 100, "by_session": True, "started": 1000.0, "target": "/srv/app", "run_count": 1,
+             "control_fd": None, "supporting": {}, "proof": 10, "last_transition": {}}
+    thin = reaper.Reaper(FakeSystem(), make_settings(), state)
+    try:
+        reply = thin.handle_request({"verb": "rescan"})
+    finally:
+        close_loop(thin.loop)
+    assert reply["ok"] is False
+    assert reply["message"].startswith("the thin reaper does not read /etc/service: fsm-init hands over to it only")
