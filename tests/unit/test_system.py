@@ -70,3 +70,28 @@ def test_a_deadline_a_month_away_is_waited_for_a_day_at_a_time():
     finally:
         close_loop(loop)
     assert waits == [MAX_WAIT] and MAX_WAIT <= 86400
+
+
+def test_run_passes_input_and_returns_status_stdout_and_stderr():
+    status, out, err = System().run(["sh", "-c", "cat; echo oops >&2; exit 3"], input=b"x" * 300000)
+    assert (status, len(out), err) == (3, 300000, "oops\n")
+
+
+def test_run_reports_a_missing_program_as_127_and_a_time_out_as_124():
+    assert System().run(["no-such-program-anywhere"])[0] == 127
+    status, _, err = System().run(["sleep", "10"], timeout=0.2)
+    assert (status, err) == (124, "sleep timed out after 0.2s")
+
+
+def test_spawned_children_start_with_every_signal_at_its_default():
+    """Even with this process ignoring and blocking signals (glibc's posix_spawn would
+    leave its internal 32 and 33 ignored: the spawn sets every bit itself)."""
+    saved = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGALRM, signal.SIGTTOU, 40)}
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1, 41])
+    try:
+        status, out, _ = System().run(["grep", "-E", "^Sig(Ign|Blk)", "/proc/self/status"])
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+    assert (status, out) == (0, "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n")
