@@ -98,14 +98,19 @@ class Text(Lenient, fields.Field):
 
 
 class Command(Lenient, fields.Field):
-    """A string split like a shell would, or a JSON array that is the exact argv."""
+    """A string split like a shell would, or a JSON array that is the exact argv: an
+    empty element is an empty argument, only the program (the first) must be named."""
 
     def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, (str, list)) and "\0" in (value if isinstance(value, str) else
+                                                       "".join(v for v in value if isinstance(v, str))):
+            raise ValidationError("holds a NUL byte, which no program argument can")
         if isinstance(value, str) and value.strip():
             return value
-        if isinstance(value, list) and value and all(isinstance(v, str) and v for v in value):
+        if isinstance(value, list) and value and all(isinstance(v, str) for v in value) and value[0]:
             return value
-        raise ValidationError("is not a command string or a non-empty array of strings")
+        raise ValidationError("is not a command string or an array of strings whose first element "
+                              "(the program) is not empty")
 
 
 _ACCOUNT = r"(?:[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?|[0-9]{1,10})"
