@@ -403,12 +403,8 @@ class _LibcSpawn:
 
     def __init__(self, ctypes, libc) -> None:
         self.ctypes, self.libc = ctypes, libc
-        # sigset_t is 1024 bits on Linux (glibc and musl); bits 0-63 are signals 1-64.
-        self.every_signal = (ctypes.c_ubyte * 128)(*([0xFF] * 8))
-        self.no_signal = (ctypes.c_ubyte * 128)()
         p, cp = ctypes.c_void_p, ctypes.c_char_p
-        for name, args in (("posix_spawnattr_init", [p]), ("posix_spawnattr_destroy", [p]),
-                           ("posix_spawnattr_setflags", [p, ctypes.c_short]),
+        for name, args in (("posix_spawnattr_init", [p]), ("posix_spawnattr_setflags", [p, ctypes.c_short]),
                            ("posix_spawnattr_setsigdefault", [p, p]), ("posix_spawnattr_setsigmask", [p, p]),
                            ("posix_spawnattr_setpgroup", [p, ctypes.c_int]),
                            ("posix_spawn_file_actions_init", [p]), ("posix_spawn_file_actions_destroy", [p]),
@@ -417,6 +413,22 @@ class _LibcSpawn:
                            ("posix_spawn", [p, cp, p, p, p, p]), ("posix_spawnp", [p, cp, p, p, p, p])):
             function = getattr(libc, name)
             function.argtypes, function.restype = args, ctypes.c_int
+        # sigset_t is 1024 bits on Linux (glibc and musl); bits 0-63 are signals 1-64.
+        every_signal = (ctypes.c_ubyte * 128)(*([0xFF] * 8))
+        no_signal = (ctypes.c_ubyte * 128)()
+        # The two sets of attributes (a new session; a new foreground process group), made
+        # once: posix_spawn only reads them.
+        self.attrs = {}
+        for setsid in (True, False):
+            attr = ctypes.create_string_buffer(self.OPAQUE)
+            _check(libc.posix_spawnattr_init(attr))
+            _check(libc.posix_spawnattr_setflags(
+                attr, self.SETSIGDEF | self.SETSIGMASK | (self.SETSID if setsid else self.SETPGROUP)))
+            _check(libc.posix_spawnattr_setsigdefault(attr, every_signal))
+            _check(libc.posix_spawnattr_setsigmask(attr, no_signal))
+            if not setsid:
+                _check(libc.posix_spawnattr_setpgroup(attr, 0))
+            self.attrs[setsid] = attr
 
     @classmethod
     def load(cls):
@@ -437,35 +449,27 @@ class _LibcSpawn:
             raise ValueError("argv first element cannot be empty")
         environ = []
         for name, value in env.items():
-            name_bytes = _c_string(name, "an environment variable name")
-            if not name_bytes or b"=" in name_bytes:
+            entry = _c_string(f"{name}={value}", "an environment variable")
+            if not name or "=" in name:
                 raise ValueError(f"illegal environment variable name {name!r}")
-            environ.append(name_bytes + b"=" + _c_string(value, "an environment variable"))
+            environ.append(entry)
         c_argv = (ctypes.c_char_p * (len(args) + 1))(*args, None)
         c_env = (ctypes.c_char_p * (len(environ) + 1))(*environ, None)
-        attr = ctypes.create_string_buffer(self.OPAQUE)
-        actions = ctypes.create_string_buffer(self.OPAQUE)
         pid = ctypes.c_int()
-        _check(libc.posix_spawnattr_init(attr))
-        try:
+        spawn = libc.posix_spawn if "/" in program else libc.posix_spawnp
+        actions = None
+        if dups or cwd is not None:
+            actions = ctypes.create_string_buffer(self.OPAQUE)
             _check(libc.posix_spawn_file_actions_init(actions))
-            try:
-                flags = self.SETSIGDEF | self.SETSIGMASK | (self.SETSID if setsid else self.SETPGROUP)
-                _check(libc.posix_spawnattr_setflags(attr, flags))
-                _check(libc.posix_spawnattr_setsigdefault(attr, self.every_signal))
-                _check(libc.posix_spawnattr_setsigmask(attr, self.no_signal))
-                if not setsid:
-                    _check(libc.posix_spawnattr_setpgroup(attr, 0))
-                for fd, target in dups:
-                    _check(libc.posix_spawn_file_actions_adddup2(actions, fd, target))
-                if cwd is not None:
-                    _check(libc.posix_spawn_file_actions_addchdir_np(actions, os.fsencode(cwd)))
-                spawn = libc.posix_spawn if "/" in program else libc.posix_spawnp
-                error = spawn(ctypes.byref(pid), os.fsencode(program), actions, attr, c_argv, c_env)
-            finally:
-                libc.posix_spawn_file_actions_destroy(actions)
+        try:
+            for fd, target in dups:
+                _check(libc.posix_spawn_file_actions_adddup2(actions, fd, target))
+            if cwd is not None:
+                _check(libc.posix_spawn_file_actions_addchdir_np(actions, os.fsencode(cwd)))
+            error = spawn(ctypes.byref(pid), os.fsencode(program), actions, self.attrs[setsid], c_argv, c_env)
         finally:
-            libc.posix_spawnattr_destroy(attr)
+            if actions is not None:
+                libc.posix_spawn_file_actions_destroy(actions)
         if error:
             raise OSError(error, os.strerror(error), program)
         return pid.value
