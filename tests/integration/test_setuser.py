@@ -304,6 +304,24 @@ def test_workuser_runs_the_service_and_periodic_scripts_as_nobody(open_sandbox):
 
 @needs_pid_namespace
 @needs_engine_hook
+def test_workuser_children_start_with_a_clean_signal_state(open_sandbox):
+    """Through setuser's exec: fsm-init (started with every signal it could inherit
+    ignored and blocked) gives setuser a clean state, and setuser passes it on."""
+    box, out = open_sandbox
+    dump = "cat /proc/self/status > {out}/{name}.tmp && mv {out}/{name}.tmp {out}/{name}\n"
+    box.service("svc", {"initdelay": 0, "workstart": "./run", "workwatch": 1, "workintvl": 1, "workuser": "nobody"},
+                run=dump.format(out=out, name="service") + "exec sleep 1000\n",
+                PeriodicST_ok=dump.format(out=out, name="check"))
+    run = box.start(SRVNAME="svc", launcher=("env", "--ignore-signal", "--block-signal"))
+    for name in ("service", "check"):
+        text = wait_for(lambda: (out / name).exists() and (out / name).read_text(), what=f"{name}\n{run.log}")
+        fields = dict(line.split(":\t", 1) for line in text.splitlines() if ":\t" in line)
+        assert fields["Uid"].split()[0] == str(NOBODY.pw_uid)
+        assert (int(fields["SigIgn"], 16), int(fields["SigBlk"], 16)) == (0, 0), (name, fields["SigIgn"])
+
+
+@needs_pid_namespace
+@needs_engine_hook
 def test_unknown_workuser_does_not_start_the_service(open_sandbox):
     box, out = open_sandbox
     box.service("svc", {"initdelay": 0, "workstart": "./run", "workuser": "no-such-user-zz"},
