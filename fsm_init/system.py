@@ -162,7 +162,8 @@ class System:
             os.execve(executable or argv[0], argv, env)
         except OSError:
             for sig, handler in saved.items():
-                signal.signal(sig, handler)
+                if handler is not None:  # None: a handler not set from Python (left at the default)
+                    signal.signal(sig, handler)
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             raise
 

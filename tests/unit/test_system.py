@@ -95,3 +95,20 @@ def test_spawned_children_start_with_every_signal_at_its_default():
         for sig, handler in saved.items():
             signal.signal(sig, handler)
     assert (status, out) == (0, "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n")
+
+
+def test_the_os_posix_spawn_fall_back_still_runs_in_the_directory_with_the_redirections(tmp_path):
+    """Where libc cannot be called directly (no ctypes): os.posix_spawn, which resets every
+    signal but glibc's internal 32 and 33."""
+    from fsm_init import system
+
+    read, write = os.pipe2(os.O_CLOEXEC)
+    try:
+        pid = system._os_spawn("sh", ["sh", "-c", "pwd; grep ^SigBlk /proc/self/status"], dict(os.environ),
+                               [(write, 1)], True, str(tmp_path))
+    finally:
+        os.close(write)
+    with os.fdopen(read) as pipe:
+        out = pipe.read()
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+    assert out == f"{tmp_path}\nSigBlk:\t0000000000000000\n" and os.getcwd() != str(tmp_path)
