@@ -787,7 +787,9 @@ class Engine:
         pid = self.service.pid if self.service else None
         running = f"running {self.script.name} (killed at {when.get('script')} if still running)" if self.script else ""
         phrases = {
-            "startup_scripts": running, "env_resume": running, "pre_shutdown": running, "post_shutdown": running,
+            "startup_scripts": running, "env_resume": running, "post_shutdown": running,
+            "pre_shutdown": running or (f"waiting for the interrupted script's session to end (SIGKILL at "
+                                        f"{when['stop-kill']})" if "stop-kill" in when else ""),
             "stop_daemons": "stopping the /etc/service daemons one by one, in reverse order",
             "delay": f"the start goes on at {when.get('state')}",
             "idle": f"the config is read again at {when.get('state')}",

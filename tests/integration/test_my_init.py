@@ -134,6 +134,9 @@ def test_a_startup_script_ignoring_sigterm_is_killed_after_the_stop_grace(sandbo
     wait_for(ready.exists, what="the start-up script")
     run.signal(signal.SIGTERM)
     started = time.monotonic()
+    run.wait_state("pre_shutdown")
+    why = run.srvctl("why").stdout
+    assert re.search(r"pre_shutdown: .*waiting for the interrupted script's session to end \(SIGKILL at \d\d:", why), why
     run.wait(15)
     assert time.monotonic() - started >= 0.9, run.log
     assert "10-deaf's session outlived the grace time: sent SIGKILL" in run.log, run.log
