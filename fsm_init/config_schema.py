@@ -121,7 +121,8 @@ def _encodable(text: str, errors: str) -> bool:
 
 
 class Command(Lenient, fields.Field):
-    """A string split like a shell would, or a JSON array that is the exact argv."""
+    """A string split like a shell would, or a JSON array that is the exact argv: an
+    empty element is an empty argument, only the program (the first) must be named."""
 
     def _deserialize(self, value, attr, data, **kwargs):
         if isinstance(value, str) and "\0" in value or isinstance(value, list) and any(
@@ -133,9 +134,10 @@ class Command(Lenient, fields.Field):
             raise ValidationError("is not valid Unicode (a lone surrogate)")
         if isinstance(value, str) and value.strip():
             return value
-        if isinstance(value, list) and value and all(isinstance(v, str) and v for v in value):
+        if isinstance(value, list) and value and all(isinstance(v, str) for v in value) and value[0]:
             return value
-        raise ValidationError("is not a command string or a non-empty array of strings")
+        raise ValidationError("is not a command string or an array of strings whose first element "
+                              "(the program) is not empty")
 
 
 _ACCOUNT = r"(?:[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?|[0-9]{1,10})"

@@ -42,9 +42,12 @@ def valid_name(name: str) -> bool:
 
 
 def shell_name(name: str) -> str | None:
-    """The name in the .sh file: my_init's sanitising (every non-word character
-    dropped); None when nothing a shell accepts is left."""
-    clean = _NOT_SHELL.sub("", name)
+    """The name in the .sh file: my_init's sanitising, every character a shell name cannot
+    hold replaced by ``_`` (``DASH-NAME`` → ``DASH_NAME``, ``my.prop.x`` → ``my_prop_x``;
+    my_init's ``re.sub(r"\\W", "_", name)``, except that a non-ASCII letter, which no shell
+    accepts in a name, is replaced too).  None for a name that starts with a digit: my_init
+    writes it as it is, and the shell sourcing the file stops there."""
+    clean = _NOT_SHELL.sub("_", name)
     return clean if clean and not clean[0].isdigit() else None
 
 
@@ -122,7 +125,8 @@ def render_sh(environ: dict) -> bytes:
     lines = []
     for name, value in _dumped(environ).items():
         clean = shell_name(name)
-        if clean is not None:
+        # A variable that has the sanitised name itself wins over the one renamed to it.
+        if clean is not None and (clean == name or clean not in environ):
             lines.append(f"export {clean}={shell_quote(value)}\n")
     return os.fsencode("".join(lines))
 

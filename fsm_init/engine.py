@@ -249,7 +249,7 @@ class Engine:
         self.environ = self.container_env.start(self.environ)
         timeout = self.settings.startup_timeout
         self._run_in_turn(startup_scripts.pending(self.settings, self.system), timeout,
-                          partial(self._startup_script_done, timeout), self.done)
+                          partial(self._startup_script_done, timeout), self.done, "start-up script")
 
     def _startup_script_done(self, timeout: float, path: str, status: int | None) -> bool:
         # What a script wrote to /etc/container_environment reaches the next one and the services.
@@ -590,12 +590,16 @@ class Engine:
         self.loop.cancel("cycle")
         # A script still running (start-up, EnvResume, check) is cut short: its session gets
         # SIGTERM now (teardown kills what is left), and its exit must not start the next one.
+        # As my_init does, the script gets one SIGTERM and the stop grace to finish (what its
+        # handler starts included) before the shutdown scripts run and anything is swept.
         script, self.script, self.in_turn = self.script, None, []
         self.loop.cancel("script")
+        run_scripts = partial(self._run_shutdown_scripts, self.settings.pre_shutdown_dir)
         if script:
-            log.info(f"stopping {script.name} (pid {script.pid}): SIGTERM to its session")
-            Group(script.pid).signal(self.system, signal.SIGTERM)
-        self._run_shutdown_scripts(self.settings.pre_shutdown_dir)
+            self.stopper.stop_group(Group(script.pid), signal.SIGTERM, self.settings.stop_grace, run_scripts,
+                                    f"{script.name}'s session")
+            return
+        run_scripts()
 
     def on_enter_stopping(self) -> None:
         self._stop_service(self.stop_signal)
@@ -622,7 +626,7 @@ class Engine:
     def _run_shutdown_scripts(self, directory: str) -> None:
         paths, grace = self._shutdown_scripts(directory), self.settings.stop_grace
         cause = f"{len(paths)} script(s) of {directory} run" if paths else f"no script in {directory}"
-        self._run_in_turn(paths, grace, partial(_carry_on, grace), lambda: self.fire("done", cause))
+        self._run_in_turn(paths, grace, partial(_carry_on, grace), lambda: self.fire("done", cause), "shutdown script")
 
     def on_enter_teardown(self) -> None:
         self.loop.cancel("cycle")
@@ -688,18 +692,27 @@ class Engine:
 
     # -- foreground scripts -----------------------------------------------------------------
 
-    def _run_in_turn(self, paths: list[str], timeout: float, after_each, after_all) -> None:
+    def _run_in_turn(self, paths: list[str], timeout: float, after_each, after_all, what: str = "") -> None:
         """Run paths one at a time in the foreground; ``after_each(path, status)`` (status
-        None: timed out and killed) returns False to stop there, without ``after_all``."""
+        None: timed out and killed) returns False to stop there, without ``after_all``.
+        ``what`` ("start-up script"): each is logged as it starts, and when it succeeds with
+        its duration, as my_init's "Running /etc/my_init.d/..." lines."""
         self.in_turn = list(paths)
+
+        def done(path: str, _name: str, status: int | None, duration: float, *_) -> None:
+            if what and status == 0:
+                log.info(f"{what} {path} finished in {duration:.2f}s")
+            if after_each(path, status):
+                next_one()
 
         def next_one() -> None:
             if not self.in_turn:
                 after_all()
                 return
             path = self.in_turn.pop(0)
-            self._run_script(path, timeout, lambda _name, status, *_: after_each(path, status) and next_one(),
-                             self.environ)
+            if what:
+                log.info(f"running {what} {path}")
+            self._run_script(path, timeout, partial(done, path), self.environ)
 
         next_one()
 
@@ -820,7 +833,9 @@ class Engine:
         pid = self.service.pid if self.service else None
         running = f"running {self.script.name} (killed at {when.get('script')} if still running)" if self.script else ""
         phrases = {
-            "startup_scripts": running, "env_resume": running, "pre_shutdown": running, "post_shutdown": running,
+            "startup_scripts": running, "env_resume": running, "post_shutdown": running,
+            "pre_shutdown": running or (f"waiting for the interrupted script's session to end (SIGKILL at "
+                                        f"{when['stop-kill']})" if "stop-kill" in when else ""),
             "stop_daemons": "stopping the /etc/service daemons one by one, in reverse order",
             "delay": f"the start goes on at {when.get('state')}",
             "idle": f"the config is read again at {when.get('state')}",

@@ -4,10 +4,17 @@
     setuser [--group GROUP] [--executable PATH] USER -- COMMAND [ARGS...]
 
 USER is a name or a numeric uid; either way it must be in the passwd database.
-setuser sets the supplementary groups (initgroups), then the gid, then the uid, sets
-HOME, USER, LOGNAME and UID to the user's (the rest of the environment is kept), sets
-no_new_privs so that neither the command nor anything it runs can gain privileges
-(set-uid binaries, file capabilities), and execs COMMAND (searched on PATH).
+setuser sets no_new_privs so that neither the command nor anything it runs can gain
+privileges (set-uid binaries, file capabilities), sets the supplementary groups
+(initgroups), then the gid, then the uid, sets HOME, USER, LOGNAME and UID to the user's
+(the rest of the environment is kept), and execs COMMAND (searched on PATH).  Everything
+it imports is imported while it is still root: fsm-init may be installed where USER
+cannot read (a virtualenv under /root).
+
+Signal dispositions: setuser is a wrapper, so what it inherited is passed on (`nohup
+setuser USER CMD` keeps SIGHUP ignored); only SIGPIPE and SIGXFSZ, which CPython itself
+ignores at start-up, are put back to the default.  fsm-init starts every child with all
+dispositions at the default, so under fsm-init the command starts clean.
 ``--group`` makes GROUP the primary group instead of the user's own (``workuser``
 "user:group"); ``--executable`` execs PATH with COMMAND as argv (fsm-init's DoNothing).
 
@@ -19,6 +26,7 @@ It runs before every Periodic script when ``workuser`` is set, so it imports the
 standard library and python-prctl only: no typing, no other fsm_init module.
 """
 
+import _signal  # the C module: signal.py costs an enum import
 import errno
 import os
 import sys
@@ -150,7 +158,9 @@ def become(identity: Identity) -> None:
 
 def set_no_new_privs() -> None:
     """no_new_privs (irreversible, inherited by every descendant): execve never grants
-    privileges again, whatever set-uid bit or file capability the program has."""
+    privileges again, whatever set-uid bit or file capability the program has.  Set
+    before the identity changes (it does not restrict setuid, only execve): python-prctl
+    or ctypes is imported while setuser can still read wherever it was installed."""
     try:
         import prctl
     except ImportError:
@@ -175,8 +185,6 @@ def execute(command: list[str], env: dict, executable: str | None = None) -> Non
 
     PATH is searched as a shell does: a directory the user cannot search is skipped, so
     a missing command is 127 even when PATH holds root's private directories."""
-    import _signal  # the C module: signal.py costs an enum import
-
     for name in ("SIGPIPE", "SIGXFSZ"):
         if hasattr(_signal, name):
             _signal.signal(getattr(_signal, name), _signal.SIG_DFL)
@@ -209,8 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         request = parse(args)
         identity = resolve(request.user, request.group)
-        become(identity)
         set_no_new_privs()
+        become(identity)
         execute(request.command, environment(os.environ, identity), request.executable)
     except Failure as e:
         sys.stderr.write(f"setuser: {e}\n")

@@ -12,15 +12,11 @@ import signal
 import time
 from collections import namedtuple
 
-# Dispositions fsm-init changes for itself; a child must start with the defaults.
-# SIGPIPE is ignored by CPython at start-up, TTIN/TTOU by fsm-init so that it can
-# hand the terminal to a child without being stopped.
-RESET_IN_CHILD = (
-    signal.SIGPIPE, signal.SIGTTIN, signal.SIGTTOU, signal.SIGXFSZ,
-    signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2,
-    signal.SIGQUIT, signal.SIGWINCH, signal.SIGCONT, signal.SIGCHLD,
-)
-
+# Every signal a child must start with at its default disposition: all of them.  A
+# disposition fsm-init set (SIGPIPE ignored by CPython, TTIN/TTOU by fsm-init, its
+# handlers) or inherited (an ignored SIGHUP under nohup, whatever a launcher ignored)
+# must not reach the service: exec keeps an ignored signal ignored.
+RESET_IN_CHILD = tuple(sorted(signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP}))
 
 # collections.namedtuple, not typing.NamedTuple: the thin reaper does not import typing.
 ProcInfo = namedtuple("ProcInfo", "pid ppid pgid sid state")
@@ -80,37 +76,23 @@ class System:
 
     def spawn(self, argv: list[str], env: dict[str, str], executable: str | None = None,
               tty_fd: int | None = None, stdout: int | None = None, stderr: int | None = None,
-              cwd: str | None = None) -> int:
+              cwd: str | None = None, stdin: int | None = None) -> int:
         """Start argv in a new session (or, given a terminal, a new foreground process group),
-        in the directory cwd when given (a relative program path is then taken from there).
+        in the directory cwd when given (a relative program path is then taken from there),
+        with every signal at its default disposition and none blocked.
 
         posix_spawn, not fork: a child must not inherit PID 1's Python state, and the
         kernel reports exec failures (ENOENT, EACCES) straight to the caller.
         """
         program = executable or argv[0]
-        spawn = os.posix_spawn if "/" in program else os.posix_spawnp
-        kwargs: dict = {"setsigmask": (), "setsigdef": RESET_IN_CHILD}
-        actions = [(os.POSIX_SPAWN_DUP2, fd, target) for fd, target in ((stdout, 1), (stderr, 2)) if fd is not None]
-        if actions:
-            kwargs["file_actions"] = actions
-        if tty_fd is None:
-            kwargs["setsid"] = True
+        dups = [(fd, target) for fd, target in ((stdin, 0), (stdout, 1), (stderr, 2)) if fd is not None]
+        global _libc_spawn
+        if _libc_spawn is None:
+            _libc_spawn = _LibcSpawn.load()
+        if _libc_spawn:
+            pid = _libc_spawn(program, argv, env, dups, tty_fd is None, cwd)
         else:
-            kwargs["setpgroup"] = 0
-        if cwd is None:
-            pid = spawn(program, argv, env, **kwargs)
-        else:
-            # os.posix_spawn offers no chdir file action (glibc's addchdir_np is not exposed),
-            # so fsm-init steps into cwd around the call and back: the child inherits cwd,
-            # and PID 1 is single-threaded, so no other code ever runs in the detour.
-            # O_PATH: fsm-init may stand in a directory it may enter but not read (non-root).
-            here = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                os.chdir(cwd)
-                pid = spawn(program, argv, env, **kwargs)
-            finally:
-                os.fchdir(here)
-                os.close(here)
+            pid = _os_spawn(program, argv, env, dups, tty_fd is None, cwd)
         if tty_fd is not None:
             self.give_terminal(tty_fd, pid)
         return pid
@@ -180,7 +162,8 @@ class System:
             os.execve(executable or argv[0], argv, env)
         except OSError:
             for sig, handler in saved.items():
-                signal.signal(sig, handler)
+                if handler is not None:  # None: a handler not set from Python (left at the default)
+                    signal.signal(sig, handler)
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             raise
 
@@ -189,18 +172,69 @@ class System:
 
         It blocks the event loop for the milliseconds these take; a signal arriving
         meanwhile waits in the wake-up pipe.  Secrets go through ``input``, never argv.
-        Returns (status, stdout, stderr); 127 when the program does not exist.
+        Spawned like every other child (a session of its own, a clean signal state), with
+        fsm-init's environment.  Returns (status, stdout, stderr); 127 when the program
+        does not exist, 124 when it ran out of time (it is killed).
         """
-        import subprocess
+        import selectors
 
+        pipes = [os.pipe2(os.O_CLOEXEC) for _ in range(3 if input is not None else 2)]
+        out, err = pipes[0], pipes[1]
         try:
-            done = subprocess.run(argv, input=input, capture_output=True, timeout=timeout,
-                                  restore_signals=True, start_new_session=True)
-        except FileNotFoundError as e:
-            return 127, "", str(e)
-        except subprocess.TimeoutExpired:
+            pid = self.spawn(argv, dict(os.environ), stdout=out[1], stderr=err[1],
+                             stdin=pipes[2][0] if input is not None else None)
+        except OSError as e:
+            for r, w in pipes:
+                os.close(r)
+                os.close(w)
+            if e.errno == errno.ENOENT:
+                return 127, "", str(e)
+            raise
+        # The child's ends: out's and err's write ends, stdin's read end.
+        for fd in (out[1], err[1], *(pipes[2][:1] if input is not None else ())):
+            os.close(fd)
+        chunks: dict[int, list[bytes]] = {out[0]: [], err[0]: []}
+        pending = memoryview(input or b"")
+        end = time.monotonic() + timeout
+        with selectors.DefaultSelector() as selector:
+            for fd in chunks:
+                selector.register(fd, selectors.EVENT_READ)
+            if input is not None:
+                os.set_blocking(pipes[2][1], False)
+                selector.register(pipes[2][1], selectors.EVENT_WRITE)
+            timed_out = False
+            while selector.get_map():
+                left = end - time.monotonic()
+                if left <= 0:
+                    timed_out = True
+                    break
+                for key, _ in selector.select(left):
+                    fd = key.fd
+                    if fd in chunks:
+                        data = os.read(fd, 65536)
+                        if data:
+                            chunks[fd].append(data)
+                            continue
+                    elif pending:
+                        try:
+                            pending = pending[os.write(fd, pending):]
+                        except BrokenPipeError:
+                            pending = pending[:0]
+                        except BlockingIOError:
+                            continue
+                        if pending:
+                            continue
+                    selector.unregister(fd)
+                    os.close(fd)
+            for key in list(selector.get_map().values()):
+                os.close(key.fd)
+        if timed_out:
+            self.kill(pid, signal.SIGKILL)
+        _, status = os.waitpid(pid, 0)
+        if timed_out:
             return 124, "", f"{argv[0]} timed out after {timeout:g}s"
-        return done.returncode, done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace")
+        return (os.waitstatus_to_exitcode(status), b"".join(chunks[out[0]]).decode(errors="replace"),
+                b"".join(chunks[err[0]]).decode(errors="replace"))
 
     def interfaces(self) -> list[str]:
         """The network interfaces of fsm-init's network namespace (netifaces: getifaddrs)."""
@@ -419,6 +453,131 @@ def _inotify_call(name: str, *args) -> int:
         code = ctypes.get_errno()
         raise OSError(code, os.strerror(code))
     return result
+def _os_spawn(program: str, argv: list[str], env: dict[str, str], dups, setsid: bool, cwd: str | None) -> int:
+    """os.posix_spawn: the fall-back where libc cannot be called directly.  It cannot reset
+    glibc's two internal signals (32 and 33; its posix_spawn leaves them ignored)."""
+    spawn = os.posix_spawn if "/" in program else os.posix_spawnp
+    kwargs: dict = {"setsigmask": (), "setsigdef": RESET_IN_CHILD}
+    if dups:
+        kwargs["file_actions"] = [(os.POSIX_SPAWN_DUP2, fd, target) for fd, target in dups]
+    kwargs["setsid" if setsid else "setpgroup"] = True if setsid else 0
+    if cwd is None:
+        return spawn(program, argv, env, **kwargs)
+    # os.posix_spawn offers no chdir file action, so fsm-init steps into cwd around the
+    # call and back: the child inherits cwd, and PID 1 is single-threaded, so no other code
+    # ever runs in the detour.  O_PATH: fsm-init may stand in a directory it may enter but
+    # not read (non-root).
+    here = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.chdir(cwd)
+        return spawn(program, argv, env, **kwargs)
+    finally:
+        os.fchdir(here)
+        os.close(here)
+
+
+class _LibcSpawn:
+    """posix_spawn called in libc itself, through ctypes.
+
+    os.posix_spawn builds its set of signals to reset with sigaddset, which refuses
+    glibc's internal signals 32 and 33, and glibc's posix_spawn then sets those two to
+    SIG_IGN in the child: every child would start with them ignored (exec keeps an
+    ignored disposition), and programs on musl or Go see them as ordinary real-time
+    signals.  Here the set is written bit by bit: all of signals 1-64 go back to the
+    default, whatever fsm-init itself inherited.  posix_spawn_file_actions_addchdir_np
+    (glibc 2.29, musl 1.1.24) also spares the chdir detour.
+    """
+
+    SETPGROUP, SETSIGDEF, SETSIGMASK, SETSID = 0x02, 0x04, 0x08, 0x80
+    OPAQUE = 1024  # bytes for posix_spawnattr_t / posix_spawn_file_actions_t (glibc: 336 / 80)
+
+    def __init__(self, ctypes, libc) -> None:
+        self.ctypes, self.libc = ctypes, libc
+        p, cp = ctypes.c_void_p, ctypes.c_char_p
+        for name, args in (("posix_spawnattr_init", [p]), ("posix_spawnattr_setflags", [p, ctypes.c_short]),
+                           ("posix_spawnattr_setsigdefault", [p, p]), ("posix_spawnattr_setsigmask", [p, p]),
+                           ("posix_spawnattr_setpgroup", [p, ctypes.c_int]),
+                           ("posix_spawn_file_actions_init", [p]), ("posix_spawn_file_actions_destroy", [p]),
+                           ("posix_spawn_file_actions_adddup2", [p, ctypes.c_int, ctypes.c_int]),
+                           ("posix_spawn_file_actions_addchdir_np", [p, cp]),
+                           ("posix_spawn", [p, cp, p, p, p, p]), ("posix_spawnp", [p, cp, p, p, p, p])):
+            function = getattr(libc, name)
+            function.argtypes, function.restype = args, ctypes.c_int
+        # sigset_t is 1024 bits on Linux (glibc and musl); bits 0-63 are signals 1-64.
+        every_signal = (ctypes.c_ubyte * 128)(*([0xFF] * 8))
+        no_signal = (ctypes.c_ubyte * 128)()
+        # The two sets of attributes (a new session; a new foreground process group), made
+        # once: posix_spawn only reads them.
+        self.attrs = {}
+        for setsid in (True, False):
+            attr = ctypes.create_string_buffer(self.OPAQUE)
+            _check(libc.posix_spawnattr_init(attr))
+            _check(libc.posix_spawnattr_setflags(
+                attr, self.SETSIGDEF | self.SETSIGMASK | (self.SETSID if setsid else self.SETPGROUP)))
+            _check(libc.posix_spawnattr_setsigdefault(attr, every_signal))
+            _check(libc.posix_spawnattr_setsigmask(attr, no_signal))
+            if not setsid:
+                _check(libc.posix_spawnattr_setpgroup(attr, 0))
+            self.attrs[setsid] = attr
+
+    @classmethod
+    def load(cls):
+        """The spawner, or False where libc cannot be called (no ctypes, a libc without
+        the functions): os.posix_spawn is used then."""
+        try:
+            import ctypes
+
+            return cls(ctypes, ctypes.CDLL(None, use_errno=True))
+        except (ImportError, OSError, AttributeError):
+            return False
+
+    def __call__(self, program: str, argv: list[str], env: dict[str, str], dups, setsid: bool,
+                 cwd: str | None) -> int:
+        ctypes, libc = self.ctypes, self.libc
+        args = [_c_string(a, "an argument") for a in argv]
+        if not args or not args[0]:
+            raise ValueError("argv first element cannot be empty")
+        environ = []
+        for name, value in env.items():
+            entry = _c_string(f"{name}={value}", "an environment variable")
+            if not name or "=" in name:
+                raise ValueError(f"illegal environment variable name {name!r}")
+            environ.append(entry)
+        c_argv = (ctypes.c_char_p * (len(args) + 1))(*args, None)
+        c_env = (ctypes.c_char_p * (len(environ) + 1))(*environ, None)
+        pid = ctypes.c_int()
+        spawn = libc.posix_spawn if "/" in program else libc.posix_spawnp
+        actions = None
+        if dups or cwd is not None:
+            actions = ctypes.create_string_buffer(self.OPAQUE)
+            _check(libc.posix_spawn_file_actions_init(actions))
+        try:
+            for fd, target in dups:
+                _check(libc.posix_spawn_file_actions_adddup2(actions, fd, target))
+            if cwd is not None:
+                _check(libc.posix_spawn_file_actions_addchdir_np(actions, os.fsencode(cwd)))
+            error = spawn(ctypes.byref(pid), os.fsencode(program), actions, self.attrs[setsid], c_argv, c_env)
+        finally:
+            if actions is not None:
+                libc.posix_spawn_file_actions_destroy(actions)
+        if error:
+            raise OSError(error, os.strerror(error), program)
+        return pid.value
+
+
+_libc_spawn: "_LibcSpawn | bool | None" = None  # loaded at the first spawn: the thin reaper never spawns
+
+
+def _c_string(text: str, what: str) -> bytes:
+    data = os.fsencode(text)
+    if b"\0" in data:
+        raise ValueError(f"{what} contains a NUL byte: {text!r}")
+    return data
+
+
+def _check(error: int) -> None:
+    if error:
+        raise OSError(error, os.strerror(error))
 
 
 class Unavailable(Exception):

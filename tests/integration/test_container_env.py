@@ -83,6 +83,29 @@ def test_a_value_with_quotes_dollars_backslashes_and_newlines_round_trips(sandbo
     assert again.read_text() == VALUE
 
 
+def test_names_a_shell_cannot_hold_are_written_with_underscores_as_my_init_does(sandbox):
+    """DASH-NAME → DASH_NAME, my.prop.x → my_prop_x (my_init's sanitize_shenvname); the
+    variable keeps its own name in the directory, the .json and the environment; a name
+    starting with a digit is left out of the .sh (my_init writes it and the file stops
+    there)."""
+    directory = sandbox.root / "container_environment"
+    directory.mkdir()
+    for name, value in {"DASH-NAME": "dash", "my.prop.x": "dots", "spring.profiles.active": "prod",
+                        "9LIVES": "cat", "ZLAST": "last"}.items():
+        (directory / name).write_text(value)
+    out = sandbox.root / "seen"
+    run = sandbox.start(*print_var("ZLAST", out))
+    assert run.wait() == 0, run.log
+    sh_file = sandbox.root / "container_environment.sh"
+    assert sourced(sh_file, "DASH_NAME") == "dash"
+    assert sourced(sh_file, "my_prop_x") == "dots"
+    assert sourced(sh_file, "spring_profiles_active") == "prod"
+    assert sourced(sh_file, "ZLAST") == "last"  # sourcing went through to the end
+    assert "9LIVES" not in sh_file.read_text()
+    assert json.loads((sandbox.root / "container_environment.json").read_text())["my.prop.x"] == "dots"
+    assert (directory / "DASH-NAME").read_text() == "dash"
+
+
 def test_set_variables_win_and_fsm_inits_environment_is_dumped_except_the_users(sandbox):
     directory = sandbox.root / "container_environment"
     directory.mkdir()

@@ -56,6 +56,15 @@ def test_non_daemon_exit_status_is_fsm_inits_and_status_shows_the_service(sandbo
     assert "exiting with status 3" in run.log
 
 
+def test_a_workstart_array_is_the_exact_argv_empty_arguments_included(sandbox):
+    d = sandbox.service("app", {"initdelay": 0, "workstart": ["./args.sh", "", "a b", ""]},
+                        args__sh='printf "[%s]" "$@" > argv\n')
+    run = sandbox.start(SRVNAME="app")
+    assert run.wait() == 0, run.log
+    assert (d / "argv").read_text() == "[][a b][]"
+    assert "is not a command string" not in run.log
+
+
 def test_non_daemon_service_killed_by_a_signal_gives_128_plus_n(sandbox):
     sandbox.service("app", {"initdelay": 0, "workstart": "./run.sh"}, run__sh="kill -9 $$\n")
     run = sandbox.start(SRVNAME="app")

@@ -90,6 +90,58 @@ def test_a_startup_script_past_its_time_out_is_killed_and_the_start_up_stops(san
     assert "start-up script /etc/my_init.d/10-hangs timed out after 0.5s and was killed" in run.log
 
 
+def test_each_startup_script_is_logged_as_it_runs_with_its_duration(sandbox):
+    sandbox.etc("my_init.d/10-quick", "exit 0\n")
+    sandbox.etc("my_init.d/20-slower", "sleep 0.3\n")
+    sandbox.etc("rc.local", "exit 0\n")
+    run = sandbox.start("--", "true")
+    assert run.wait() == 0, run.log
+    found = re.findall(r"(running start-up script \S+|start-up script \S+ finished in ([\d.]+)s)", run.log)
+    assert [text.split(" finished")[0] for text, _ in found] == [
+        "running start-up script /etc/my_init.d/10-quick", "start-up script /etc/my_init.d/10-quick",
+        "running start-up script /etc/my_init.d/20-slower", "start-up script /etc/my_init.d/20-slower",
+        "running start-up script /etc/rc.local", "start-up script /etc/rc.local"], run.log
+    assert float(found[3][1]) >= 0.3, run.log
+
+
+@pytest.mark.parametrize("grace_variable", ["FSM_INIT_STOP_GRACE", "KILL_PROCESS_TIMEOUT"])
+def test_sigterm_during_a_startup_script_gives_it_one_term_and_the_stop_grace(sandbox, grace_variable):
+    """As my_init: one SIGTERM, then the grace for the script and what its handler
+    starts; before, the leftover sweep sent it a second TERM a few ms later and killed
+    the handler's child as a leftover."""
+    terms, ready, order = sandbox.root / "terms", sandbox.root / "ready", sandbox.root / "order"
+    child = sandbox.root / "child.sh"
+    child.write_text(f"#!/bin/sh\ntrap 'echo child-TERM >> {terms}' TERM\nsleep 0.6\necho child-done >> {terms}\n")
+    child.chmod(0o755)
+    sandbox.etc("my_init.d/10-term", f"trap 'echo TERM >> {terms}; {child} & wait $!; echo handler-done >> {terms}; "
+                                     f"exit 0' TERM\ntouch {ready}\nwhile :; do sleep 0.05; done\n")
+    sandbox.etc("my_init.d/20-never", appender(order, "20"))
+    sandbox.etc("my_init.pre_shutdown.d/10-pre", f'cat {terms} | tr "\\n" " " >> {order}; echo >> {order}\n')
+    run = sandbox.start("--", "sh", "-c", appender(order, "service"), **{grace_variable: "5"})
+    wait_for(ready.exists, what="the start-up script")
+    run.signal(signal.SIGTERM)
+    assert run.wait(15) == 0, run.log
+    assert lines(terms) == ["TERM", "child-done", "handler-done"], run.log
+    # The shutdown scripts ran once the script was done, and nothing after it started.
+    assert lines(order) == ["TERM child-done handler-done "], run.log
+    assert "running start-up script /etc/my_init.d/20-never" not in run.log
+
+
+def test_a_startup_script_ignoring_sigterm_is_killed_after_the_stop_grace(sandbox):
+    ready = sandbox.root / "ready"
+    sandbox.etc("my_init.d/10-deaf", f"trap '' TERM\ntouch {ready}\nwhile :; do sleep 0.05; done\n")
+    run = sandbox.start("--", "true", KILL_PROCESS_TIMEOUT="1")
+    wait_for(ready.exists, what="the start-up script")
+    run.signal(signal.SIGTERM)
+    started = time.monotonic()
+    run.wait_state("pre_shutdown")
+    why = run.srvctl("why").stdout
+    assert re.search(r"pre_shutdown: .*waiting for the interrupted script's session to end \(SIGKILL at \d\d:", why), why
+    run.wait(15)
+    assert time.monotonic() - started >= 0.9, run.log
+    assert "10-deaf's session outlived the grace time: sent SIGKILL" in run.log, run.log
+
+
 def test_env_init_directory_moves_the_startup_scripts_and_skip_startup_files_runs_none(sandbox):
     order = sandbox.root / "order"
     moved = sandbox.root / "init.d"

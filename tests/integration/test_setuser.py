@@ -8,6 +8,7 @@ import grp
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from fsm_init import start
+from fsm_init.system import System
 from tests.conftest import ROOT, Sandbox, needs_pid_namespace, wait_for
 
 SETUSER = [sys.executable, "-P", "-m", "fsm_init.setuser"]
@@ -123,9 +125,75 @@ def test_set_uid_binary_gives_no_privilege(shared_dir):
     assert (result.returncode, result.stdout.strip()) == (0, str(NOBODY.pw_uid)), result.stderr
 
 
+def clean_status_of(*args, launcher=()) -> dict:
+    """Like status_of, with setuser started the way fsm-init starts a child (every signal
+    at its default, none blocked), whatever state this test run inherited (nohup, a
+    background job)."""
+    read, write = os.pipe2(os.O_CLOEXEC)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    try:
+        pid = System().spawn([*launcher, *SETUSER, *args, "cat", "/proc/self/status"], env, stdout=write)
+    finally:
+        os.close(write)
+    with os.fdopen(read) as pipe:
+        text = pipe.read()
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0, text
+    return dict(line.split(":\t", 1) for line in text.splitlines() if ":\t" in line)
+
+
 def test_signal_dispositions_are_the_defaults():
     # CPython ignores SIGPIPE and SIGXFSZ; an ignored signal would survive the exec.
-    assert int(status_of("nobody")["SigIgn"], 16) == 0
+    status = clean_status_of("nobody")
+    assert int(status["SigIgn"], 16) == 0 and int(status["SigBlk"], 16) == 0
+
+
+def test_inherited_dispositions_are_kept():
+    """setuser is a wrapper: `nohup setuser USER CMD` keeps SIGHUP ignored for CMD."""
+    status = clean_status_of("nobody", launcher=("env", "--ignore-signal=HUP,USR2"))
+    assert int(status["SigIgn"], 16) == (1 << (signal.SIGHUP - 1)) | (1 << (signal.SIGUSR2 - 1))
+
+
+@pytest.fixture
+def unreadable_install():
+    """(python argv, dir): fsm-init and its interpreter's standard library where nobody
+    cannot read, as in a virtualenv or a Python under /root: a 0700 root directory holds
+    a copy of the package and, through a symlink, the standard library (PYTHONHOME)."""
+    top = Path(tempfile.mkdtemp(prefix="setuser-private-"))
+    top.chmod(0o700)
+    shutil.copytree(ROOT / "fsm_init", top / "fsm_init", ignore=shutil.ignore_patterns("__pycache__"))
+    stdlib = Path(os.__file__).parent
+    (top / "prefix" / "lib").mkdir(parents=True)
+    (top / "prefix" / "lib" / stdlib.name).symlink_to(stdlib)
+    python = os.path.realpath(sys.executable)
+    code = f"import sys; sys.path.insert(0, {str(top)!r}); from fsm_init.setuser import main; sys.exit(main())"
+    yield [python, "-S", "-c", code], top
+    shutil.rmtree(top, ignore_errors=True)
+
+
+@pytest.mark.skipif(not shutil.which("setpriv"), reason="needs setpriv")
+@pytest.mark.parametrize("prctl", ["python-prctl", "ctypes"])
+def test_installed_where_the_user_cannot_read(unreadable_install, prctl):
+    """Everything setuser needs is imported while it is root (before: ModuleNotFoundError
+    for ctypes once it was nobody).  With python-prctl installed beside it, and without
+    (the ctypes fall-back)."""
+    argv, top = unreadable_install
+    if prctl == "python-prctl":
+        import importlib.util
+
+        spec = importlib.util.find_spec("prctl")
+        if spec is None:
+            pytest.skip("python-prctl is not installed")
+        for path in Path(spec.origin).parent.glob("*prctl*"):
+            if path.is_file():
+                shutil.copy2(path, top)
+    env = {"PATH": os.environ["PATH"], "PYTHONHOME": str(top / "prefix")}
+    denied = subprocess.run(["setpriv", "--reuid", str(NOBODY.pw_uid), "--regid", str(NOBODY.pw_gid), "--clear-groups",
+                             "cat", str(top / "fsm_init" / "setuser.py")], capture_output=True, text=True)
+    assert denied.returncode != 0, "the copy must be unreadable for nobody"
+    result = subprocess.run([*argv, "nobody", "sh", "-c", "id -u; grep NoNewPrivs /proc/self/status"],
+                            env=env, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [str(NOBODY.pw_uid), "NoNewPrivs:", "1"]
 
 
 def test_exec_keeps_the_pid_and_the_status():
@@ -232,6 +300,24 @@ def test_workuser_runs_the_service_and_periodic_scripts_as_nobody(open_sandbox):
     assert [(c["name"], c["exit"]) for c in status["checks"]] == [("PeriodicST-ok", 0)], status["checks"]
     assert Path(f"/proc/{run.pid1}/status").read_text().count("Uid:\t0\t0\t0\t0") == 1  # fsm-init stays root
     assert "as nobody" in run.log
+
+
+@needs_pid_namespace
+@needs_engine_hook
+def test_workuser_children_start_with_a_clean_signal_state(open_sandbox):
+    """Through setuser's exec: fsm-init (started with every signal it could inherit
+    ignored and blocked) gives setuser a clean state, and setuser passes it on."""
+    box, out = open_sandbox
+    dump = "cat /proc/self/status > {out}/{name}.tmp && mv {out}/{name}.tmp {out}/{name}\n"
+    box.service("svc", {"initdelay": 0, "workstart": "./run", "workwatch": 1, "workintvl": 1, "workuser": "nobody"},
+                run=dump.format(out=out, name="service") + "exec sleep 1000\n",
+                PeriodicST_ok=dump.format(out=out, name="check"))
+    run = box.start(SRVNAME="svc", launcher=("env", "--ignore-signal", "--block-signal"))
+    for name in ("service", "check"):
+        text = wait_for(lambda: (out / name).exists() and (out / name).read_text(), what=f"{name}\n{run.log}")
+        fields = dict(line.split(":\t", 1) for line in text.splitlines() if ":\t" in line)
+        assert fields["Uid"].split()[0] == str(NOBODY.pw_uid)
+        assert (int(fields["SigIgn"], 16), int(fields["SigBlk"], 16)) == (0, 0), (name, fields["SigIgn"])
 
 
 @needs_pid_namespace

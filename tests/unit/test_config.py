@@ -55,6 +55,8 @@ def test_defaults_are_fresh_copies():
     ("workwatch", None, None),
     ("workstart", "./run.sh --port 80", "./run.sh --port 80"),
     ("workstart", ["./run.sh", "a b"], ["./run.sh", "a b"]),
+    ("workstart", ["printf", "%s|", ""], ["printf", "%s|", ""]),  # an empty argument is an argument
+    ("workstart", ["./run", "", " "], ["./run", "", " "]),
 ])
 def test_valid_top_level_values(key, raw, value):
     effective, problems, _ = validate({key: raw})
@@ -69,7 +71,9 @@ def test_valid_top_level_values(key, raw, value):
     ("workintvl", 0, "at least 1"), ("workintvl", "-3", "at least 1"), ("workintvl", False, "boolean"),
     ("worktimeout", 0, "at least 1"), ("worktimeout", "soon", "not an integer"),
     ("workstart", "", "command"), ("workstart", "   ", "command"), ("workstart", [], "command"),
-    ("workstart", ["./run", ""], "command"), ("workstart", ["./run", 1], "command"), ("workstart", 7, "command"),
+    ("workstart", ["", "./run"], "first element (the program) is not empty"), ("workstart", [""], "command"),
+    ("workstart", ["./run", 1], "command"), ("workstart", 7, "command"),
+    ("workstart", ["./run", "a\0b"], "NUL byte"), ("workstart", "./run a\0b", "NUL byte"),
 ])
 def test_invalid_top_level_values_take_the_default(key, raw, reason):
     effective, problems, _ = validate({key: raw})

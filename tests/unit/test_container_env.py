@@ -72,9 +72,19 @@ def test_names_and_quoting():
     assert ce.valid_name("FOO_1") and ce.valid_name("my.prop") and ce.valid_name("a-b")
     for bad in ("", ".hidden", "A=B", "a b", "a/b", "nul\x00"):
         assert not ce.valid_name(bad)
-    assert ce.shell_name("my.prop-x") == "mypropx"
-    assert ce.shell_name("1ABC") is None and ce.shell_name("...") is None
+    # my_init's rule: each character a shell name cannot hold becomes _.
+    assert ce.shell_name("my.prop-x") == "my_prop_x"
+    assert ce.shell_name("DASH-NAME") == "DASH_NAME" and ce.shell_name("spring.profiles.active") == \
+        "spring_profiles_active"
+    assert ce.shell_name("...") == "___" and ce.shell_name("café") == "caf_" and ce.shell_name("_1") == "_1"
+    assert ce.shell_name("1ABC") is None and ce.shell_name("9-x") is None  # no shell takes these
     assert ce.shell_quote("it's") == "'it'\\''s'"
+
+
+def test_sh_names_are_sanitised_and_a_real_name_wins_over_a_renamed_one():
+    text = ce.render_sh({"my.prop.x": "renamed", "DASH-NAME": "d", "A-B": "renamed", "A_B": "real",
+                         "1X": "skipped"}).decode()
+    assert text.splitlines() == ["export A_B='real'", "export DASH_NAME='d'", "export my_prop_x='renamed'"]
 
 
 # -- export ------------------------------------------------------------------------------
@@ -90,7 +100,7 @@ def test_export_writes_directory_sh_json_with_group_and_modes(fs):
     for name in ce.NOT_DUMPED:
         assert f"{D}/{name}" not in fs.files
     sh = fs.files["/etc/container_environment.sh"].decode()
-    assert sh == "export A='1'\nexport Q='it'\\''s \"quoted\"'\nexport myprop='p'\n"
+    assert sh == "export A='1'\nexport Q='it'\\''s \"quoted\"'\nexport my_prop='p'\n"
     assert json.loads(fs.files["/etc/container_environment.json"]) == {"A": "1", "Q": "it's \"quoted\"", "my.prop": "p"}
     for path in (f"{D}/A", "/etc/container_environment.sh", "/etc/container_environment.json"):
         assert fs.modes[path] == 0o640 and fs.groups[path] == 8377

@@ -100,8 +100,9 @@ def assert_effective(cfg: dict) -> None:
     assert cfg["workwatch"] is None or count(cfg["workwatch"], 0)
     assert cfg["worktimeout"] is None or count(cfg["worktimeout"], 1)
     workstart = cfg["workstart"]
-    assert workstart is None or (isinstance(workstart, str) and workstart.strip()) or (
-        isinstance(workstart, list) and workstart and all(isinstance(a, str) and a for a in workstart))
+    assert workstart is None or (isinstance(workstart, str) and workstart.strip() and "\0" not in workstart) or (
+        isinstance(workstart, list) and workstart and workstart[0]  # only the program must not be empty
+        and all(isinstance(a, str) and "\0" not in a for a in workstart))
     firewall, ssh, dial = cfg["firewall"], cfg["sshsrv"], cfg["inetdail"]
     assert isinstance(firewall, dict) and isinstance(ssh, dict) and isinstance(dial, dict)
     for key in ("enable", "icmppermit", "igmppermit", "grepermit", "esppermit", "ahpermit"):

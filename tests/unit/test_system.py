@@ -70,3 +70,45 @@ def test_a_deadline_a_month_away_is_waited_for_a_day_at_a_time():
     finally:
         close_loop(loop)
     assert waits == [MAX_WAIT] and MAX_WAIT <= 86400
+
+
+def test_run_passes_input_and_returns_status_stdout_and_stderr():
+    status, out, err = System().run(["sh", "-c", "cat; echo oops >&2; exit 3"], input=b"x" * 300000)
+    assert (status, len(out), err) == (3, 300000, "oops\n")
+
+
+def test_run_reports_a_missing_program_as_127_and_a_time_out_as_124():
+    assert System().run(["no-such-program-anywhere"])[0] == 127
+    status, _, err = System().run(["sleep", "10"], timeout=0.2)
+    assert (status, err) == (124, "sleep timed out after 0.2s")
+
+
+def test_spawned_children_start_with_every_signal_at_its_default():
+    """Even with this process ignoring and blocking signals (glibc's posix_spawn would
+    leave its internal 32 and 33 ignored: the spawn sets every bit itself)."""
+    saved = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGALRM, signal.SIGTTOU, 40)}
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1, 41])
+    try:
+        status, out, _ = System().run(["grep", "-E", "^Sig(Ign|Blk)", "/proc/self/status"])
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+    assert (status, out) == (0, "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n")
+
+
+def test_the_os_posix_spawn_fall_back_still_runs_in_the_directory_with_the_redirections(tmp_path):
+    """Where libc cannot be called directly (no ctypes): os.posix_spawn, which resets every
+    signal but glibc's internal 32 and 33."""
+    from fsm_init import system
+
+    read, write = os.pipe2(os.O_CLOEXEC)
+    try:
+        pid = system._os_spawn("sh", ["sh", "-c", "pwd; grep ^SigBlk /proc/self/status"], dict(os.environ),
+                               [(write, 1)], True, str(tmp_path))
+    finally:
+        os.close(write)
+    with os.fdopen(read) as pipe:
+        out = pipe.read()
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+    assert out == f"{tmp_path}\nSigBlk:\t0000000000000000\n" and os.getcwd() != str(tmp_path)
