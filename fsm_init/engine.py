@@ -155,6 +155,7 @@ class Engine:
 
     def run(self) -> int:
         log.set_state(lambda: self.state)
+        log.attach(self.loop)
         self.loop.install()
         if self.system.getpid() != 1 and not self.system.set_subreaper():
             log.warn("not PID 1 and cannot become a child subreaper: orphans will not be reaped")
@@ -193,10 +194,8 @@ class Engine:
         error = sys.exc_info()[1]
         if not isinstance(error, Exception):
             raise error
-        import traceback  # only on this path: it costs PID 1's start-up 3 ms
-
         log.error(f"internal error in state {self.state}: {error!r}")
-        traceback.print_exception(error, file=sys.stderr)
+        log.exception(error)
         if self.state in STOPPABLE:
             self.fire("stop", f"internal error: {error!r}")
         elif self.state != "exited":
@@ -815,6 +814,7 @@ class Engine:
             "supporting": self.supporting(),
             "daemons": self.daemons.status(),
             "pid": self.system.getpid(),
+            "log_dropped": log.dropped(),
         }
 
     def _write_count(self, text: str) -> None:
