@@ -525,7 +525,9 @@ class Engine:
         if self.failures and self._stable_for() >= stable:
             log.info(f"the instance ran {stable}s or more: the restart back-off starts over")
             self.failures = 0
-        self._abandon_script()
+        script = self._abandon_script()
+        if script and script.output:
+            script.output.close()
         self._stop_service(signal.SIGTERM)
 
     def _stable_for(self) -> float:
@@ -562,6 +564,8 @@ class Engine:
         if script:
             log.info(f"stopping {script.name} (pid {script.pid}): SIGTERM to its session")
             Group(script.pid).signal(self.system, signal.SIGTERM)
+            if script.output:
+                script.output.close()
         self._run_shutdown_scripts(self.settings.pre_shutdown_dir)
 
     def on_enter_stopping(self) -> None:
@@ -669,7 +673,7 @@ class Engine:
                     workuser: str | None = None) -> None:
         name = watch.name(path)
         argv = start.as_user([path], workuser)
-        output = CapturedOutput(self.loop, self.system) if capture else None
+        output = CapturedOutput(self.loop, self.system, name) if capture else None
         try:
             pid = output.spawn(argv, env) if output else self.system.spawn(argv, env)
         except OSError as e:
@@ -680,7 +684,13 @@ class Engine:
         self.loop.call_later("script", timeout, self._script_timed_out)
 
     def _finish_script(self, script: Script, status: int | None) -> None:
-        words = script.output.last_words() if script.output else ""
+        words = ""
+        if script.output:
+            # A check is done when its leader exits: what it left running in its session
+            # (a background child holding its stdout, say) goes with it, passed or not, and
+            # its pipes are read once and closed, or they would pile up in PID 1.
+            words = script.output.finish()
+            Group(script.pid).signal(self.system, signal.SIGKILL)
         script.on_done(script.name, status, self.system.now() - script.started, words)
 
     def _script_timed_out(self) -> None:
