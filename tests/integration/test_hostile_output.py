@@ -28,7 +28,7 @@ from tests.conftest import AS_NOBODY, FSM_INIT, needs_nobody, needs_pid_namespac
 
 pytestmark = needs_pid_namespace
 
-RAW_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")  # \t and \n: the views' own layout
+RAW_CONTROL = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029]")  # \n: the views' own line breaks
 CHECKED = {"initdelay": 0, "workstart": "./run.sh", "workwatch": 1, "workintvl": 1}
 HOLD = "while [ ! -e release ]; do sleep 0.05; done\n"
 EVIL = r"printf '\033]0;pwned\007\033[2Kbad\nfsm-init[watch] warning: forged line\n'; exit 1" + "\n"
@@ -48,26 +48,30 @@ def status_view(sandbox, *args) -> subprocess.CompletedProcess:
 
 
 def test_a_checks_escapes_name_and_forged_line_are_escaped_in_the_log_srvctl_and_the_status_view(sandbox):
-    d = sandbox.service("app", CHECKED, run__sh=HOLD, PeriodicST_evil=EVIL)
+    d = sandbox.service("app", dict(CHECKED, workbackoff=1), run__sh=HOLD, PeriodicST_evil=EVIL)
     named = d / "PeriodicST-\x1b[31mred"  # a file name is text from the workuser too
     named.write_text("#!/bin/sh\necho fine\n")
     named.chmod(0o755)
     run = sandbox.start(SRVNAME="app")
     run.wait_log("check failed: PeriodicST-evil exited 1")
+    # Each view when it shows what the test looks for (the instance restarts every few seconds).
     why = wait_for(lambda: (lambda r: "output:" in r.stdout and r.stdout)(run.srvctl("why")),
                    what="srvctl why naming the check's output")
     history = run.srvctl("history").stdout
-    status = run.srvctl("status").stdout
-    view = status_view(sandbox, "--once")
-    as_json = json.loads(status_view(sandbox, "--json").stdout)
+    status = wait_for(lambda: (lambda r: "check:" in r.stdout and r.stdout)(run.srvctl("status")),
+                      what="srvctl status with the checks")
+    view = wait_for(lambda: (lambda r: "bad" in r.stdout and r.stdout)(status_view(sandbox, "--once")),
+                    what="fsm-init status with the failed check")
+    as_json = wait_for(lambda: (lambda j: j["checks"] and j)(json.loads(status_view(sandbox, "--json").stdout)),
+                       what="fsm-init status --json with the checks")
     log, out = run.log, run.output
     for text, what in ((log, "fsm-init's log"), (out, "the passed-through check output"), (why, "srvctl why"),
-                       (history, "srvctl history"), (status, "srvctl status"), (view.stdout, "fsm-init status")):
+                       (history, "srvctl history"), (status, "srvctl status"), (view, "fsm-init status")):
         no_raw_control(text, what)
     assert "(output: \\x1b]0;pwned\\x07\\x1b[2Kbad fsm-init[watch] warning: forged line)" in log
     assert "\\x1b]0;pwned\\x07\\x1b[2Kbad" in why and "\\x1b]0;pwned" in history
     assert "check:      PeriodicST-\\x1b[31mred: exit 0" in status
-    assert "PeriodicST-\\x1b[31mred: ok" in view.stdout and "\\x1b[2Kbad" in view.stdout
+    assert "PeriodicST-\\x1b[31mred: ok" in view and "\\x1b[2Kbad" in view
     # The forged line is passed through as the check's, never as a line of fsm-init's own.
     assert "PeriodicST-evil: fsm-init[watch] warning: forged line" in out.splitlines()
     assert not any(line.startswith("fsm-init[watch] warning: forged") for line in (log + out).splitlines())
@@ -308,5 +312,7 @@ def test_arbitrary_bytes_from_checks_syslog_and_the_config_never_reach_the_outpu
 
     example()
     assert run.proc.poll() is None and "daemon \\x1b[7mdaemon\\u2028 started" in run.log
+    no_raw_control(run.log, "fsm-init's whole log")
+    no_raw_control(run.output, "fsm-init's whole output")
     run.signal(signal.SIGTERM)
     run.wait(timeout=15)
