@@ -26,6 +26,7 @@ FINAL_READS = 4  # reads per pipe when the check ends: a leftover that keeps wri
 class CapturedOutput:
     def __init__(self, loop, system: System, name: str = "") -> None:
         self.loop, self.system = loop, system
+        self.name = name
         self.prefix = f"{log.escape(name)}: " if name else ""
         self.tail = b""
         self.readers: dict[int, int] = {}  # pipe read end -> fsm-init's own fd it passes through to
@@ -73,7 +74,16 @@ class CapturedOutput:
         out = []
         for line in lines:
             for start in range(0, max(1, len(line)), MAX_LINE):
-                out.append(f"{self.prefix}{log.escape_bytes(line[start:start + MAX_LINE])}\n")
+                piece = line[start:start + MAX_LINE]
+                if log._json:  # FSM_INIT_LOG_FORMAT=json: one object a line, as fsm-init's own
+                    import json
+                    import time
+
+                    out.append(json.dumps({"time": round(time.time(), 3), "program": self.name, "source": "check",
+                                           "stream": "stdout" if self.readers[fd] == 1 else "stderr",
+                                           "message": piece.decode("utf-8", "replace")}) + "\n")
+                else:
+                    out.append(f"{self.prefix}{log.escape_bytes(piece)}\n")
         if out:
             log.write(self.readers[fd], "".join(out).encode("utf-8", "replace"))
 

@@ -365,3 +365,17 @@ def test_the_relay_budgets_bytes_with_8_kib_datagrams(tmp_path, capfd):
         loop.selector.close()
         for fd in (out_r, out_w, loop._wake_r, loop._wake_w):
             os.close(fd)
+
+
+def test_check_output_is_json_lines_with_the_json_log_format(capfd, monkeypatch):
+    monkeypatch.setattr(log, "_json", True)
+    system = System()
+    loop = EventLoop(system, lambda s: None, lambda p, s: None)
+    captured = output.CapturedOutput(loop, system, "PeriodicST-j")
+    pid = captured.spawn(["/bin/sh", "-c", r"printf 'a\033[2K\nb'"], {"PATH": os.environ["PATH"]})
+    os.waitpid(pid, 0)
+    captured.finish()
+    lines = [json.loads(line) for line in capfd.readouterr().out.splitlines()]
+    assert [(line["program"], line["source"], line["stream"], line["message"]) for line in lines] == [
+        ("PeriodicST-j", "check", "stdout", "a\x1b[2K"), ("PeriodicST-j", "check", "stdout", "b")]
+    loop.selector.close()
