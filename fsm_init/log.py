@@ -172,7 +172,9 @@ class Outlet:
             except OSError:
                 return False
             return True
-        if len(self.buffer) + len(data) > PENDING_MAX:
+        # An empty buffer takes any one line (a long one is not dropped on a stream that
+        # keeps up); otherwise the buffer stays within PENDING_MAX.
+        if self.buffer and len(self.buffer) + len(data) > PENDING_MAX:
             lines = max(1, data.count(b"\n"))
             self.dropped += lines
             self.dropped_now += lines
