@@ -1444,3 +1444,17 @@ def test_every_transition_and_guard_outcome_was_exercised():
     report = [f"  row {i}: {source} --{trigger}--> {dest}" for i, source, trigger, dest in missing]
     report += [f"  guard {g} never seen {v}" for g, v in unseen]
     assert not report, "never exercised:\n" + "\n".join(report)
+
+
+def test_a_passing_checks_leftovers_are_killed_and_its_pipes_closed(make):
+    """Issue 11, point 8: a background child a check left (holding its stdout) goes when
+    the check ends, passed or not; the check's pipes are closed in PID 1 at once."""
+    h = in_check(make)
+    pid = script_pid(h, "PeriodicST-a")
+    output = h.engine.script.output
+    pipes = list(output.readers)
+    leftover = h.system.add_process(pid, sid=pid, pgid=pid)
+    pass_check(h)
+    assert h.state == "watch" and h.engine.last_checks[0].passed
+    assert signal.SIGKILL in h.system.signals_to(leftover) or (-pid, signal.SIGKILL) in h.system.kills
+    assert output.readers == {} and all(fd not in h.engine.loop.selector.get_map() for fd in pipes)
