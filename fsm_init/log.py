@@ -14,7 +14,6 @@ Two guarantees, for PID 1 (the engine and the thin reaper):
 """
 
 import os
-import sys
 
 _state = lambda: "boot"  # noqa: E731  (a callable: the engine's state is read at each line)
 _quiet = False
