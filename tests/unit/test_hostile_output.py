@@ -379,3 +379,47 @@ def test_check_output_is_json_lines_with_the_json_log_format(capfd, monkeypatch)
     assert [(line["program"], line["source"], line["stream"], line["message"]) for line in lines] == [
         ("PeriodicST-j", "check", "stdout", "a\x1b[2K"), ("PeriodicST-j", "check", "stdout", "b")]
     loop.selector.close()
+
+
+@SETTINGS
+@given(st.lists(hostile_bytes, max_size=4))
+def test_check_output_passed_through_is_one_escaped_named_line_each(chunks):
+    written = []
+    original, log.write = log.write, lambda fd, data: written.append((fd, data)) or True
+    try:
+        captured = output.CapturedOutput(None, None, "PeriodicST-\x1b[7mp")
+        captured.readers, captured.partial = {99: 2}, {99: b""}
+        for chunk in chunks:
+            lines = (captured.partial[99] + chunk).split(b"\n")
+            captured.partial[99] = lines.pop()
+            captured._pass(99, lines)
+        captured._pass(99, [captured.partial[99]])
+    finally:
+        log.write = original
+    for fd, data in written:
+        text = data.decode()
+        assert fd == 2 and text.endswith("\n")
+        for line in text[:-1].split("\n"):
+            assert line.startswith("PeriodicST-\\x1b[7mp: ") and raw_controls(line) == []
+
+
+def test_the_poll_fallback_never_blocks_either():
+    """Where /proc/self/fd cannot be opened again, writes wait for poll() to say there is room."""
+    code = ("import os, sys; sys.path.insert(0, sys.argv[1]); from fsm_init import log\n"
+            "real_open = os.open\n"
+            "def no_proc(path, *a, **k):\n"
+            "    if str(path).startswith('/proc/self/fd/'): raise PermissionError(13, 'no /proc')\n"
+            "    return real_open(path, *a, **k)\n"
+            "os.open = no_proc\n"
+            "log.go_nonblocking(); os.open = real_open\n"
+            "assert log._outlets[2].how == 'poll', log._outlets[2].how\n"
+            "for i in range(20000): log.warn('line %d ' % i + 'x' * 80)\n"
+            "print(log.dropped(), flush=True)")
+    r, w = os.pipe()
+    try:
+        done = subprocess.run([sys.executable, "-c", code, str(os.path.dirname(os.path.dirname(log.__file__)))],
+                              stderr=w, stdout=subprocess.PIPE, timeout=30)
+    finally:
+        os.close(w)
+        os.close(r)
+    assert done.returncode == 0 and int(done.stdout) > 0
