@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -261,18 +262,17 @@ def one_pid1(sandbox, public_dir):
     sock = public_dir / "log"
     d = sandbox.service("app", dict(CHECKED, workbackoff=1), run__sh=HOLD, PeriodicST_prop=PROPERTY_CHECK)
     (d / "payload").write_bytes(b"")
-    daemon = sandbox.etc("service/\x1b[7mdaemon\u2028/run", "echo daemon up\nexec sleep 1000\n")
+    sandbox.etc("service/\x1b[7mdaemon\u2028/run", "echo daemon up\nexec sleep 1000\n")  # a hostile name
     run = sandbox.start(SRVNAME="app", FSM_INIT_SYSLOG_SOCKET=sock, FSM_INIT_STOP_GRACE=2)
     wait_for(lambda: sock.exists(), what="the syslog socket")
-    return run, d, sock, daemon
+    return run, d, sock
 
 
 def test_arbitrary_bytes_from_checks_syslog_and_the_config_never_reach_the_output_raw(one_pid1):
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
-    run, d, sock, _ = one_pid1
-    import socket as socket_module
+    run, d, sock = one_pid1
 
     payloads = st.binary(max_size=3000) | st.sampled_from([
         b"\x1b]0;pwned\x07\x1b[2K\nfsm-init[watch] warning: forged\n", b"\x00\xff\xfe\xc3(", b"\xc2\x9b2J",
@@ -290,7 +290,7 @@ def test_arbitrary_bytes_from_checks_syslog_and_the_config_never_reach_the_outpu
         (d / "status").write_text(str(status))
         # A config string: an invalid workstable is named in a warning when the config is read.
         (d / "workcfg.json").write_text(json.dumps(dict(CHECKED, workbackoff=1, workstable=text)))
-        with socket_module.socket(socket_module.AF_UNIX, socket_module.SOCK_DGRAM) as s:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
             s.settimeout(5)
             s.sendto(datagram[:8192] or b"-", str(sock))
         restart = run.srvctl("restart", timeout=10)
