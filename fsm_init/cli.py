@@ -109,6 +109,8 @@ def run(args: list[str]) -> int:
         else:
             command = [arg] + args
             break
+    # PID 1's own writes to stdout and stderr never block, whatever the log reader does.
+    log.go_nonblocking()
     from fsm_init.engine import Engine
     from fsm_init.system import System
 

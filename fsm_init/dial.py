@@ -75,8 +75,9 @@ def candidates(system: System) -> list[str]:
 def probe(system: System, discovery: str, interface: str) -> str | None:
     """The name of the access concentrator that answers PPPoE discovery on interface."""
     status, out, _ = system.run([discovery, "-I", interface, *DISCOVERY], timeout=15.0)
-    found = re.search(r"^Access-Concentrator:\s*(.*?)\s*$", out, re.MULTILINE)
-    return (found.group(1) or "(unnamed)") if found else None
+    found = re.search(r"^Access-Concentrator:[ \t]*(.*?)[ \t]*$", out, re.MULTILINE)
+    # The name comes from the network (any access concentrator on the segment): escaped.
+    return (log.escape(found.group(1)) or "(unnamed)") if found else None
 
 
 def detect(system: System, interfaces: list[str] | None = None) -> tuple[list[str], list[tuple[str, str]]]:
@@ -123,7 +124,8 @@ def describe(system: System, run_dir: str) -> str:
     if link.get("state") == "up" and system.is_dir(posixpath.join(SYS_NET, link.get("interface", "?"))):
         return f"link up: {link.get('interface')} over {device}, local {link.get('local')}, peer {link.get('remote')}"
     if link.get("state") == "dialling":
-        return f"dialling over {device} (access concentrator {link.get('ac')})"
+        # The access concentrator's name comes from the network: escaped, never shown raw.
+        return f"dialling over {device} (access concentrator {log.escape(str(link.get('ac')))})"
     return f"link down (last over {device})"
 
 
@@ -235,7 +237,7 @@ def run(system: System, run_dir: str, pppd_argv: list[str]) -> int:
         return 1
     interface, ac = found[0]
     others = f" (also answering: {', '.join(i for i, _ in found[1:])})" if len(found) > 1 else ""
-    log.info(f"pppoe: access concentrator {ac!r} answers on {interface}: dialling there{others}")
+    log.info(f"pppoe: access concentrator '{ac}' answers on {interface}: dialling there{others}")
     write_link(system, run_dir, state="dialling", device=interface, ac=ac, since=system.wall())
     argv = [*pppd_argv, f"nic-{interface}"]
     os.execv(argv[0], argv)
@@ -263,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     if verb == "detect" and not args:
         probed, found = detect(system)
         for interface, ac in found:
-            print(f"{interface}\t{ac}")
+            print(f"{log.escape(interface)}\t{log.escape(ac)}")
         if not found:
             print(f"no access concentrator answered on: {', '.join(probed) or '(no candidate interface)'}",
                   file=sys.stderr)

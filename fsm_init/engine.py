@@ -159,6 +159,7 @@ class Engine:
 
     def run(self) -> int:
         log.set_state(lambda: self.state)
+        log.attach(self.loop)
         self.loop.install()
         if self.system.getpid() != 1 and not self.system.set_subreaper():
             log.warn("not PID 1 and cannot become a child subreaper: orphans will not be reaped")
@@ -197,11 +198,9 @@ class Engine:
         error = sys.exc_info()[1]
         if not isinstance(error, Exception):
             raise error
-        import traceback  # only on this path: it costs PID 1's start-up 3 ms
-
         log.error(f"internal error in state {self.state}: {error!r}")
         self.internal_error = self.internal_error or f"{error!r} in state {self.state}"
-        traceback.print_exception(error, file=sys.stderr)
+        log.exception(error)
         if self.state in STOPPABLE:
             self.fire("stop", f"internal error: {error!r}")
         elif self.state != "exited":
@@ -558,7 +557,9 @@ class Engine:
         if self.failures and self._stable_for() >= stable:
             log.info(f"the instance ran {stable}s or more: the restart back-off starts over")
             self.failures = 0
-        self._abandon_script()
+        script = self._abandon_script()
+        if script and script.output:
+            script.output.close()
         self._stop_service(signal.SIGTERM)
 
     def _stable_for(self) -> float:
@@ -596,7 +597,12 @@ class Engine:
         self.loop.cancel("script")
         run_scripts = partial(self._run_shutdown_scripts, self.settings.pre_shutdown_dir)
         if script:
-            self.stopper.stop_group(Group(script.pid), signal.SIGTERM, self.settings.stop_grace, run_scripts,
+            def scripts_after_it() -> None:
+                if script.output:  # read what it wrote before its end, then close the pipes
+                    script.output.close()
+                run_scripts()
+
+            self.stopper.stop_group(Group(script.pid), signal.SIGTERM, self.settings.stop_grace, scripts_after_it,
                                     f"{script.name}'s session")
             return
         run_scripts()
@@ -725,7 +731,7 @@ class Engine:
             on_done(name, 126, 0.0, "refused: another user could change it")
             return
         argv = start.as_user([path], workuser)
-        output = CapturedOutput(self.loop, self.system) if capture else None
+        output = CapturedOutput(self.loop, self.system, name) if capture else None
         try:
             pid = output.spawn(argv, env) if output else self.system.spawn(argv, env)
         except OSError as e:
@@ -736,7 +742,13 @@ class Engine:
         self.loop.call_later("script", timeout, self._script_timed_out)
 
     def _finish_script(self, script: Script, status: int | None) -> None:
-        words = script.output.last_words() if script.output else ""
+        words = ""
+        if script.output:
+            # A check is done when its leader exits: what it left running in its session
+            # (a background child holding its stdout, say) goes with it, passed or not, and
+            # its pipes are read once and closed, or they would pile up in PID 1.
+            words = script.output.finish()
+            Group(script.pid).signal(self.system, signal.SIGKILL)
         script.on_done(script.name, status, self.system.now() - script.started, words)
 
     def _script_timed_out(self) -> None:
@@ -876,6 +888,7 @@ class Engine:
             "supporting": self.supporting(),
             "daemons": self.daemons.status(),
             "pid": self.system.getpid(),
+            "log_dropped": log.dropped(),
         }
 
     def _write_count(self, text: str) -> None:

@@ -52,6 +52,10 @@ class EventLoop:
     def watch(self, fileobj, callback: Callable[[], None]) -> None:
         self.selector.register(fileobj, selectors.EVENT_READ, callback)
 
+    def watch_writable(self, fileobj, callback: Callable[[], None]) -> None:
+        """callback when fileobj can be written (a stalled log stream: ``log.Outlet``)."""
+        self.selector.register(fileobj, selectors.EVENT_WRITE, callback)
+
     def unwatch(self, fileobj) -> None:
         try:
             self.selector.unregister(fileobj)
@@ -102,12 +106,10 @@ class EventLoop:
         try:
             callback()
         except Exception as error:  # noqa: BLE001
-            import traceback
-
             from fsm_init import log
 
             log.error(f"internal error, carrying on: {error!r}")
-            traceback.print_exception(error)
+            log.exception(error)
 
     def _drain_signals(self) -> None:
         try:

@@ -1,18 +1,36 @@
 """Passes a check script's stdout and stderr through to the container log, keeping the
-last bytes so a failure can be explained ("output: connection refused")."""
+last bytes so a failure can be explained ("output: connection refused").
+
+A check runs as the workuser: what it prints is hostile.  Each line is passed through
+escaped (``log.escape``) and prefixed with the check's name (``PeriodicST-http:
+connection refused``), so a check can neither forge a line of fsm-init's
+(``fsm-init[watch] ...``) nor reach the log reader's terminal; the lines go through
+fsm-init's non-blocking output, never a blocking write.
+
+When the check ends, ``finish`` reads what its pipes hold once and closes them: a
+background process the check left holding them must not keep PID 1's descriptors
+(the engine then kills what is left of the check's session).
+"""
 
 import os
 
+from fsm_init import log
 from fsm_init.system import System
 
 KEEP = 400
+MAX_LINE = 4000  # bytes: a longer line is passed through in pieces, each with the prefix
+CHUNK = 65536
+FINAL_READS = 4  # reads per pipe when the check ends: a leftover that keeps writing cannot hold us
 
 
 class CapturedOutput:
-    def __init__(self, loop, system: System) -> None:
+    def __init__(self, loop, system: System, name: str = "") -> None:
         self.loop, self.system = loop, system
+        self.name = name
+        self.prefix = f"{log.escape(name)}: " if name else ""
         self.tail = b""
         self.readers: dict[int, int] = {}  # pipe read end -> fsm-init's own fd it passes through to
+        self.partial: dict[int, bytes] = {}  # pipe read end -> the start of a line not ended yet
 
     def spawn(self, argv: list[str], env: dict) -> int:
         pipes = [os.pipe2(os.O_CLOEXEC) for _ in (1, 2)]
@@ -27,6 +45,7 @@ class CapturedOutput:
             os.close(w)
             os.set_blocking(r, False)
             self.readers[r] = target
+            self.partial[r] = b""
             self.loop.watch(r, lambda r=r: self._pump(r))
         return pid
 
@@ -34,27 +53,65 @@ class CapturedOutput:
         if fd not in self.readers:
             return False
         try:
-            data = os.read(fd, 65536)
+            data = os.read(fd, CHUNK)
         except BlockingIOError:
             return False
         except OSError:
             data = b""
         if not data:
-            self.loop.unwatch(fd)
-            os.close(fd)
-            del self.readers[fd]
+            self._close(fd)
             return False
-        try:
-            os.write(self.readers[fd], data)
-        except OSError:
-            pass
         self.tail = (self.tail + data)[-KEEP:]
+        lines = (self.partial[fd] + data).split(b"\n")
+        self.partial[fd] = lines.pop()
+        while len(self.partial[fd]) > MAX_LINE:
+            lines.append(self.partial[fd][:MAX_LINE])
+            self.partial[fd] = self.partial[fd][MAX_LINE:]
+        self._pass(fd, lines)
         return True
 
-    def last_words(self) -> str:
-        """The end of what the script printed so far, as one short line."""
+    def _pass(self, fd: int, lines: list[bytes]) -> None:
+        out = []
+        for line in lines:
+            for start in range(0, max(1, len(line)), MAX_LINE):
+                piece = line[start:start + MAX_LINE]
+                if log._json:  # FSM_INIT_LOG_FORMAT=json: one object a line, as fsm-init's own
+                    import json
+                    import time
+
+                    out.append(json.dumps({"time": round(time.time(), 3), "program": self.name, "source": "check",
+                                           "stream": "stdout" if self.readers[fd] == 1 else "stderr",
+                                           "message": piece.decode("utf-8", "replace")}) + "\n")
+                else:
+                    out.append(f"{self.prefix}{log.escape_bytes(piece)}\n")
+        if out:
+            log.write(self.readers[fd], "".join(out).encode("utf-8", "replace"))
+
+    def _close(self, fd: int) -> None:
+        if self.partial.get(fd):
+            self._pass(fd, [self.partial[fd]])
+        self.loop.unwatch(fd)
+        os.close(fd)
+        del self.readers[fd]
+        self.partial.pop(fd, None)
+
+    def finish(self) -> str:
+        """The check has ended: take what its pipes hold now, once, close them, and return
+        its last words."""
         for fd in list(self.readers):
-            while fd in self.readers and self._pump(fd):
-                pass
-        words = " ".join(self.tail.decode("utf-8", "replace").split())
+            for _ in range(FINAL_READS):
+                if not self._pump(fd):
+                    break
+            if fd in self.readers:
+                self._close(fd)
+        return self.last_words()
+
+    def close(self) -> None:
+        """Close the pipes without reading (a check abandoned on a restart or stop)."""
+        for fd in list(self.readers):
+            self._close(fd)
+
+    def last_words(self) -> str:
+        """The end of what the script printed so far, as one short line, escaped."""
+        words = log.escape(" ".join(self.tail.decode("utf-8", "replace").split()))
         return words[-160:]

@@ -76,6 +76,7 @@ class Reaper:
 
     def run(self) -> int:
         self._enter("handover")
+        log.attach(self.loop)
         self.loop.install()
         self.loop.run()
         return self.exit_status()
@@ -171,20 +172,24 @@ class Reaper:
             "run_count": self.run_count, "restarts": 0, "last_exit": self.last_exit,
             "checks": [], "supporting": self.supporting, "pid": self.system.getpid(),
             "healthy": self.handle_request({"verb": "health"})["ok"], "last_transition": self.last_transition,
+            "log_dropped": log.dropped(),
         }
 
 
 def main() -> None:
     state = json.loads(os.environ.pop(HANDOVER_ENV))
     log.set_quiet(state.get("quiet", False))
+    log.go_nonblocking()
     _exit(Reaper(System(), Settings(), state).run())
 
 
 def _exit(status: int) -> None:
     """Leave at once: interpreter shutdown would add milliseconds to every container stop,
-    and PID 1 has nothing left to clean up."""
+    and PID 1 has nothing left to clean up (a stalled log reader gets half a second for
+    the last lines, "exiting with status N")."""
     sys.stdout.flush()
     sys.stderr.flush()
+    log.drain()
     os._exit(status)
 
 

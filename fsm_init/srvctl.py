@@ -7,6 +7,8 @@ Standard library only, so a Docker HEALTHCHECK or a probe answers fast.
 import json
 import sys
 
+from fsm_init.log import escape
+
 USAGE = """\
 usage: srvctl restart|stop|status|why|health|live [--json]
        srvctl restart|stop|start NAME     one /etc/service daemon
@@ -49,7 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     elif "status" in reply:
         print(format_status(reply["status"]))
     else:
-        print(reply.get("message", ""))
+        # A check's output, a file name or a name from the network may be in the answer:
+        # shown escaped, never raw (the same escaping as fsm-init's own log lines).
+        print(escape(str(reply.get("message", ""))))
     return DONE if reply.get("ok") else REFUSED
 
 
@@ -70,7 +74,7 @@ def history(run_dir: str, count: int, as_json: bool) -> int:
         guards = " ".join(f"{g}={'yes' if v else 'no'}" for g, v in e.get("guards", {}).items())
         when = time.strftime("%H:%M:%S", time.localtime(e["time"]))
         line = f"{when} {e['from'] or '-'} -> {e['to']} ({e['trigger']}{' ' + guards if guards else ''})"
-        print(line + (f": {e['cause']}" if e.get("cause") else ""))
+        print(escape(line + (f": {e['cause']}" if e.get("cause") else "")))
     return DONE
 
 
@@ -91,7 +95,10 @@ def format_status(status: dict) -> str:
     for check in status.get("checks", []):
         result = "timed out" if check["exit"] is None else f"exit {check['exit']}"
         lines.append(f"check:      {check['name']}: {result} in {check['duration']:.2f}s")
-    return "\n".join(lines)
+    if status.get("log_dropped"):
+        lines.append(f"log:        {status['log_dropped']} line(s) dropped while the log reader stalled")
+    # Names of checks and daemons, a PPPoE access concentrator's name: escaped, line by line.
+    return "\n".join(escape(line) for line in lines)
 
 
 def describe_daemon(daemon: dict) -> str:

@@ -39,6 +39,7 @@ import time
 from collections import namedtuple
 
 from fsm_init import control, journal, table
+from fsm_init.log import escape
 from fsm_init.srvctl import describe_daemon
 
 USAGE = "usage: fsm-init status [--json] [--once] [--interval S]\n"
@@ -363,6 +364,8 @@ def supporting(status: dict) -> list[tuple[str, str, str]]:
     for daemon in status.get("daemons") or []:
         tone = "good" if daemon.get("state") == "running" else "dim" if daemon.get("state") == "down" else "warn"
         out.append((f"daemon {daemon.get('name')}", describe_daemon(daemon), tone))
+    if status.get("log_dropped"):
+        out.append(("log", f"{status['log_dropped']} line(s) dropped while the log reader stalled", "warn"))
     return out
 
 
@@ -443,7 +446,27 @@ def describe_triggers(triggers: list, yes: str = "=yes", no: str = "=no", times:
 PLAIN_SEPARATORS = ((" › ", " > "), (" ⇄ ", " <> "), (" · ", ", "), (" ↺ back to ", " > back to "))
 
 
+def _escaped(value):
+    """Every string in a snapshot, a journal entry or srvctl why's text with its control
+    characters escaped (log.escape): a check's output, a file name, a daemon's name or a
+    PPPoE access concentrator's name from the network must not reach the terminal raw."""
+    if isinstance(value, str):
+        return escape(value)
+    if isinstance(value, dict):
+        return {_escaped(k): _escaped(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_escaped(v) for v in value]
+    return value
+
+
+def shown(frame: Frame) -> Frame:
+    """The frame as the plain and rich views show it (--json keeps it as it is: JSON escapes)."""
+    return frame._replace(status=_escaped(frame.status), why=_escaped(frame.why), history=_escaped(frame.history),
+                          error=_escaped(frame.error), source=_escaped(frame.source))
+
+
 def plain(frame: Frame) -> str:
+    frame = shown(frame)
     lines = []
     if not frame.running:
         lines.append(banner(frame))
@@ -490,6 +513,9 @@ def render(frame: Frame):
     from rich.table import Table
     from rich.text import Text
 
+    # Escaped, and every text from the snapshot handed to rich as Text, never as a str
+    # rich would read markup in ("[reverse]", "[link=...]" in a check's or daemon's name).
+    frame = shown(frame)
     parts = []
     if not frame.running:
         parts.append(Panel(Text(banner(frame), style="bold red"), border_style="red", box=box.HEAVY))
@@ -502,12 +528,13 @@ def render(frame: Frame):
         head.add_column()
     rows = facts(frame)
     for left, right in zip(rows[::2], rows[1::2]):
-        head.add_row(left[0], Text(left[1], style=TONES[left[2]]), right[0], Text(right[1], style=TONES[right[2]]))
+        head.add_row(Text(left[0]), Text(left[1], style=TONES[left[2]]), Text(right[0]),
+                     Text(right[1], style=TONES[right[2]]))
     services = Table.grid(padding=(0, 2))
     services.add_column(style="bold cyan", no_wrap=True, min_width=max(len(label) for label, _, _ in rows[::2]))
     services.add_column(ratio=1)
     for name, text, tone in supporting(frame.status):
-        services.add_row(name, Text(text, style=TONES[tone]))
+        services.add_row(Text(name), Text(text, style=TONES[tone]))
     title = "fsm-init status" + ("" if frame.running else " (not running)")
     parts.append(Panel(Group(head, services), title=f"[bold]{title}[/]", title_align="left",
                        border_style="cyan" if frame.running else "red"))
@@ -525,7 +552,7 @@ def render(frame: Frame):
             if not units or (kind in ("sep", "note") and piece != " ⇄ "):
                 units.append(Text())
             units[-1].append("▶" + piece if kind == "current" else piece, style=styles[kind])
-        path.add_row(label, _Flow(units))
+        path.add_row(Text(label), _Flow(units))
     parts.append(Panel(path, title="lifecycle", title_align="left", border_style="blue"))
 
     checks = frame.status.get("checks") or []
@@ -539,8 +566,8 @@ def render(frame: Frame):
         table_.add_column("output", ratio=1)
         for check in checks:
             result, passed = check_result(check)
-            table_.add_row(str(check.get("name")), Text(result, style="green" if passed else "bold red"),
-                           f"{check.get('duration', 0):.2f}s", _clock(check.get("at")),
+            table_.add_row(Text(str(check.get("name"))), Text(result, style="green" if passed else "bold red"),
+                           Text(f"{check.get('duration', 0):.2f}s"), Text(_clock(check.get("at"))),
                            Text("" if passed else str(check.get("output") or ""), style="red"))
         parts.append(table_)
     elif frame.status.get("mode") == STATUS_CHECK:
@@ -555,7 +582,7 @@ def render(frame: Frame):
         for when, move, triggers, cause in transition_rows(frame.history):
             why = Text(cause)
             why.append(("  " if cause else "") + describe_triggers(triggers, " ✓", " ✗", "×"), style="dim")
-            moves.add_row(when, move, why)
+            moves.add_row(Text(when), Text(move), why)
         parts.append(moves)
     else:
         parts.append(Text("no transitions in the journal", style="dim"))

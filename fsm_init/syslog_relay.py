@@ -9,8 +9,10 @@ socket there and writes one line per message to its own output::
 
 Bounded by construction: one preallocated receive buffer (a message is cut at
 MAX_MESSAGE bytes), at most PER_EVENT datagrams read per wake-up (the event loop
-serves everything else in between), and a token bucket on the lines written (the
-rest are read and counted, not written).  The kernel socket buffer is the only
+serves everything else in between), and token buckets on the lines and on the bytes
+written (the rest are read and counted, not written).  Lines go through fsm-init's
+own non-blocking output (``log.write``): a stalled log reader drops them, it never
+blocks PID 1.  The kernel socket buffer is the only
 queue; a sender that outruns it blocks in its own send.  Drops and truncations are
 reported in one summary line per SUMMARY_EVERY seconds, only when there were some,
 so an idle relay never wakes the loop.
@@ -21,7 +23,6 @@ import os
 import re
 import socket
 import stat
-import sys
 
 from fsm_init import log
 
@@ -29,6 +30,9 @@ MAX_MESSAGE = 8192
 PER_EVENT = 64
 RATE = 2000.0  # lines per second written, on average
 BURST = 2000  # lines written at once before the rate applies
+# And bytes: 2000 lines of 8 KiB a second would be 16 MB of log a second.
+BYTE_RATE = 256 * 1024.0  # bytes per second written, on average
+BYTE_BURST = 1024 * 1024  # bytes written at once before the byte rate applies
 SUMMARY_EVERY = 10.0
 
 FACILITIES = ("kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp", "cron",
@@ -44,13 +48,6 @@ _BSD_TIME = re.compile(rb"[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d ")
 _RFC5424 = re.compile(rb"1 (\S+) (\S+) (\S+) (\S+) (\S+) (-|(?:\[(?:[^\]\\]|\\.)*\])+) ?")
 # A tag: prog, prog[pid] or prog[pid] ending in ':' (glibc, logger, busybox).
 _TAG = re.compile(rb"([^\s\[\]:]{1,64})(?:\[(\d{1,10})\])?:(?: |$)")
-# C0, DEL, C1 and the Unicode line and paragraph separators: a local sender (the socket
-# is 0666) must not split or forge lines for a consumer that breaks lines on them.
-_CONTROL = {c: f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
-            for c in (*range(0x20), *range(0x7f, 0xa0), 0x2028, 0x2029) if c != 0x09}
-_CONTROL[0x0a] = "\\n"
-
-
 class Message:
     __slots__ = ("facility", "severity", "program", "pid", "text")
 
@@ -65,8 +62,9 @@ class Message:
         return f"syslog[{self.facility}.{self.severity}] {who + ': ' if who else ''}{self.text}"
 
 
-def _text(raw: bytes) -> str:
-    return raw.decode("utf-8", "replace").translate(_CONTROL)
+# C0, DEL, C1 and the Unicode line and paragraph separators escaped (log.escape, the one
+# escaping of fsm-init): a local sender (the socket is 0666) must not split or forge lines.
+_text = log.escape_bytes
 
 
 def parse(data: bytes) -> Message:
@@ -109,17 +107,20 @@ def parse(data: bytes) -> Message:
 class SyslogRelay:
     def __init__(self, loop, path: str = "/dev/log", out: int | None = None,
                  rate: float = RATE, burst: int = BURST, summary_every: float = SUMMARY_EVERY,
-                 json_lines: bool | None = None) -> None:
+                 json_lines: bool | None = None, byte_rate: float = BYTE_RATE,
+                 byte_burst: int = BYTE_BURST) -> None:
         self.loop, self.path = loop, path
-        self.out = sys.stderr.fileno() if out is None else out
+        self.out = out  # None: fsm-init's stderr, through log.write (never blocking)
         self.rate, self.burst, self.summary_every = rate, burst, summary_every
+        self.byte_rate, self.byte_burst = byte_rate, byte_burst
         self.json_lines = log._json if json_lines is None else json_lines
         self.sock: socket.socket | None = None
         self.off = "not started"
         self.tried = False  # start() was called: status() is worth showing
         self.relayed = self.dropped = self.truncated = 0
-        self._dropped = self._truncated = 0  # since the last summary
+        self._dropped = self._dropped_bytes = self._truncated = 0  # since the last summary
         self.tokens = float(burst)
+        self.byte_tokens = float(byte_burst)
         self.refilled = loop.system.now()
         self._buffer = bytearray(MAX_MESSAGE)
         self._view = memoryview(self._buffer)
@@ -221,6 +222,7 @@ class SyslogRelay:
         lines = []
         now = self.loop.system.now()
         self.tokens = min(float(self.burst), self.tokens + (now - self.refilled) * self.rate)
+        self.byte_tokens = min(float(self.byte_burst), self.byte_tokens + (now - self.refilled) * self.byte_rate)
         self.refilled = now
         for _ in range(PER_EVENT):
             try:
@@ -232,14 +234,25 @@ class SyslogRelay:
             if self.tokens < 1:
                 self._count_drop()
                 continue
+            kept = min(size, MAX_MESSAGE)
+            if self.byte_tokens < kept:
+                self._count_drop(by_bytes=True)
+                continue
             self.tokens -= 1
+            self.byte_tokens -= kept
             if size > MAX_MESSAGE:
                 self.truncated += 1
                 self._truncated += 1
                 self._summary_soon()
-            message = parse(bytes(self._view[:min(size, MAX_MESSAGE)]))
+            message = parse(bytes(self._view[:kept]))
             lines.append(self._format(message, size > MAX_MESSAGE))
-        if lines:
+        if lines and self.out is None:
+            for line in lines:
+                if log.write(2, line.encode("utf-8", "replace")):
+                    self.relayed += 1
+                else:
+                    self._count_drop()
+        elif lines:
             self._write("".join(lines).encode("utf-8", "replace"), len(lines))
 
     def _format(self, message: Message, truncated: bool) -> str:
@@ -267,9 +280,12 @@ class SyslogRelay:
                 self._count_drop()
         self.relayed += count
 
-    def _count_drop(self) -> None:
+    def _count_drop(self, by_bytes: bool = False) -> None:
         self.dropped += 1
-        self._dropped += 1
+        if by_bytes:
+            self._dropped_bytes += 1
+        else:
+            self._dropped += 1
         self._summary_soon()
 
     def _summary_soon(self) -> None:
@@ -280,9 +296,11 @@ class SyslogRelay:
         parts = []
         if self._dropped:
             parts.append(f"{self._dropped} messages dropped (more than {self.rate:g} a second)")
+        if self._dropped_bytes:
+            parts.append(f"{self._dropped_bytes} messages dropped (more than {self.byte_rate / 1024:g} KiB a second)")
         if self._truncated:
             parts.append(f"{self._truncated} messages cut at {MAX_MESSAGE} bytes")
-        self._dropped = self._truncated = 0
+        self._dropped = self._dropped_bytes = self._truncated = 0
         if parts:
             log.warn(f"syslog relay: {', '.join(parts)} in the last {self.summary_every:g}s")
 

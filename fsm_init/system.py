@@ -155,6 +155,9 @@ class System:
         On failure fsm-init's own handlers are put back: a PID 1 left with default
         dispositions would silently drop SIGTERM.
         """
+        from fsm_init import log
+
+        log.drain()  # what a stalled log reader has not taken yet would be lost in the exec
         mask = signal.pthread_sigmask(signal.SIG_SETMASK, list(RESET_IN_CHILD))
         saved = {sig: signal.signal(sig, signal.SIG_DFL) for sig in RESET_IN_CHILD}
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)

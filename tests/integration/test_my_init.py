@@ -101,7 +101,7 @@ def test_each_startup_script_is_logged_as_it_runs_with_its_duration(sandbox):
         "running start-up script /etc/my_init.d/10-quick", "start-up script /etc/my_init.d/10-quick",
         "running start-up script /etc/my_init.d/20-slower", "start-up script /etc/my_init.d/20-slower",
         "running start-up script /etc/rc.local", "start-up script /etc/rc.local"], run.log
-    assert float(found[3][1]) >= 0.3, run.log
+    assert float(found[3][1]) >= 0.25, run.log  # sleep 0.3, timed from after the spawn, printed to 0.01 s
 
 
 @pytest.mark.parametrize("grace_variable", ["FSM_INIT_STOP_GRACE", "KILL_PROCESS_TIMEOUT"])

@@ -175,6 +175,36 @@ def test_a_flood_stays_bounded_and_the_loop_keeps_answering(driver):
     assert len(d.lines()) <= 2000 + 2000 * (flood_seconds + 2)
 
 
+FLOODER_8K = r"""
+import socket, sys
+path, count = sys.argv[1], int(sys.argv[2])
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.settimeout(30)
+s.connect(path)
+for i in range(count):
+    s.send((b"<14>Nov 22 10:48:22 big[%d]: " % i).ljust(8192, b"B"))
+"""
+
+
+def test_a_flood_of_8_kib_datagrams_is_bounded_in_bytes(driver):
+    """Issue 11, point 9: the line budget alone let 2000 lines of 8 KiB a second through
+    (16 MB of log a second); the byte budget holds the log to about 256 KiB a second."""
+    from fsm_init.syslog_relay import BYTE_BURST, BYTE_RATE
+
+    d = driver()
+    began = time.monotonic()
+    subprocess.run([sys.executable, "-c", FLOODER_8K, str(d.path), "20000"], check=True, timeout=120)
+    send(d.path, b"<14>Nov 22 10:48:22 probe[1]: after the flood")
+    wait_for(lambda: any("after the flood" in line for line in d.lines()), timeout=10,
+             what="a message sent after the flood")
+    stats = d.stop()
+    seconds = time.monotonic() - began
+    size = d.out.stat().st_size
+    assert stats["relayed"] + stats["dropped"] == 20001, stats["status"]
+    assert size <= BYTE_BURST + BYTE_RATE * (seconds + 1) + 8192, f"{size} bytes of log in {seconds:.1f}s"
+    assert stats["dropped"] > 0 and "KiB a second" in d.stderr()
+
+
 def test_a_socket_someone_else_owns_is_left_alone(driver, tmp_path):
     path = tmp_path / "log"
     other = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)

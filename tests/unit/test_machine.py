@@ -1493,3 +1493,15 @@ def test_the_thin_reaper_refuses_rescan_and_says_why():
         close_loop(thin.loop)
     assert reply["ok"] is False
     assert reply["message"].startswith("the thin reaper does not read /etc/service: fsm-init hands over to it only")
+def test_a_passing_checks_leftovers_are_killed_and_its_pipes_closed(make):
+    """Issue 11, point 8: a background child a check left (holding its stdout) goes when
+    the check ends, passed or not; the check's pipes are closed in PID 1 at once."""
+    h = in_check(make)
+    pid = script_pid(h, "PeriodicST-a")
+    output = h.engine.script.output
+    pipes = list(output.readers)
+    leftover = h.system.add_process(pid, sid=pid, pgid=pid)
+    pass_check(h)
+    assert h.state == "watch" and h.engine.last_checks[0].passed
+    assert signal.SIGKILL in h.system.signals_to(leftover) or (-pid, signal.SIGKILL) in h.system.kills
+    assert output.readers == {} and all(fd not in h.engine.loop.selector.get_map() for fd in pipes)

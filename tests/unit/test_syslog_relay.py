@@ -39,7 +39,7 @@ from tests.unit.fakes import FakeSystem
     (b"<999>foo", "syslog[user.notice] <999>foo"),
     (b"<1x>foo", "syslog[user.notice] <1x>foo"),
     # garbage bytes, control characters, embedded newlines: still one line
-    (b"<14>p: caf\xe9 \x00\x01\x1b[31m\ttab", "syslog[user.info] p: caf\ufffd \\x00\\x01\\x1b[31m\ttab"),
+    (b"<14>p: caf\xe9 \x00\x01\x1b[31m\ttab", "syslog[user.info] p: caf\ufffd \\x00\\x01\\x1b[31m\\ttab"),
     (b"<14>p: line1\nline2\n\x00", "syslog[user.info] p: line1\\nline2"),
     # C1 controls and the Unicode line/paragraph separators split lines for some readers
     (b"<14>p: a\xc2\x85b\xe2\x80\xa8c\xe2\x80\xa9d\x7f", "syslog[user.info] p: a\\x85b\\u2028c\\u2029d\\x7f"),
