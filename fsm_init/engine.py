@@ -257,9 +257,10 @@ class Engine:
         return False
 
     def on_enter_resolve_target(self) -> None:
-        self.target, notes = resolve_target.resolve(self.settings, self.environ, self.system)
+        self.target, notes = resolve_target.resolve(self.settings, self.environ, self.system,
+                                                    command=self.override is not None)
         for note in notes:
-            log.info(note)
+            (log.error if isinstance(note, resolve_target.Error) else log.info)(note)
         if self.target.directory:
             self.system.chdir(self.target.directory)
         self.source = load_config.ConfigSource(self.target, self.srvcfg, self.system)
@@ -362,8 +363,12 @@ class Engine:
     def _service_env(self) -> dict:
         env = dict(self.environ)
         # The passwords are fsm-init's (root's SSH login, the dial-up): a service, maybe
-        # running as a workuser, and its check scripts get them masked.
-        env["SRVCFG"] = config.dumps_compact(config.masked(self.config))
+        # running as a workuser, and its check scripts get them masked.  A service named
+        # by $SRVNAME (or given $SRVCFG) reads its config there; a command line run as
+        # under tini, or imginit serving by default or as a fall-back, gets no $SRVCFG that
+        # the container was not started with.
+        if self.srvcfg or (self.target.directory and not self.target.default and not self.target.fallback):
+            env["SRVCFG"] = config.dumps_compact(config.masked(self.config))
         return env
 
     def on_enter_start(self) -> None:
