@@ -23,6 +23,9 @@ from fsm_init.stop import Group, Stopper
 from fsm_init.system import System, exit_code
 
 HANDOVER_ENV = "FSM_INIT_HANDOVER"
+# What ps, pidof and docker top show for PID 1 after the hand-over: argv[0] (cmdline)
+# and the process name (/proc/1/comm), as before it.
+NAME = "fsm-init"
 
 
 def hand_over(engine) -> None:
@@ -44,7 +47,7 @@ def hand_over(engine) -> None:
     code = f"import sys; sys.path.insert(0, {package_parent!r}); from fsm_init.reaper import main; main()"
     try:
         # A SIGTERM sent during the exec stays pending until the reaper's handlers are in.
-        engine.system.execve([sys.executable, "-I", "-S", "-c", code], env, blocked=CAUGHT)
+        engine.system.execve([NAME, "-I", "-S", "-c", code], env, sys.executable, blocked=CAUGHT)
     except OSError as e:
         log.error(f"cannot exec the thin reaper ({e.strerror}): the engine carries on")
 
@@ -173,7 +176,9 @@ class Reaper:
 def main() -> None:
     state = json.loads(os.environ.pop(HANDOVER_ENV))
     log.set_quiet(state.get("quiet", False))
-    _exit(Reaper(System(), Settings(), state).run())
+    system = System()
+    system.set_name(NAME)
+    _exit(Reaper(system, Settings(), state).run())
 
 
 def _exit(status: int) -> None:
