@@ -86,7 +86,7 @@ def run(args: list[str]) -> int:
     # Until the event loop's handlers are installed, a signal with its default action
     # is dropped by the kernel for PID 1; blocked, it stays pending and is handled.
     signal.pthread_sigmask(signal.SIG_BLOCK, CAUGHT)
-    from fsm_init.settings import Settings
+    from fsm_init.settings import Settings, settle_dirs
 
     settings = Settings()
     command = None
@@ -116,6 +116,8 @@ def run(args: list[str]) -> int:
 
     system = System()
     undo_locale_coercion(system, os.environ)
+    for level, note in settle_dirs(settings, system):
+        getattr(log, level)(note)
     _exit(Engine(system, settings, dict(os.environ), command or None).run())
 
 

@@ -38,6 +38,7 @@ def hand_over(engine) -> None:
         "quiet": log.is_quiet(), "supporting": engine.supporting(),
         "kill_all_on_exit": engine.settings.kill_all_on_exit,
         "proof": engine.config["workintvl"], "last_transition": engine.last_transition,
+        "run_dir": engine.settings.run_dir, "state_dir": engine.settings.state_dir,
     }
     env = dict(os.environ, **{HANDOVER_ENV: json.dumps(state)})
     log.info("init steps done: handing PID duties to the thin reaper")
@@ -178,7 +179,10 @@ def main() -> None:
     log.set_quiet(state.get("quiet", False))
     system = System()
     system.set_name(NAME)
-    _exit(Reaper(system, Settings(), state).run())
+    settings = Settings()
+    # The engine's choice (settings.settle_dirs), not a reader's guess.
+    settings.run_dir, settings.state_dir = state.get("run_dir", settings.run_dir), state.get("state_dir", settings.state_dir)
+    _exit(Reaper(system, settings, state).run())
 
 
 def _exit(status: int) -> None:
