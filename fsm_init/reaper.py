@@ -39,6 +39,7 @@ def hand_over(engine) -> None:
         "kill_all_on_exit": engine.settings.kill_all_on_exit,
         "proof": engine.config["workintvl"], "last_transition": engine.last_transition,
         "run_dir": engine.settings.run_dir, "state_dir": engine.settings.state_dir,
+        "oom": engine.oom.state(),
     }
     env = dict(os.environ, **{HANDOVER_ENV: json.dumps(state)})
     log.info("init steps done: handing PID duties to the thin reaper")
@@ -66,6 +67,8 @@ class Reaper:
         self.last_transition = state["last_transition"]
         self.journal = Journal(settings.run_dir, system)
         self.kill_all_on_exit = state.get("kill_all_on_exit", True)
+        self.oom_state = state.get("oom")
+        self.last_oom = ""
         self.last_exit: int | None = None
         self.stop_requested = False
         self.state = "handover"
@@ -115,9 +118,17 @@ class Reaper:
     def _on_exit(self, pid: int, status: int) -> None:
         if pid == self.pid:
             self.last_exit = exit_code(status)
-            log.info(f"service (pid {pid}) exited with status {self.last_exit}")
+            cause = f"service (pid {pid}) exited with status {self.last_exit}"
+            if self.last_exit == 128 + signal.SIGKILL:
+                from fsm_init import oom  # only on this path: the reaper stays small
+
+                words = oom.Watch.from_state(self.system, self.oom_state).killed(status)
+                if words:
+                    cause += f", {words}"
+                    self.last_oom = f"the service (pid {pid}), {words}"
+            (log.warn if self.last_oom else log.info)(cause)
             if self.state == "handover":
-                self._teardown("service_exit", f"service (pid {pid}) exited with status {self.last_exit}")
+                self._teardown("service_exit", cause)
         self.stopper.check_soon()
 
     def _teardown(self, trigger: str, cause: str) -> None:
@@ -157,6 +168,10 @@ class Reaper:
         if verb == "live":
             return {"ok": True, "message": f"fsm-init answers ({self.state})"}
         if verb == "why":
+            if self.state != "handover":
+                cause = self.last_transition.get("cause", "")
+                return {"ok": True, "message": f"{self.state}: {cause}" + (
+                    f"; last out-of-memory kill: {self.last_oom}" if self.last_oom else "")}
             return {"ok": True, "message": f"{self.state}: the service (pid {self.pid}) runs in non-daemon mode; "
                                            "the thin reaper forwards signals, reaps, and exits with its status"}
         return {"ok": False, "message": f"cannot {verb} during {self.state}"}
