@@ -7,6 +7,7 @@ import signal
 import pytest
 
 from fsm_init import oom
+from fsm_init.srvctl import describe_daemon
 
 from .fakes import FakeSystem, Harness, exited, killed, make_settings
 
@@ -97,6 +98,8 @@ def test_a_daemon_killed_for_memory_is_named_in_its_log_line_and_why(capfd):
         fake.add_file(EVENTS, events(5))
         h.exit(daemon.pid, killed(signal.SIGKILL))
         assert "daemon hog (pid" in h.engine.why() and "out-of-memory killer" in h.engine.why()
+        [hog] = h.engine.snapshot()["daemons"]
+        assert hog["out_of_memory"] and "last exit 137 (out of memory)" in describe_daemon(hog)
         assert "daemon hog (pid" in capfd.readouterr().err
     finally:
         h.close()
