@@ -140,3 +140,23 @@ def test_a_shell_reporting_its_commands_sigkill_as_137_counts_too():
     fake.add_file(EVENTS, events(3))
     assert watch.killed(exited(1)) == "" and watch.killed(killed(signal.SIGTERM)) == ""
     assert "out-of-memory killer" in watch.killed(exited(137))
+
+
+def test_the_thin_reaper_carries_the_count_and_names_the_kill():
+    from fsm_init import reaper
+
+    from .fakes import close_loop
+
+    fake = v2_system()
+    watch = oom.Watch.start(fake)
+    state = {"pid": 100, "by_session": True, "started": 0.0, "target": None, "run_count": 1, "control_fd": None,
+             "quiet": False, "supporting": {}, "proof": 5, "last_transition": {}, "oom": watch.state()}
+    thin = reaper.Reaper(fake, make_settings(), state)
+    try:
+        fake.add_file(EVENTS, events(3))
+        thin._on_exit(100, killed(signal.SIGKILL))
+        assert thin.last_oom.startswith("the service (pid 100), killed by the kernel's out-of-memory killer")
+        journal = [json.loads(line) for line in fake.files["/run/fsm-init/journal.jsonl"].splitlines()]
+        assert "memory limit 64 MiB" in journal[0]["cause"] and journal[0]["trigger"] == "service_exit"
+    finally:
+        close_loop(thin.loop)
