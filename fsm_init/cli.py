@@ -18,7 +18,8 @@ usage: fsm-init [--quiet] [--skip-startup-files] [--skip-runit] [--no-kill-all-o
        fsm-init --version | --help
 
 Runs as the container's PID 1: resolves /srv/$SRVNAME, runs its init steps and
-supervises its service (see the README).  CMD replaces the config's workstart.
+supervises its service (see the README).  CMD replaces the config's workstart;
+with CMD and no $SRVNAME no service directory is used: CMD runs as under tini.
 
   --quiet      only warnings and errors from fsm-init itself
   --skip-startup-files  run neither /etc/my_init.d, /etc/rc.local nor the
@@ -86,7 +87,7 @@ def run(args: list[str]) -> int:
     # Until the event loop's handlers are installed, a signal with its default action
     # is dropped by the kernel for PID 1; blocked, it stays pending and is handled.
     signal.pthread_sigmask(signal.SIG_BLOCK, CAUGHT)
-    from fsm_init.settings import Settings
+    from fsm_init.settings import Settings, settle_dirs
 
     settings = Settings()
     command = None
@@ -116,6 +117,10 @@ def run(args: list[str]) -> int:
 
     from fsm_init.reaper import _exit
 
+    system = System()
+    undo_locale_coercion(system, os.environ)
+    for level, note in settle_dirs(settings, system):
+        getattr(log, level)(note)
     environ = dict(os.environ)
     if environ.get("SRVCFG"):
         from fsm_init import config
@@ -124,7 +129,19 @@ def run(args: list[str]) -> int:
         # dropbearkey, iptables-restore, pppd's probes): the passwords masked there too.
         # The engine keeps $SRVCFG as given, for load_config and a custom init.sh.
         os.environ["SRVCFG"] = config.masked_text(environ["SRVCFG"])
-    _exit(Engine(System(), settings, environ, command or None).run())
+    _exit(Engine(system, settings, environ, command or None).run())
+
+
+def undo_locale_coercion(system, environ) -> None:
+    """Python's locale coercion (PEP 538) sets LC_CTYPE=C.UTF-8 in its own environment when
+    the container's locale is C or unset; the service, the scripts and
+    /etc/container_environment must get the environment the container was started with.
+    /proc/self/environ still holds the one given to the exec."""
+    if "LC_CTYPE" not in environ:
+        return
+    given = system.read_bytes("/proc/self/environ")
+    if given is not None and not any(v.startswith(b"LC_CTYPE=") for v in given.split(b"\0")):
+        del environ["LC_CTYPE"]
 
 
 # my_init's options: option -> the Settings attribute and its value.

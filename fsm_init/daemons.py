@@ -61,6 +61,7 @@ class Daemon:
         self.delay = 0  # the back-off chosen when run last exited
         self.exit_status = 0  # run's last wait status, for finish
         self.removed = False  # its directory left the service directory: stop, then forget it
+        self.out_of_memory = False  # run's last exit was the kernel's OOM killer
         self.stopper = Stopper(owner.system, owner.loop, self.deadline("stop"))
 
     def deadline(self, what: str) -> str:
@@ -150,7 +151,11 @@ class Daemon:
             self.delay = 0
         finish = system.is_executable(self.finish)
         then = "stay down" if not self.wanted else f"restart in {self.delay}s" if self.delay else "restart now"
-        log.info(f"daemon {self.name} (pid {pid}) {describe_exit(status)}; {'finish, then ' if finish else ''}{then}")
+        oom_kill = self.owner.killed_by_oom(f"daemon {self.name} (pid {pid})", status)
+        self.out_of_memory = bool(oom_kill)
+        (log.warn if oom_kill else log.info)(f"daemon {self.name} (pid {pid}) {describe_exit(status)}"
+                                             f"{', ' + oom_kill if oom_kill else ''}; "
+                                             f"{'finish, then ' if finish else ''}{then}")
         if not self.stopping:
             self._clear_session(pid)
         elif self.stopper.find is None:  # the stop saw the session empty before run was reaped
@@ -203,7 +208,8 @@ class Daemon:
         return {"name": self.name, "state": self.state, "pid": self.pid,
                 "uptime": round(now - self.started, 3) if self.pid is not None else None,
                 "last_exit": self.last_exit, "restarts": max(0, self.starts - 1), "down_file": self.down_file,
-                "removed": self.removed}
+                "removed": self.removed,
+                "out_of_memory": self.out_of_memory}
 
 
 class Daemons:
@@ -220,6 +226,8 @@ class Daemons:
         self.watch_error = ""  # why the directory is not watched, when it is not
         self.pending: dict[int, str] = {}  # watch descriptor -> a new directory without run yet
         self.burst_started: float | None = None  # the first change not acted on yet
+        # (who, wait status) -> "" or why it was the kernel's OOM killer (the engine's)
+        self.killed_by_oom = lambda who, status: ""
 
     @property
     def names(self) -> list[str]:

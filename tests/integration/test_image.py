@@ -690,9 +690,9 @@ def test_sigterm_to_pid_1_stops_everything_within_the_grace_time(run):
 
 
 def test_a_command_replaces_workstart_and_its_status_is_the_containers(run):
-    # `docker run IMAGE sh -c '...; exit 3'`: CMD is the service, in non-daemon mode (the
-    # default target srv/imginit sets no workwatch and no delay), and its status is the
-    # container's, as with tini.
+    # `docker run IMAGE sh -c '...; exit 3'`: CMD is the service, in non-daemon mode (with
+    # no SRVNAME no service directory is used: no delay, no firewall), and its status is
+    # the container's, as with tini.
     container = run(cmd=["sh", "-c", "echo from the command; exit 3"])
     assert container.proc.wait(30) == 3, container.log
     assert "from the command" in container.out_path.read_text()
