@@ -22,6 +22,7 @@ from fsm_init.container_env import ContainerEnvironment
 from fsm_init.control import NOT_SUPERVISED, ControlServer
 from fsm_init.daemons import Daemons
 from fsm_init.journal import Journal
+from fsm_init.writes import FileWrites
 from fsm_init.output import CapturedOutput
 from fsm_init.loop import STOP_SIGNALS, EventLoop
 from fsm_init.settings import Settings
@@ -135,7 +136,8 @@ class Engine:
         self.syslog_path = self.environ.get("FSM_INIT_SYSLOG_SOCKET") or "/dev/log"
         self.syslog = SyslogRelay(self.loop, self.syslog_path)
         self.state_since = system.now()
-        self.journal = Journal(settings.run_dir, system)
+        self.writes = FileWrites(system.now, system.wall)
+        self.journal = Journal(settings.run_dir, system, self.writes)
         self.guard_results: dict[str, bool] = {}
         self.taking = ("", "boot", "")
         self.cause = ""  # why the transition being processed happens
@@ -262,7 +264,7 @@ class Engine:
             log.info(note)
         if self.target.directory:
             self.system.chdir(self.target.directory)
-        self.source = load_config.ConfigSource(self.target, self.srvcfg, self.system)
+        self.source = load_config.ConfigSource(self.target, self.srvcfg, self.system, self.writes)
         self.done()
 
     def on_enter_custom_init(self) -> None:
@@ -815,15 +817,15 @@ class Engine:
             "supporting": self.supporting(),
             "daemons": self.daemons.status(),
             "pid": self.system.getpid(),
+            # files fsm-init cannot write (a full or read-only disk): path -> the problem
+            "write_problems": self.writes.status(),
         }
 
     def _write_count(self, text: str) -> None:
         if not self.target.directory:
             return
-        try:
-            self.system.write_atomic(os.path.join(self.target.directory, "service.run.count"), text.encode())
-        except OSError as e:
-            log.warn(f"cannot write service.run.count: {e.strerror}")
+        path = os.path.join(self.target.directory, "service.run.count")
+        self.writes.attempt(path, lambda: self.system.write_atomic(path, text.encode()))
 
 
 def _carry_on(timeout: float, path: str, status: int | None) -> bool:

@@ -167,6 +167,7 @@ class Reaper:
             "run_count": self.run_count, "restarts": 0, "last_exit": self.last_exit,
             "checks": [], "supporting": self.supporting, "pid": self.system.getpid(),
             "healthy": self.handle_request({"verb": "health"})["ok"], "last_transition": self.last_transition,
+            "write_problems": self.journal.writes.status(),
         }
 
 
