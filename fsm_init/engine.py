@@ -21,6 +21,7 @@ from fsm_init import (config, custom_init, delay, env_resume, firewall, load_con
 from fsm_init.container_env import ContainerEnvironment
 from fsm_init.control import NOT_SUPERVISED, ControlServer
 from fsm_init.daemons import Daemons
+from fsm_init.forwarded import ForwardLog
 from fsm_init.journal import Journal
 from fsm_init.writes import FileWrites
 from fsm_init.output import CapturedOutput
@@ -100,6 +101,7 @@ class Engine:
         self.caller_dir = system.getcwd()
         self.loop = EventLoop(system, self._on_signal, self._on_exit)
         self.stopper = Stopper(system, self.loop)
+        self.forwards = ForwardLog(self.loop, system)
         self.control: ControlServer | None = None
         self.target: resolve_target.Target | None = None
         self.source: load_config.ConfigSource | None = None
@@ -438,6 +440,7 @@ class Engine:
         # The exec replaces this process before transitions would record the entry.
         self._entered_state()
         self.entry_recorded = True
+        self.forwards.close()
         reaper.hand_over(self)
         # Only reached when the exec failed: this engine carries on reaping.
         if self.control:
@@ -611,6 +614,7 @@ class Engine:
             self.exit_status = self.give_up_status
         else:
             self.exit_status = self.last_exit or 0
+        self.forwards.close()
         log.info(f"exiting with status {self.exit_status}")
         if self.control:
             self.control.close()
@@ -628,7 +632,7 @@ class Engine:
                 self.fire("stop", f"received {name}")
             return
         if self.service and self.service.group.signal(self.system, signum):
-            log.info(f"forwarded {name} to the service's session")
+            self.forwards.forwarded(name)
 
     def _on_exit(self, pid: int, status: int) -> None:
         code = exit_code(status)

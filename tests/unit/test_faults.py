@@ -5,6 +5,7 @@ of forwarded signal floods."""
 import errno
 import json
 import os
+import signal
 
 import pytest
 
@@ -93,3 +94,75 @@ def test_a_half_written_journal_line_is_cut_off(tmp_path, monkeypatch):
         System().append_line(str(path), b'{"b": 2}\n', 1 << 20)
     assert caught.value.errno == errno.ENOSPC
     assert path.read_bytes() == b'{"a": 1}\n'
+
+
+# -- forwarded signals: summarised, without idle wake-ups ---------------------------------------
+
+
+def test_a_flood_of_forwarded_signals_is_summarised_once_a_second_and_idle_needs_no_deadline(make, capfd):
+    from fsm_init.forwarded import DEADLINE
+
+    from .test_machine import cfg
+
+    h = make(cfg(workwatch=0))  # daemon mode: nothing else is scheduled while it runs
+    h.begin()
+    h.advance(10)
+    assert h.state == "watch" and not h.engine.loop.deadlines
+    capfd.readouterr()
+    for _ in range(200):
+        h.signal(signal.SIGHUP)
+    for _ in range(3):
+        h.signal(signal.SIGUSR1)
+    h.advance(0.5)
+    err = capfd.readouterr().err
+    assert err.count("forwarded") == 1 and "forwarded SIGHUP to the service's session" in err
+    assert DEADLINE in h.engine.loop.deadlines  # a summary is pending
+    h.advance(0.5)
+    err = capfd.readouterr().err
+    assert "forwarded SIGHUP ×199, SIGUSR1 ×3 to the service's session in 1.0s" in err, err
+    assert err.count("forwarded") == 1
+    h.advance(1)  # a quiet second ends the summary: no deadline left, no wake-up when idle
+    assert not h.engine.loop.deadlines and "forwarded" not in capfd.readouterr().err
+    assert len(h.system.signals_to(h.engine.service.pid)) == 203  # every signal forwarded
+    h.signal(signal.SIGWINCH)  # after the quiet second: said at once again
+    assert "forwarded SIGWINCH to the service's session" in capfd.readouterr().err
+
+
+def test_counted_signals_are_said_before_fsm_init_exits(make, capfd):
+    from .test_machine import cfg
+
+    h = make(cfg(workwatch=0))
+    h.begin()
+    h.advance(10)
+    for _ in range(5):
+        h.signal(signal.SIGCONT)
+    h.signal(signal.SIGTERM)
+    h.advance(30)
+    assert h.state == "exited"
+    err = capfd.readouterr().err
+    assert "forwarded SIGCONT ×4 to the service's session" in err
+    assert err.index("SIGCONT ×4") < err.index("exiting with status")
+
+
+def test_the_thin_reaper_summarises_forwarded_signals_too(capfd):
+    from fsm_init import reaper
+
+    from .fakes import FakeSystem, close_loop, make_settings
+
+    fake = FakeSystem()
+    fake.procs[100] = fake.procs[1]._replace(pid=100, ppid=1, pgid=100, sid=100)
+    state = {"pid": 100, "by_session": True, "started": 0.0, "target": None, "run_count": 1, "control_fd": None,
+             "quiet": False, "supporting": {}, "proof": 5, "last_transition": {}}
+    thin = reaper.Reaper(fake, make_settings(), state)
+    try:
+        for _ in range(50):
+            thin._on_signal(signal.SIGHUP)
+        fake.clock += 1
+        thin.loop._fire_due()
+        err = capfd.readouterr().err
+        assert err.count("forwarded") == 2 and "forwarded SIGHUP ×49 to the service's session in 1.0s" in err
+        fake.clock += 1
+        thin.loop._fire_due()
+        assert not thin.loop.deadlines
+    finally:
+        close_loop(thin.loop)
