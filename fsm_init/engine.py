@@ -412,7 +412,8 @@ class Engine:
             return
         self.service = Instance(pid, Group(pid, by_session=tty is None), self.system.now())
         self.service_pid, self.leader_alive = pid, True
-        self.spawned()
+        # The pid in the journal: each start the service records can be matched to its line.
+        self.fire("spawned", f"service started (pid {pid}, run {self.run_count})")
 
     def _exec_service(self, cmd: start.Command, env: dict) -> None:
         """Opt-in imginit behaviour: the service replaces fsm-init as PID 1."""
