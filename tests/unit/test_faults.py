@@ -166,3 +166,155 @@ def test_the_thin_reaper_summarises_forwarded_signals_too(capfd):
         assert not thin.loop.deadlines
     finally:
         close_loop(thin.loop)
+
+
+# -- 12.10: fork failures (EAGAIN) and fd exhaustion (EMFILE) -----------------------------------
+
+EAGAIN = OSError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+EMFILE = OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+
+
+def test_a_service_that_cannot_be_forked_is_retried_with_the_back_off_and_said_once(make, capfd):
+    from .test_machine import cfg
+
+    h = make(cfg(workwatch=0, workintvl=1, workbackoff=8))
+    h.system.fail("spawn", EAGAIN, "./run.sh")
+    h.begin()
+    waits = []
+    for _ in range(5):
+        assert h.state == "restart_interval" and h.engine.service is None
+        waits.append(h.deadline("state") - h.system.clock)
+        h.advance(waits[-1])
+    assert waits == [1, 2, 4, 8, 8]  # the back-off, not a spin
+    err = capfd.readouterr().err
+    assert err.count("cannot execute ./run.sh: Resource temporarily unavailable") == 1, err
+    h.system.faults.clear()  # the pids limit is lifted
+    h.advance(8)
+    assert h.state == "watch" and h.engine.service is not None
+    assert "the service started (pid " in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("error", [EAGAIN, EMFILE], ids=["EAGAIN", "EMFILE"])
+def test_a_check_that_cannot_be_started_is_no_verdict_and_is_retried_with_a_back_off(make, capfd, error):
+    from .test_machine import cfg
+
+    h = make(cfg(workwatch=30, workintvl=5, worktimeout=10), scripts=("run.sh", "PeriodicST-a"))
+    h.system.fail("spawn", error, f"{SRV}/PeriodicST-a")
+    h.begin()
+    pid = h.engine.service.pid
+    h.advance(5)
+    waits = []
+    for _ in range(6):
+        assert h.state == "check" and h.engine.script is None
+        waits.append(h.deadline("script") - h.system.clock)
+        h.advance(waits[-1])
+    assert waits == [1, 2, 4, 8, 10, 10]  # backing off up to the check's timeout
+    assert h.engine.service.pid == pid and h.system.signals_to(pid) == []  # not restarted
+    assert "PeriodicST-a cannot be started" in h.request("why")["message"]
+    err = capfd.readouterr().err
+    assert err.count(f"cannot start PeriodicST-a: {error.strerror}") == 1, err
+    h.system.faults.clear()
+    h.advance(10)
+    assert h.engine.script is not None and "PeriodicST-a started after 7 failed attempt(s)" in capfd.readouterr().err
+    pass_check(h)
+    assert h.state == "watch" and h.engine.checks_healthy
+
+
+def test_rt_and_mt_scripts_that_cannot_be_started_are_said_once(make, capfd):
+    from .test_machine import script_pid
+
+    h = in_check(make, extra=("PeriodicRT-r",))
+    h.exit(script_pid(h, "PeriodicRT-r"), exited(0))  # the first cycle's run is over
+    h.system.fail("spawn", EAGAIN, f"{SRV}/PeriodicRT-r")
+    for _ in range(4):
+        pass_check(h)
+        h.advance(29)
+    assert capfd.readouterr().err.count("cannot execute PeriodicRT-r: Resource temporarily unavailable") == 1
+    h.system.faults.clear()
+    pass_check(h)
+    h.advance(29)
+    assert "PeriodicRT-r started again" in capfd.readouterr().err
+
+
+def test_a_check_whose_output_pipes_cannot_be_made_leaks_no_descriptor(monkeypatch):
+    from fsm_init.output import CapturedOutput
+
+    made, real = [], os.pipe2
+
+    def pipe2(flags):
+        if made:
+            raise EMFILE
+        made.append(real(flags))
+        return made[-1]
+    monkeypatch.setattr(os, "pipe2", pipe2)
+    with pytest.raises(OSError):
+        CapturedOutput(None, None).spawn(["true"], {})
+    for fd in made[0]:
+        with pytest.raises(OSError):
+            os.fstat(fd)  # closed again
+
+
+def test_accept_failing_backs_off_is_said_once_and_recovery_once(capfd):
+    from fsm_init import control
+
+    from .fakes import advance, close_loop
+    from .test_control import OutOfDescriptors, Rig
+
+    listener = OutOfDescriptors()
+    rig = Rig(listener)
+    try:
+        pauses = []
+        for _ in range(6):
+            rig.serve(rounds=5)
+            assert not rig.server.listening
+            pauses.append(rig.loop.deadlines["control-accept"][0] - rig.system.clock)
+            advance(rig, pauses[-1])
+        assert pauses == [1, 2, 4, 8, 8, 8] and listener.accepts == 6
+        err = capfd.readouterr().err
+        assert err.count("cannot accept (Too many open files)") == 1
+        listener.accept = lambda: (_ for _ in ()).throw(BlockingIOError())  # descriptors again
+        rig.serve(rounds=1)
+        listener.accept = lambda: (socket_pair()[0], None)
+        rig.serve(rounds=1)
+        assert "control socket: accepting again after 6 failed attempt(s)" in capfd.readouterr().err
+        assert rig.server.accept_failures == 0 and control.ACCEPT_PAUSE_MAX == 8
+    finally:
+        for conn in list(rig.server.buffers):
+            conn.close()
+        listener.close()
+        close_loop(rig.loop)
+
+
+def socket_pair():
+    import socket
+
+    return socket.socketpair()
+
+
+def test_the_proc_scan_survives_fd_exhaustion():
+    """With no descriptor left, PID 1 must still see the processes it is stopping: the scan
+    uses the spare descriptors System holds (a scan that silently returned [] would call a
+    stopped session gone)."""
+    import subprocess
+    import sys
+
+    code = """
+import os, resource
+from fsm_init.system import System
+system = System()
+child = os.posix_spawn("/bin/sleep", ["sleep", "30"], os.environ)
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+held = []
+try:
+    while True:
+        held.append(os.open("/dev/null", os.O_RDONLY))
+except OSError as e:
+    assert e.errno == 24
+pids = [p.pid for p in system.processes()]
+names = system.list_dir("/proc")
+os.kill(child, 9)
+print(child in pids, os.getpid() in pids, str(child) in names)
+"""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=30)
+    assert out.stdout.split() == ["True", "True", "True"], out.stderr
