@@ -238,6 +238,8 @@ class System:
             return 127, "", str(e)
         except subprocess.TimeoutExpired:
             return 124, "", f"{argv[0]} timed out after {timeout:g}s"
+        except OSError as e:  # EAGAIN under a pids limit, EMFILE for the pipes: the step fails, not PID 1
+            return 126, "", f"cannot run {argv[0]}: {e.strerror}"
         return done.returncode, done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace")
 
     def interfaces(self) -> list[str]:

@@ -318,3 +318,15 @@ print(child in pids, os.getpid() in pids, str(child) in names)
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=30)
     assert out.stdout.split() == ["True", "True", "True"], out.stderr
+
+
+def test_an_admin_command_that_cannot_be_forked_is_a_failed_command_not_an_exception(monkeypatch):
+    import subprocess
+
+    from fsm_init.system import System
+
+    def refuse(*args, **kwargs):
+        raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+    monkeypatch.setattr(subprocess, "run", refuse)
+    status, out, err = System().run(["iptables-save"])
+    assert status == 126 and "cannot run iptables-save: Resource temporarily unavailable" in err
