@@ -330,3 +330,93 @@ def test_an_admin_command_that_cannot_be_forked_is_a_failed_command_not_an_excep
     monkeypatch.setattr(subprocess, "run", refuse)
     status, out, err = System().run(["iptables-save"])
     assert status == 126 and "cannot run iptables-save: Resource temporarily unavailable" in err
+
+
+# -- 12.11: wall-clock jumps ---------------------------------------------------------------------
+
+
+def _scenario(make, jumps: dict) -> tuple[list, list]:
+    """A status-check service: checks pass, one fails (restart: grace, KILL, back-off), an
+    operator restart, a stop with the grace running out.  jumps: step -> seconds the wall
+    clock jumps by before that step.  Returns (every deadline after each step, journal)."""
+    from .test_machine import cfg, script_pid
+
+    h = make(cfg(workwatch=30, workintvl=5, workbackoff=60), scripts=("run.sh", "PeriodicST-a"))
+    h.system.add_dir(RUN)
+    seen = []
+
+    def step(n, action):
+        h.system.wall_offset += jumps.get(n, 0)
+        action()
+        seen.append((n, h.state, sorted((name, when) for name, (when, _) in h.engine.loop.deadlines.items())))
+
+    step(0, h.begin)
+    step(1, lambda: h.advance(5))  # workintvl: the first check
+    step(2, lambda: pass_check(h))
+    step(3, lambda: h.advance(29))  # the next cycle, at its fixed rate
+    step(4, lambda: h.system.stubborn(h.engine.service.pid))
+    step(5, lambda: h.exit(script_pid(h, "PeriodicST-a"), exited(1)))  # failed: restart, grace
+    step(6, lambda: h.advance(5))  # the grace ran out: KILL
+    step(7, lambda: h.advance(10))  # the settle time, the back-off, a new start, workintvl
+    step(8, lambda: h.request("restart"))
+    step(9, lambda: h.advance(3))
+    step(10, lambda: h.signal(signal.SIGTERM))
+    step(11, lambda: h.advance(30))
+    assert h.state == "exited"
+    journal = [json.loads(line) for line in h.system.files[JOURNAL].splitlines()]
+    return seen, journal
+
+
+@pytest.mark.parametrize("jump", [3600, -3600], ids=["forward", "back"])
+def test_wall_clock_jumps_shift_no_timer_and_journal_times_follow_the_wall(make, jump):
+    steady, steady_journal = _scenario(make, {})
+    jumped, jumped_journal = _scenario(make, {3: jump, 6: jump, 9: -jump})
+    # The check schedule, workintvl, the back-off, the grace and settle timers: the same
+    # deadlines at the same (monotonic) times whatever the wall clock did.
+    assert jumped == steady
+    assert [(e["from"], e["to"], e["trigger"]) for e in jumped_journal] == \
+           [(e["from"], e["to"], e["trigger"]) for e in steady_journal]
+    # Journal times are wall time: they carry the jumps.
+    offsets = {round(j["time"] - s["time"]) for j, s in zip(jumped_journal, steady_journal)}
+    assert offsets == {0, jump, 2 * jump}
+
+
+def test_no_scheduling_reads_the_wall_clock():
+    """An audit of fsm_init/: every deadline, time-out and duration comes from System.now
+    (CLOCK_MONOTONIC); the wall clock (time.time, System.wall) only stamps records and
+    shows times to people.  A new call of time.time/wall must be added here on purpose."""
+    import ast
+    import pathlib
+
+    package = pathlib.Path(__file__).resolve().parents[2] / "fsm_init"
+    allowed_wall = {
+        ("dial.py", "*"),  # the link's up/down time in link.json
+        ("engine.py", "_entered_state"), ("engine.py", "_check_done"),  # journal and check records
+        ("engine.py", "_upcoming"),  # `srvctl why`: a monotonic deadline shown as a clock time
+        ("log.py", "_emit"), ("syslog_relay.py", "_format"),  # JSON log lines' "time"
+        ("reaper.py", "_enter"),  # the thin reaper's journal lines
+        ("status_view.py", "*"),  # the viewer's own "last seen" display
+        ("system.py", "wall"),
+        ("writes.py", "__init__"), ("writes.py", "failed"),  # "since" of a write problem in srvctl status
+        ("engine.py", "__init__"), ("journal.py", "__init__"), ("load_config.py", "__init__"),  # ... given to FileWrites
+    }
+    found = set()
+    for path in sorted(package.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        for func in [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]:
+            for node in ast.walk(func):
+                name = None
+                if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "time" \
+                        and node.attr in ("time", "monotonic", "sleep", "time_ns", "clock_gettime"):
+                    name = f"time.{node.attr}"
+                elif isinstance(node, ast.Attribute) and node.attr == "wall" and isinstance(node.ctx, ast.Load):
+                    name = "wall"
+                if name:
+                    found.add((path.name, func.name, name))
+    for module, function, name in sorted(found):
+        if name == "time.monotonic":
+            assert (module, function) in {("system.py", "now"), ("writes.py", "__init__")}, (module, function)
+        elif name == "time.sleep" and module not in ("status_view.py", "graph.py", "srvctl.py"):  # not PID 1
+            raise AssertionError(f"{module}:{function} sleeps: PID 1 never blocks")
+        elif name != "time.sleep":
+            assert (module, function) in allowed_wall or (module, "*") in allowed_wall, (module, function, name)
