@@ -446,3 +446,12 @@ def test_a_supporting_service_that_cannot_be_forked_is_said_once_per_episode(cap
         assert "ssh started (pid " in err and "port 8022 after 6 failed attempt(s)" in err, err
     finally:
         close_loop(loop)
+
+
+def test_fsm_init_status_shows_the_files_that_cannot_be_written():
+    from fsm_init import status_view
+
+    rows = status_view.supporting({"write_problems": {
+        "/run/fsm-init/status.json": "No space left on device since 12:00:03 (4 failed write(s))"}})
+    assert ("cannot write", "/run/fsm-init/status.json: No space left on device since 12:00:03 (4 failed write(s))",
+            "bad") in rows
