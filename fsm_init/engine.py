@@ -22,7 +22,10 @@ from fsm_init import (config, custom_init, delay, env_resume, firewall, load_con
 from fsm_init.container_env import ContainerEnvironment
 from fsm_init.control import NOT_SUPERVISED, ControlServer
 from fsm_init.daemons import Daemons
+from fsm_init.forwarded import ForwardLog
 from fsm_init.journal import Journal
+from fsm_init.repeats import Repeats, is_resource
+from fsm_init.writes import FileWrites
 from fsm_init.output import CapturedOutput
 from fsm_init.loop import STOP_SIGNALS, EventLoop
 from fsm_init.settings import Settings
@@ -101,6 +104,9 @@ class Engine:
         self.caller_dir = system.getcwd()
         self.loop = EventLoop(system, self._on_signal, self._on_exit)
         self.stopper = Stopper(system, self.loop)
+        self.forwards = ForwardLog(self.loop, system)
+        self.repeats = Repeats()  # spawn failures said once while they repeat
+        self.check_retry: tuple[str, str] | None = None  # a check that could not be started: (name, why)
         self.control: ControlServer | None = None
         self.target: resolve_target.Target | None = None
         self.source: load_config.ConfigSource | None = None
@@ -142,7 +148,8 @@ class Engine:
         self.syslog_path = self.environ.get("FSM_INIT_SYSLOG_SOCKET") or "/dev/log"
         self.syslog = SyslogRelay(self.loop, self.syslog_path)
         self.state_since = system.now()
-        self.journal = Journal(settings.run_dir, system)
+        self.writes = FileWrites(system.now, system.wall)
+        self.journal = Journal(settings.run_dir, system, self.writes)
         self.guard_results: dict[str, bool] = {}
         self.taking = ("", "boot", "")
         self.cause = ""  # why the transition being processed happens
@@ -272,7 +279,7 @@ class Engine:
             (log.error if isinstance(note, resolve_target.Error) else log.info)(note)
         if self.target.directory:
             self.system.chdir(self.target.directory)
-        self.source = load_config.ConfigSource(self.target, self.srvcfg, self.system)
+        self.source = load_config.ConfigSource(self.target, self.srvcfg, self.system, self.writes)
         self.done()
 
     def on_enter_custom_init(self) -> None:
@@ -441,12 +448,19 @@ class Engine:
             self.last_exit = spawn_error_code(e)
             hint = start.exec_hint(cmd.executable or cmd.argv[0], e, self.system)
             cause = f"cannot execute {start.shown([cmd.argv[0]])}: {e.strerror}{hint} (status {self.last_exit})"
-            log.error(cause)
+            # Retried with the back-off; said once while it fails the same way (EAGAIN under
+            # a pids limit can last), the journal has every attempt.
+            self.repeats.failed("service", e.strerror, partial(log.error,
+                cause + ("" if self.non_daemon() else "; retried with the back-off, said once while it fails")))
             self.fire("spawn_failed", cause)
             return
+        failed = self.repeats.succeeded("service")
+        if failed:
+            log.info(f"the service started (pid {pid}) after {failed} failed attempt(s)")
         self.service = Instance(pid, Group(pid, by_session=tty is None), self.system.now())
         self.service_pid, self.leader_alive = pid, True
-        self.spawned()
+        # The pid in the journal: each start the service records can be matched to its line.
+        self.fire("spawned", f"service started (pid {pid}, run {self.run_count})")
 
     def _exec_service(self, cmd: start.Command, env: dict) -> None:
         """Opt-in imginit behaviour: the service replaces fsm-init as PID 1."""
@@ -474,6 +488,7 @@ class Engine:
         # The exec replaces this process before transitions would record the entry.
         self._entered_state()
         self.entry_recorded = True
+        self.forwards.close()
         reaper.hand_over(self)
         # Only reached when the exec failed: this engine carries on reaping.
         if self.control:
@@ -526,7 +541,7 @@ class Engine:
         if path:
             timeout = start.check_timeout(self.config, self.mode.period)
             self._run_script(path, timeout, self._check_done, self._check_env(), capture=True,
-                             workuser=self.config["workuser"])
+                             workuser=self.config["workuser"], retries=0)
             return
         self.last_checks = self.cycle.results
         failure = self.cycle.failure
@@ -557,7 +572,11 @@ class Engine:
             try:
                 self.background[name] = self.system.spawn(start.as_user([path], self.config["workuser"]), env)
             except OSError as e:
-                log.error(f"cannot execute {name}: {e.strerror}")
+                self.repeats.failed(name, e.strerror, partial(log.error,
+                    f"cannot execute {name}: {e.strerror} (tried again next cycle, said once while it fails)"))
+                continue
+            if self.repeats.succeeded(name):
+                log.info(f"{name} started again")
 
     def on_enter_restart(self) -> None:
         self.restart_cause = self.cause
@@ -602,7 +621,7 @@ class Engine:
         # SIGTERM now (teardown kills what is left), and its exit must not start the next one.
         # As my_init does, the script gets one SIGTERM and the stop grace to finish (what its
         # handler starts included) before the shutdown scripts run and anything is swept.
-        script, self.script, self.in_turn = self.script, None, []
+        script, self.script, self.in_turn, self.check_retry = self.script, None, [], None
         self.loop.cancel("script")
         run_scripts = partial(self._run_shutdown_scripts, self.settings.pre_shutdown_dir)
         if script:
@@ -660,6 +679,7 @@ class Engine:
             self.exit_status = self.give_up_status
         else:
             self.exit_status = self.last_exit or 0
+        self.forwards.close()
         if self.internal_error and self.exit_status == 0:
             self.exit_status = INTERNAL_ERROR_STATUS
             log.error(f"exiting with status {self.exit_status}: an internal error ({self.internal_error}) "
@@ -682,7 +702,7 @@ class Engine:
                 self.fire("stop", f"received {name}")
             return
         if self.service and self.service.group.signal(self.system, signum):
-            log.info(f"forwarded {name} to the service's session")
+            self.forwards.forwarded(name)
 
     def _on_exit(self, pid: int, status: int) -> None:
         code = exit_code(status)
@@ -743,7 +763,10 @@ class Engine:
         next_one()
 
     def _run_script(self, path: str, timeout: float, on_done, env: dict, capture: bool = False,
-                    workuser: str | None = None) -> None:
+                    workuser: str | None = None, retries: int | None = None) -> None:
+        """retries: a check (PeriodicST-*), whose start failing for lack of resources
+        (EAGAIN, EMFILE, ...) is no verdict on the service: it is tried again with a
+        back-off (1 s, doubling, at most its timeout), said once while it fails."""
         name = watch.name(path)
         if not workuser and not trust.trusted(path, self.system, "run"):
             # Refused like a file that is not executable: a start-up script fails the
@@ -755,9 +778,22 @@ class Engine:
         try:
             pid = output.spawn(argv, env) if output else self.system.spawn(argv, env)
         except OSError as e:
+            if retries is not None and is_resource(e):
+                wait = min(2.0 ** min(retries, 16), timeout)
+                self.repeats.failed(name, e.strerror, partial(log.error,
+                    f"cannot start {name}: {e.strerror}; no verdict on the service: trying again in {wait:g}s, "
+                    "backing off while it fails (said once)"))
+                self.check_retry = (name, e.strerror)
+                self.loop.call_later("script", wait, lambda: self._run_script(
+                    path, timeout, on_done, env, capture, workuser, retries + 1))
+                return
             log.error(f"cannot execute {name}: {e.strerror}")
             on_done(name, spawn_error_code(e), 0.0, e.strerror)
             return
+        self.check_retry = None
+        failed = self.repeats.succeeded(name)
+        if failed:
+            log.info(f"{name} started after {failed} failed attempt(s)")
         self.script = Script(pid, name, self.system.now(), on_done, output)
         self.loop.call_later("script", timeout, self._script_timed_out)
 
@@ -778,7 +814,7 @@ class Engine:
 
     def _abandon_script(self) -> Script | None:
         """Kill the running foreground script with everything it started."""
-        script, self.script = self.script, None
+        script, self.script, self.check_retry = self.script, None, None
         self.loop.cancel("script")
         if script:
             Group(script.pid).signal(self.system, signal.SIGKILL)
@@ -874,7 +910,9 @@ class Engine:
             "idle": f"the config is read again at {when.get('state')}",
             "restart_interval": (f"first check at {when.get('state')}" if pid else f"next start at {when.get('state')}"),
             "watch": (f"next check at {when.get('cycle')}" if "cycle" in when else f"waiting for the service (pid {pid}) to exit"),
-            "check": f"running {self.script.name}" if self.script else "",
+            "check": f"running {self.script.name}" if self.script else
+                     (f"{self.check_retry[0]} cannot be started ({self.check_retry[1]}): trying again at "
+                      f"{when.get('script')}" if self.check_retry and "script" in when else ""),
             "foreground": f"the service (pid {pid}) runs; fsm-init exits with its status",
             "restart": f"SIGKILL at {when.get('stop-kill')} if it is still there",
             "stopping": f"SIGKILL at {when.get('stop-kill')} if it is still there",
@@ -910,15 +948,15 @@ class Engine:
             "daemons": self.daemons.status(),
             "pid": self.system.getpid(),
             "log_dropped": log.dropped(),
+            # files fsm-init cannot write (a full or read-only disk): path -> the problem
+            "write_problems": self.writes.status(),
         }
 
     def _write_count(self, text: str) -> None:
         if not self.target.directory:
             return
-        try:
-            self.system.write_atomic(os.path.join(self.target.directory, "service.run.count"), text.encode())
-        except OSError as e:
-            log.warn(f"cannot write service.run.count: {e.strerror}")
+        path = os.path.join(self.target.directory, "service.run.count")
+        self.writes.attempt(path, lambda: self.system.write_atomic(path, text.encode()))
 
 
 def _carry_on(timeout: float, path: str, status: int | None) -> bool:

@@ -97,6 +97,8 @@ def format_status(status: dict) -> str:
         lines.append(f"check:      {check['name']}: {result} in {check['duration']:.2f}s")
     if status.get("log_dropped"):
         lines.append(f"log:        {status['log_dropped']} line(s) dropped while the log reader stalled")
+    for path, problem in status.get("write_problems", {}).items():
+        lines.append(f"cannot write: {path}: {problem}")
     # Names of checks and daemons, a PPPoE access concentrator's name: escaped, line by line.
     return "\n".join(escape(line) for line in lines)
 

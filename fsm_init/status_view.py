@@ -366,6 +366,8 @@ def supporting(status: dict) -> list[tuple[str, str, str]]:
         out.append((f"daemon {daemon.get('name')}", describe_daemon(daemon), tone))
     if status.get("log_dropped"):
         out.append(("log", f"{status['log_dropped']} line(s) dropped while the log reader stalled", "warn"))
+    for path, problem in (status.get("write_problems") or {}).items():  # a full or read-only disk
+        out.append(("cannot write", f"{path}: {problem}", "bad"))
     return out
 
 

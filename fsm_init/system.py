@@ -62,8 +62,41 @@ def _new_temporary(directory: str, name: str, mode: int) -> tuple[str, int]:
     raise FileExistsError(errno.EEXIST, "no free temporary name", os.path.join(directory, name))
 
 
+# Descriptors held back for fd exhaustion (EMFILE under a low RLIMIT_NOFILE): the /proc
+# scan that tells whether a stopped session is gone needs two (the directory, one stat
+# file), and PID 1 must still be able to stop what it started.
+SPARE_FDS = 2
+OUT_OF_FDS = (errno.EMFILE, errno.ENFILE)
+
+
 class System:
     """The real operating system."""
+
+    def __init__(self) -> None:
+        self._spare: list[int] = []
+        self._hold_spare()
+
+    def _hold_spare(self) -> None:
+        while len(self._spare) < SPARE_FDS:
+            try:
+                self._spare.append(os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC))
+            except OSError:
+                return
+
+    def _with_spare(self, work):
+        """work(); when it finds no descriptor left, again with the spare ones let go."""
+        try:
+            return work()
+        except OSError as e:
+            if e.errno not in OUT_OF_FDS or not self._spare:
+                raise
+        for fd in self._spare:
+            os.close(fd)
+        self._spare = []
+        try:
+            return work()
+        finally:
+            self._hold_spare()
 
     def now(self) -> float:
         return time.monotonic()
@@ -130,6 +163,9 @@ class System:
 
     def processes(self) -> list[ProcInfo]:
         """Live (non-zombie) processes visible in /proc."""
+        return self._with_spare(self._processes)
+
+    def _processes(self) -> list[ProcInfo]:
         found = []
         for name in os.listdir("/proc"):
             if not name.isdigit():
@@ -137,7 +173,9 @@ class System:
             try:
                 with open(f"/proc/{name}/stat", "rb") as f:
                     raw = f.read()
-            except OSError:
+            except OSError as e:
+                if e.errno in OUT_OF_FDS:
+                    raise  # not "gone": the scan cannot be trusted
                 continue
             # comm may hold spaces and parentheses: split after the last ')'.
             fields = raw[raw.rfind(b")") + 2:].split()
@@ -181,9 +219,11 @@ class System:
         """
         import selectors
 
-        pipes = [os.pipe2(os.O_CLOEXEC) for _ in range(3 if input is not None else 2)]
-        out, err = pipes[0], pipes[1]
+        pipes: list[tuple[int, int]] = []
         try:
+            for _ in range(3 if input is not None else 2):
+                pipes.append(os.pipe2(os.O_CLOEXEC))
+            out, err = pipes[0], pipes[1]
             pid = self.spawn(argv, dict(os.environ), stdout=out[1], stderr=err[1],
                              stdin=pipes[2][0] if input is not None else None)
         except OSError as e:
@@ -192,7 +232,8 @@ class System:
                 os.close(w)
             if e.errno == errno.ENOENT:
                 return 127, "", str(e)
-            raise
+            # EAGAIN under a pids limit, EMFILE for the pipes: the step fails, not PID 1.
+            return 126, "", f"cannot run {argv[0]}: {e.strerror}"
         # The child's ends: out's and err's write ends, stdin's read end.
         for fd in (out[1], err[1], *(pipes[2][:1] if input is not None else ())):
             os.close(fd)
@@ -323,7 +364,20 @@ class System:
             pass
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
         try:
-            os.write(fd, line)
+            size = os.fstat(fd).st_size
+            written = 0
+            try:
+                written = os.write(fd, line)
+            finally:
+                if written != len(line):
+                    # A full disk took part of the line, or none: cut it off again, or
+                    # the next line would be glued to the half one.
+                    try:
+                        os.ftruncate(fd, size)
+                    except OSError:
+                        pass
+            if written != len(line):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
         finally:
             os.close(fd)
 
@@ -403,7 +457,7 @@ class System:
 
     def list_dir(self, path: str) -> list[str]:
         try:
-            return sorted(os.listdir(path))
+            return sorted(self._with_spare(lambda: os.listdir(path)))
         except OSError:
             return []
 
