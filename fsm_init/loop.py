@@ -49,6 +49,26 @@ class EventLoop:
         # thin reaper) stay pending until now; unblocking delivers them to the handlers.
         signal.pthread_sigmask(signal.SIG_SETMASK, ())
 
+    @property
+    def wakeup_fd(self) -> int:
+        """The write end the C-level signal handler writes each caught signal's number to."""
+        return self._wake_w
+
+    def take_signals(self) -> list[int]:
+        """The signals caught but not handled yet (their numbers wait in the wake-up pipe),
+        taken out of it: before an exec, which would lose them.  SIGCHLD is left out: the
+        exec'd program reaps what exited anyway."""
+        taken: list[int] = []
+        while True:
+            try:
+                data = os.read(self._wake_r, 4096)
+            except BlockingIOError:
+                break
+            if not data:
+                break
+            taken.extend(signum for signum in data if signum != signal.SIGCHLD and signum not in taken)
+        return taken
+
     def watch(self, fileobj, callback: Callable[[], None]) -> None:
         self.selector.register(fileobj, selectors.EVENT_READ, callback)
 

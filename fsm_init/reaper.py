@@ -48,11 +48,17 @@ def hand_over(engine) -> None:
     # own directory is put on sys.path explicitly instead.
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     code = f"import sys; sys.path.insert(0, {package_parent!r}); from fsm_init.reaper import main; main()"
+    # From here a signal stays pending, blocked, across the exec until the reaper's handlers
+    # are in.  One caught a moment before (its number waiting in the wake-up pipe, which the
+    # exec would close unread) is sent again to this process: pending too, for the reaper.
+    engine.system.block_signals(CAUGHT)
+    for signum in engine.loop.take_signals():
+        engine.system.kill(engine.system.getpid(), signum)
     try:
-        # A SIGTERM sent during the exec stays pending until the reaper's handlers are in.
         engine.system.execve([argv0(), "-I", "-S", "-c", code], env, sys.executable, blocked=CAUGHT)
     except OSError as e:
         log.error(f"cannot exec the thin reaper ({e.strerror}): the engine carries on")
+        engine.system.unblock_signals(CAUGHT)  # what is pending reaches the engine's handlers
 
 
 def argv0() -> str:

@@ -184,6 +184,12 @@ class System:
             found.append(ProcInfo(int(name), int(fields[1]), int(fields[2]), int(fields[3]), fields[0].decode()))
         return found
 
+    def block_signals(self, signums) -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, signums)
+
+    def unblock_signals(self, signums) -> None:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, signums)
+
     def execve(self, argv: list[str], env: dict[str, str], executable: str | None = None,
                blocked=()) -> None:
         """Replace fsm-init, keeping PID 1, with default signal dispositions and the

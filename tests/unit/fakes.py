@@ -187,6 +187,12 @@ class FakeSystem:
         self.calls.append(("processes",))
         return list(self.procs.values())
 
+    def block_signals(self, signums) -> None:
+        self.calls.append(("block_signals", sorted(signums)))
+
+    def unblock_signals(self, signums) -> None:
+        self.calls.append(("unblock_signals", sorted(signums)))
+
     def execve(self, argv, env, executable=None, blocked=()) -> None:
         self.calls.append(("execve", list(argv)))
         self.execs.append(Exec(list(argv), dict(env), executable))

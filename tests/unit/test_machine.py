@@ -1106,6 +1106,33 @@ def test_handover_goes_through_the_system_boundary(make, monkeypatch):
         f"hand-over called os.execve directly ({len(attempts)} time(s)), not System.execve"
 
 
+def test_a_signal_caught_just_before_the_handover_is_sent_again_for_the_reaper(make, monkeypatch):
+    """A SIGHUP caught between the hand-over's decision and the exec waits as a number in
+    the wake-up pipe, which the exec would close unread: it is blocked and sent again to
+    PID 1 itself before the exec, so it is pending when the thin reaper unblocks it."""
+    monkeypatch.setattr(reaper, "hand_over", REAL_HAND_OVER)
+    h = make(cfg())
+    h.begin()
+    os.write(h.engine.loop.wakeup_fd, bytes([signal.SIGHUP, signal.SIGCHLD, signal.SIGHUP]))
+    with pytest.raises(ProcessReplaced):
+        h.advance(1.0)
+    calls = [c for c in h.system.calls if c[0] in ("block_signals", "kill", "execve")]
+    assert calls[0][0] == "block_signals" and signal.SIGHUP in calls[0][1]
+    assert calls[-1][0] == "execve"
+    assert (h.system.pid, signal.SIGHUP) in h.system.kills and \
+        [k for k in h.system.kills if k == (h.system.pid, signal.SIGHUP)] == [(h.system.pid, signal.SIGHUP)]
+
+
+def test_a_failed_handover_unblocks_the_signals_it_held(make, monkeypatch):
+    monkeypatch.setattr(reaper, "hand_over", REAL_HAND_OVER)
+    h = make(cfg())
+    h.system.exec_error = OSError(errno.ENOEXEC, "refused by the test")
+    h.begin()
+    h.advance(1.0)
+    held = [c for c in h.system.calls if c[0] in ("block_signals", "unblock_signals")]
+    assert [c[0] for c in held] == ["block_signals", "unblock_signals"] and held[0][1] == held[1][1]
+
+
 # -- crash-loop policy ---------------------------------------------------------------------------
 
 
