@@ -185,3 +185,16 @@ def test_the_masked_config_and_secret_removal():
     doc = {"sshsrv": {"rootpwd": "x", "enable": "yes"}, "inetdail": {"dialpswd": ""}}
     assert config.secrets_in(doc) == ["sshsrv.rootpwd"]
     assert config.without_secrets(doc) == {"sshsrv": {"enable": "yes"}, "inetdail": {"dialpswd": ""}}
+
+
+def test_a_secret_inside_a_malformed_section_never_reaches_the_log(make, capfd):
+    # "sshsrv" an array around the password: the section's problem line must not show it.
+    h = make(cfg(workwatch=0, sshsrv=[{"rootpwd": "S3cret-pw"}], inetdail={"dialpswd": ["pp-secret"]}))
+    h.begin()
+    err = capfd.readouterr().err
+    assert "config key 'sshsrv' = ********: is not a JSON object" in err
+    assert "S3cret" not in err and "pp-secret" not in err
+    problems = config.validate({"sshsrv": [{"rootpwd": "S3cret-pw"}]})[1]
+    assert "S3cret" not in json.dumps([p.as_dict() for p in problems])
+    # a section that holds no secret is shown as it is
+    assert "config key 'firewall' = [1]: is not a JSON object" in config.validate({"firewall": [1]})[1][0].describe()
