@@ -91,6 +91,17 @@ def settle_dirs(settings: "Settings", system) -> list[str]:
         if why:
             settings.state_dir = os.path.join(settings.run_dir, "state")
             notes.append(("info", f"state directory {settings.state_dir} ({STATE_DIR}: {why})"))
+    if usable:
+        from fsm_init import trust
+
+        # Root's SSH host keys and root-password record live there, and the marker that
+        # tells a first start from a restart: a directory another user could change (a
+        # volume, a chown -R of /var/lib) is not used, given or not (README: Security model).
+        problem = trust.problem(settings.state_dir, system)
+        if problem:
+            refused, settings.state_dir = settings.state_dir, os.path.join(settings.run_dir, "state")
+            notes.append(("error", f"refusing the state directory {refused}: another user could change it: {problem}; "
+                                   f"using {settings.state_dir} (lost when the container stops)"))
     return notes
 
 

@@ -110,6 +110,24 @@ exec sleep 1000
     second.wait()
 
 
+def test_a_state_directory_the_workuser_owns_gets_nothing_of_roots(box):
+    # Root's SSH host keys, its password record and the first-start marker live there: a
+    # state directory the workuser owns (a volume, a chown -R of /var/lib) is not used.
+    sandbox, out = box
+    sandbox.state_dir.mkdir()
+    nobody_owns(sandbox.state_dir)
+    look = f"#!/bin/sh\nls -A {sandbox.state_dir} > {out}/seen\nexec sleep 1000\n"
+    sandbox.service("app", supervised(), start__sh=look)
+    run = sandbox.start(SRVNAME="app")
+    run.wait_log(re.escape(f"refusing the state directory {sandbox.state_dir}: another user could change it: "
+                           f"{sandbox.state_dir} is owned by uid {NOBODY[0]}, not root"))
+    wait_for(lambda: (out / "seen").exists(), what=f"the service\n--- log:\n{run.log}")
+    assert (out / "seen").read_text() == "" and os.listdir(sandbox.state_dir) == []
+    assert (sandbox.run_dir / "state" / "target").read_text() == "app\n"
+    run.signal(signal.SIGTERM)
+    run.wait()
+
+
 # -- 10, 11. bad input ---------------------------------------------------------------------------
 
 

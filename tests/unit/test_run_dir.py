@@ -112,3 +112,17 @@ def test_readers_find_the_directory_holding_the_socket(tmp_path, monkeypatch):
 
 def test_fallbacks_are_per_uid():
     assert fallback_run_dirs(1000) == ["/tmp/fsm-init-1000", "/dev/shm/fsm-init-1000"]
+
+
+@pytest.mark.parametrize("given", [False, True])
+def test_a_state_directory_another_user_could_change_is_refused(given):
+    # Root's SSH host keys and password record live there (a chown -R of /var/lib, a volume).
+    fake = FakeSystem()
+    state = "/x/state" if given else STATE_DIR
+    fake.add_dir(state)
+    fake.owners[state] = 65534
+    s, notes = settle(fake, state_dir=state, state_dir_given=given)
+    assert s.state_dir == f"{RUN_DIR}/state"
+    assert notes == [("error", f"refusing the state directory {state}: another user could change it: {state} is "
+                               f"owned by uid 65534, not root (fix: chown root {state}); using {RUN_DIR}/state "
+                               "(lost when the container stops)")]
