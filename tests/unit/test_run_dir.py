@@ -126,3 +126,14 @@ def test_a_state_directory_another_user_could_change_is_refused(given):
     assert notes == [("error", f"refusing the state directory {state}: another user could change it: {state} is "
                                f"owned by uid 65534, not root (fix: chown root {state}); using {RUN_DIR}/state "
                                "(lost when the container stops)")]
+
+
+def test_a_given_run_directory_another_user_could_change_is_refused():
+    fake = FakeSystem()
+    fake.add_dir("/x/run")
+    fake.owners["/x/run"] = 65534
+    s, notes = settle(fake, run_dir="/x/run", run_dir_given=True)
+    assert s.run_dir == RUN_DIR and s.state_dir == STATE_DIR
+    assert notes == [("error", "refusing the run directory /x/run (FSM_INIT_RUN_DIR): another user could change "
+                               "it: /x/run is owned by uid 65534, not root (fix: chown root /x/run); choosing one "
+                               "as without it")]
