@@ -185,8 +185,10 @@ def _report_validation(as_json, path, effective, problems, error, kept=()) -> in
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(json.dumps(config.masked(effective), indent=2))
-    for key in kept:
-        print(f"kept: unknown key '{key}' (passed to the service unchanged)", file=sys.stderr)
+    from fsm_init.log import escape
+
+    for key in kept:  # a key is text from the file: escaped like every name shown
+        print(f"kept: unknown key '{escape(key)}' (passed to the service unchanged)", file=sys.stderr)
     for problem in problems:
         print(f"problem: {problem.describe()}", file=sys.stderr)
     return int(failed)

@@ -23,17 +23,22 @@ class Problem(NamedTuple):
     reason: str
     dropped: bool = False  # a list entry left out, rather than a value replaced by its default
 
+    def _secret(self) -> bool:
+        """A secret key, or a section holding one whose value is not an object (an array
+        around {"rootpwd": ...}): shown masked, never in a log line."""
+        return self.key in SECRET_KEYS or isinstance(self.value, (list, dict)) and \
+            any(key.startswith(self.key + ".") for key in SECRET_KEYS)
+
     def describe(self) -> str:
-        shown = MASK if self.key in SECRET_KEYS else _short(self.value)
+        shown = MASK if self._secret() else _short(self.value)
         if self.dropped:
             return f"config key '{self.key}': entry {shown} {self.reason}; entry dropped"
         default = MASK if self.key in SECRET_KEYS and self.default else _short(self.default)
         return f"config key '{self.key}' = {shown}: {self.reason}; using {default}"
 
     def as_dict(self) -> dict:
-        secret = self.key in SECRET_KEYS
-        return {"key": self.key, "value": MASK if secret else self.value,
-                "default": MASK if secret and self.default else self.default,
+        return {"key": self.key, "value": MASK if self._secret() else self.value,
+                "default": MASK if self.key in SECRET_KEYS and self.default else self.default,
                 "reason": self.reason, "dropped": self.dropped}
 
 

@@ -47,7 +47,8 @@ def make_listener(path: str) -> socket.socket:
 class ControlServer:
     def __init__(self, sock: socket.socket, path: str, loop, handler: Callable[[dict], dict]) -> None:
         self.sock, self.path, self.loop, self.handler = sock, path, loop, handler
-        self.buffers: dict[socket.socket, bytes] = {}
+        self.buffers: dict[socket.socket, bytes] = {}  # requests being read
+        self.sending: dict[socket.socket, bytes] = {}  # the rest of replies a slow client has not taken yet
         self.listening = False
         self.accept_failures = 0  # in a row: the back-off, and said once
         self._listen()
@@ -92,8 +93,8 @@ class ControlServer:
         self.loop.watch(conn, lambda: self._read(conn))
         self.loop.call_later(self._deadline(conn), REQUEST_TIMEOUT, lambda: self._finish(
             conn, {"ok": False, "message": f"no request line within {REQUEST_TIMEOUT:g}s"}))
-        if len(self.buffers) >= MAX_CONNECTIONS:
-            self._pause()  # _finish listens again
+        if len(self.buffers) + len(self.sending) >= MAX_CONNECTIONS:
+            self._pause()  # _finish or _drop listens again
 
     @staticmethod
     def _deadline(conn: socket.socket) -> str:
@@ -132,19 +133,49 @@ class ControlServer:
         self.loop.cancel(self._deadline(conn))
         self.loop.unwatch(conn)
         del self.buffers[conn]
-        if self.sock.fileno() >= 0:
-            self._listen()
+        self.sending[conn] = json.dumps(reply).encode() + b"\n"
+        self._send(conn)
+        self._listen_if_room()
+
+    def _send(self, conn: socket.socket) -> None:
+        """As much of the reply as the socket takes now, never waiting: a client that does
+        not read (a full socket buffer) gets the rest as it reads, and is dropped after
+        REQUEST_TIMEOUT; PID 1 goes on meanwhile."""
+        data = self.sending.get(conn)
+        if data is None:
+            return
         try:
-            conn.setblocking(True)
-            conn.settimeout(1.0)
-            conn.sendall(json.dumps(reply).encode() + b"\n")
-        except OSError:
+            data = data[conn.send(data):]
+        except BlockingIOError:
             pass
+        except OSError:
+            data = b""  # the client went away: nothing more to say
+        if data:
+            first = self.loop.selector.get_map().get(conn) is None
+            self.sending[conn] = data
+            if first:
+                self.loop.watch_writable(conn, lambda: self._send(conn))
+                self.loop.call_later(self._deadline(conn), REQUEST_TIMEOUT, lambda: self._drop(conn))
+            return
+        self._drop(conn)
+
+    def _drop(self, conn: socket.socket) -> None:
+        if self.sending.pop(conn, None) is None:
+            return
+        self.loop.cancel(self._deadline(conn))
+        self.loop.unwatch(conn)
         conn.close()
+        self._listen_if_room()
+
+    def _listen_if_room(self) -> None:
+        if self.sock.fileno() >= 0 and len(self.buffers) + len(self.sending) < MAX_CONNECTIONS:
+            self._listen()
 
     def close(self) -> None:
         self._pause()
         self.loop.cancel("control-accept")
+        for conn in list(self.sending):
+            self._drop(conn)
         self.sock.close()
         try:
             os.unlink(self.path)

@@ -99,8 +99,9 @@ class ConfigSource:
         return written
 
     def _read_file(self, errors: list[str]) -> dict | None:
-        if self.system.owner_mode(self.path) is not None and \
-                not trust.trusted(self.path, self.system, "take fsm-init's configuration from"):
+        # Checked also when the file is not there: in a directory another user could
+        # change, it could appear between this check and the read.
+        if not trust.trusted(self.path, self.system, "take fsm-init's configuration from"):
             return self.last_read
         raw = self.system.read_bytes(self.path)
         document, why = config.parse_document(raw) if raw is not None else (None, "")

@@ -64,10 +64,21 @@ def locate_run_dir() -> str:
 def settle_dirs(settings: "Settings", system) -> list[str]:
     """fsm-init's own choice of its run and state directories (through ``system``), the
     log lines that explain it.  An explicit FSM_INIT_RUN_DIR or FSM_INIT_STATE_DIR is
-    used as given."""
+    used as given, unless another user could change it (then refused, said why)."""
     notes = []
     usable = True
-    if not settings.run_dir_given:
+    from fsm_init import trust
+
+    given = settings.run_dir_given
+    if given:
+        # The control socket, the journal and the PPPoE hooks pppd runs as root live there:
+        # a directory another user could change is not used (README: Security model).
+        problem = trust.problem(settings.run_dir, system)
+        if problem:
+            notes.append(("error", f"refusing the run directory {settings.run_dir} (FSM_INIT_RUN_DIR): another "
+                                   f"user could change it: {problem}; choosing one as without it"))
+            given = False
+    if not given:
         # Also fsm-init's alone: under a world-writable /run (--tmpfs /run) another uid
         # could have made it first, with links planted for root's journal writes.
         why = system.writable_dir(RUN_DIR, 0o700) or system.private_dir(RUN_DIR)
@@ -91,6 +102,15 @@ def settle_dirs(settings: "Settings", system) -> list[str]:
         if why:
             settings.state_dir = os.path.join(settings.run_dir, "state")
             notes.append(("info", f"state directory {settings.state_dir} ({STATE_DIR}: {why})"))
+    if usable:
+        # Root's SSH host keys and root-password record live there, and the marker that
+        # tells a first start from a restart: a directory another user could change (a
+        # volume, a chown -R of /var/lib) is not used, given or not (README: Security model).
+        problem = trust.problem(settings.state_dir, system)
+        if problem:
+            refused, settings.state_dir = settings.state_dir, os.path.join(settings.run_dir, "state")
+            notes.append(("error", f"refusing the state directory {refused}: another user could change it: {problem}; "
+                                   f"using {settings.state_dir} (lost when the container stops)"))
     return notes
 
 

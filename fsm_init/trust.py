@@ -31,21 +31,28 @@ def problem(path: str, system: System) -> str:
     absolute = posixpath.abspath(path)
     seen = set()
     for start in (absolute, system.realpath(absolute)):
-        component = start
+        component, missing = start, ""
         while component not in seen:
             seen.add(component)
             found = system.owner_mode(component)
-            if found is None:
-                return ""  # not there: running it fails as it would anyway
-            uid, mode = found
-            if not stat.S_ISLNK(mode):
-                if uid not in (0, me):
-                    fix = f"chown root {component}" if me == 0 else f"chown root {component} (or chown {me})"
-                    return f"{component} is owned by uid {uid}, not {owners} (fix: {fix})"
-                if mode & 0o022 and not (stat.S_ISDIR(mode) and mode & stat.S_ISVTX):
-                    who = "group and others" if mode & 0o022 == 0o022 else "group" if mode & 0o020 else "others"
-                    return (f"{component} is writable by its {who} (mode {stat.S_IMODE(mode):04o}; "
-                            f"fix: chmod go-w {component})")
+            if found is not None:
+                uid, mode = found
+                if not stat.S_ISLNK(mode):
+                    if uid not in (0, me):
+                        fix = f"chown root {component}" if me == 0 else f"chown root {component} (or chown {me})"
+                        return f"{component} is owned by uid {uid}, not {owners} (fix: {fix})"
+                    # The sticky bit protects an entry that is there; a missing one anybody
+                    # who may write the directory could create (between the check and the use).
+                    if mode & 0o022 and not (stat.S_ISDIR(mode) and mode & stat.S_ISVTX and not missing):
+                        who = "group and others" if mode & 0o022 == 0o022 else "group" if mode & 0o020 else "others"
+                        created = f", and {missing} is not there: another user could create it" if missing else ""
+                        return (f"{component} is writable by its {who} (mode {stat.S_IMODE(mode):04o}{created}; "
+                                f"fix: chmod go-w {component})")
+                missing = ""
+            else:
+                # Not there (yet): the directories above must still be safe, or another
+                # user could create it between this check and the read or exec.
+                missing = component
             if component == "/":
                 break
             component = posixpath.dirname(component)

@@ -82,8 +82,8 @@ def lan(netns):
             sh("ip", "-n", peer.name, "link", "set", theirs, "up")
     servers = []
 
-    def serve():
-        servers.append(ac.popen("pppoe-server", "-F", "-I", "a-ac", "-C", AC_NAME,
+    def serve(name=AC_NAME):
+        servers.append(ac.popen("pppoe-server", "-F", "-I", "a-ac", "-C", name,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
 
     yield c, serve
@@ -105,6 +105,14 @@ def test_detect_lists_the_interface_where_the_access_concentrator_answers(lan):
     serve()
     found = wait_for(lambda: (r := dial_detect(c)).returncode == 0 and r, 15, "the access concentrator")
     assert found.stdout == f"c-ac\t{AC_NAME}\n"
+
+
+def test_a_hostile_access_concentrator_name_is_shown_escaped(lan):
+    # The name comes from the network: any host on the segment can answer with escapes.
+    c, serve = lan
+    serve("isp\x1b]0;pwned\x07\x1b[2K\x7fx")
+    found = wait_for(lambda: (r := dial_detect(c)).returncode == 0 and r, 15, "the access concentrator")
+    assert found.stdout == "c-ac\tisp\\x1b]0;pwned\\x07\\x1b[2K\\x7fx\n"
 
 
 def pppd_version() -> str:

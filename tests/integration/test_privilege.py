@@ -110,6 +110,50 @@ exec sleep 1000
     second.wait()
 
 
+def test_an_init_sh_the_workuser_plants_is_never_execd_by_root(box):
+    # A service directory the workuser owns, the config given in $SRVCFG (kept in memory):
+    # the service plants ./init.sh, which root would exec at the next container start.
+    sandbox, out = box
+    plant = f"""#!/bin/sh
+id -u >> {out}/start-uids
+printf '#!/bin/sh\\nid -u > {out}/pwned\\nexec sleep 1000\\n' > init.sh && chmod 755 init.sh && echo planted > {out}/attack
+exec sleep 1000
+"""
+    directory = sandbox.service("app", None, start__sh=plant)
+    nobody_owns(directory)
+    srvcfg = json.dumps(supervised())
+    first = sandbox.start(SRVNAME="app", SRVCFG=srvcfg)
+    wait_for(lambda: (out / "attack").exists(), what=f"the service's attack\n--- log:\n{first.log}")
+    assert wait_lines(out / "start-uids", 1) == [str(NOBODY[0])]
+    first.signal(signal.SIGTERM)
+    first.wait()
+    second = sandbox.start(SRVNAME="app", SRVCFG=srvcfg)
+    second.wait_log(re.escape(f"refusing to exec {directory}/init.sh: another user could change it: "
+                              f"{directory}/init.sh is owned by uid {NOBODY[0]}, not root"))
+    second.wait_state("idle")  # fsm-init's own steps went on; the directory's config is refused too
+    assert not (out / "pwned").exists()
+    second.signal(signal.SIGTERM)
+    second.wait()
+
+
+def test_a_state_directory_the_workuser_owns_gets_nothing_of_roots(box):
+    # Root's SSH host keys, its password record and the first-start marker live there: a
+    # state directory the workuser owns (a volume, a chown -R of /var/lib) is not used.
+    sandbox, out = box
+    sandbox.state_dir.mkdir()
+    nobody_owns(sandbox.state_dir)
+    look = f"#!/bin/sh\nls -A {sandbox.state_dir} > {out}/seen\nexec sleep 1000\n"
+    sandbox.service("app", supervised(), start__sh=look)
+    run = sandbox.start(SRVNAME="app")
+    run.wait_log(re.escape(f"refusing the state directory {sandbox.state_dir}: another user could change it: "
+                           f"{sandbox.state_dir} is owned by uid {NOBODY[0]}, not root"))
+    wait_for(lambda: (out / "seen").exists(), what=f"the service\n--- log:\n{run.log}")
+    assert (out / "seen").read_text() == "" and os.listdir(sandbox.state_dir) == []
+    assert (sandbox.run_dir / "state" / "target").read_text() == "app\n"
+    run.signal(signal.SIGTERM)
+    run.wait()
+
+
 # -- 10, 11. bad input ---------------------------------------------------------------------------
 
 

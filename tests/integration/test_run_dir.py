@@ -5,6 +5,7 @@ its own /run (read-only and empty), /tmp and /dev/shm, so nothing reaches the ma
 srvctl, run in the same mount namespace with no FSM_INIT_RUN_DIR either, must find it."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -39,13 +40,14 @@ exec "$@"
 """
 
 
-def start(box, *options, user=(), keep_state_dir=True):
+def start(box, *options, user=(), keep_state_dir=True, **given):
     script = box.root / "private-dirs.sh"
     script.write_text(PRIVATE_DIRS)
     script.chmod(0o755)
     launcher = ("sh", str(script), str(box.root), *options, "--", *user)
     drop = ("FSM_INIT_RUN_DIR",) if keep_state_dir else ("FSM_INIT_RUN_DIR", "FSM_INIT_STATE_DIR")
     env = {k: v for k, v in box.env().items() if k not in drop}
+    env.update({k: str(v) for k, v in given.items()})
     run = Running(box, ("--", "sleep", "600"), env, launcher)
     box.runs.append(run)
     return run
@@ -121,3 +123,17 @@ def test_read_only_tmp_falls_back_to_dev_shm(sandbox):
     run = start(sandbox, "--ro-tmp")
     answers(run)
     assert "run directory /dev/shm/fsm-init-0" in run.log, run.log
+
+
+@needs_nobody
+def test_a_given_run_directory_another_user_owns_is_refused(sandbox):
+    # FSM_INIT_RUN_DIR on a directory the workuser owns (a volume): it could plant a link for
+    # root's journal writes, its own control socket, or PPPoE hooks that pppd runs as root.
+    given = sandbox.root / "workuser-run"
+    given.mkdir()
+    os.chown(given, *NOBODY)
+    run = start(sandbox, FSM_INIT_RUN_DIR=given)
+    answers(run)  # srvctl finds the directory chosen instead
+    assert (f"refusing the run directory {given} (FSM_INIT_RUN_DIR): another user could change it: {given} is "
+            f"owned by uid {NOBODY[0]}, not root") in run.log, run.log
+    assert "run directory /tmp/fsm-init-0" in run.log and os.listdir(given) == []

@@ -564,6 +564,13 @@ def test_validate_lists_kept_unknown_keys(tmp_path, capsys):
     assert json.loads(out)["alpha"] == {"x": 1}
 
 
+def test_validate_shows_an_unknown_key_escaped(tmp_path, capsys):
+    path = write(tmp_path, {"initdelay": 0, "x\x1b]0;title\x07\nproblem: forged": 1})
+    assert cli.main(["validate", path]) == 0
+    err = capsys.readouterr().err
+    assert "kept: unknown key 'x\\x1b]0;title\\x07\\nproblem: forged'" in err and "\x1b" not in err
+
+
 def test_validate_masks_secrets(tmp_path, capsys):
     path = write(tmp_path, {"sshsrv": {"rootpwd": "hunter2"}, "inetdail": {"dialpswd": 1234567}})
     assert cli.main(["validate", path]) == 1

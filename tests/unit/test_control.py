@@ -5,6 +5,7 @@ import errno
 import json
 import os
 import socket
+import time
 
 import pytest
 
@@ -98,6 +99,48 @@ def test_at_most_so_many_connections_at_once_and_the_rest_wait(rig):
     assert rig.server.listening and len(rig.server.buffers) == 4
     for client in idle:
         client.close()
+
+
+def test_a_client_that_does_not_read_its_reply_never_blocks_pid_1(rig):
+    # A reply bigger than the socket buffers (a status with long check output) to a client
+    # that sent its request and then stalled: PID 1 sends what fits and goes on at once.
+    big = "x" * (4 << 20)
+    rig.server.handler = lambda request: {"ok": True, "message": big}
+    stalled = rig.connect()
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled.sendall(b'{"verb": "status"}\n')
+    started = time.monotonic()
+    rig.serve()
+    assert time.monotonic() - started < 0.5
+    assert rig.server.buffers == {} and len(rig.server.sending) == 1
+    # another client is served meanwhile
+    rig.server.handler = lambda request: {"ok": True, "message": "fine"}
+    other = rig.connect()
+    other.sendall(b'{"verb": "live"}\n')
+    rig.serve()
+    assert reply(other) == {"ok": True, "message": "fine"}
+    # the stalled client reads: it gets the whole reply as the loop sends the rest
+    stalled.setblocking(False)
+    data = b""
+    deadline = time.monotonic() + 20
+    while not data.endswith(b"\n") and time.monotonic() < deadline:
+        rig.serve(1)
+        try:
+            data += stalled.recv(1 << 20)
+        except BlockingIOError:
+            pass
+    assert json.loads(data)["message"] == big and rig.server.sending == {}
+
+
+def test_a_client_that_never_reads_its_reply_is_dropped_after_the_time_out(rig):
+    rig.server.handler = lambda request: {"ok": True, "message": "x" * (4 << 20)}
+    stalled = rig.connect()
+    stalled.sendall(b'{"verb": "status"}\n')
+    rig.serve()
+    assert len(rig.server.sending) == 1
+    fakes.advance(rig, control.REQUEST_TIMEOUT)
+    assert rig.server.sending == {} and rig.server.listening
+    stalled.close()
 
 
 class OutOfDescriptors:

@@ -112,3 +112,28 @@ def test_readers_find_the_directory_holding_the_socket(tmp_path, monkeypatch):
 
 def test_fallbacks_are_per_uid():
     assert fallback_run_dirs(1000) == ["/tmp/fsm-init-1000", "/dev/shm/fsm-init-1000"]
+
+
+@pytest.mark.parametrize("given", [False, True])
+def test_a_state_directory_another_user_could_change_is_refused(given):
+    # Root's SSH host keys and password record live there (a chown -R of /var/lib, a volume).
+    fake = FakeSystem()
+    state = "/x/state" if given else STATE_DIR
+    fake.add_dir(state)
+    fake.owners[state] = 65534
+    s, notes = settle(fake, state_dir=state, state_dir_given=given)
+    assert s.state_dir == f"{RUN_DIR}/state"
+    assert notes == [("error", f"refusing the state directory {state}: another user could change it: {state} is "
+                               f"owned by uid 65534, not root (fix: chown root {state}); using {RUN_DIR}/state "
+                               "(lost when the container stops)")]
+
+
+def test_a_given_run_directory_another_user_could_change_is_refused():
+    fake = FakeSystem()
+    fake.add_dir("/x/run")
+    fake.owners["/x/run"] = 65534
+    s, notes = settle(fake, run_dir="/x/run", run_dir_given=True)
+    assert s.run_dir == RUN_DIR and s.state_dir == STATE_DIR
+    assert notes == [("error", "refusing the run directory /x/run (FSM_INIT_RUN_DIR): another user could change "
+                               "it: /x/run is owned by uid 65534, not root (fix: chown root /x/run); choosing one "
+                               "as without it")]

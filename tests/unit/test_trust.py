@@ -48,6 +48,41 @@ def test_group_or_other_write_is_refused_unless_a_sticky_directory():
     assert trust.problem(f"{SRV}/run.sh", fake) == ""
 
 
+def test_a_missing_file_is_refused_where_another_user_could_create_it():
+    # Not there at the check, there at the read or exec: the directories above decide.
+    fake = FakeSystem()
+    fake.add_dir(SRV)
+    assert trust.problem(f"{SRV}/run.sh", fake) == ""
+    fake.owners[SRV] = NOBODY
+    assert trust.problem(f"{SRV}/run.sh", fake) == \
+        f"{SRV} is owned by uid {NOBODY}, not root (fix: chown root {SRV})"
+    fake.owners[SRV] = 0
+    fake.dir_modes[SRV] = 0o1777  # sticky: it protects an entry that is there, not a missing one
+    assert trust.problem(f"{SRV}/run.sh", fake) == (
+        f"{SRV} is writable by its group and others (mode 1777, and {SRV}/run.sh is not there: another "
+        f"user could create it; fix: chmod go-w {SRV})")
+    fake.add_script(f"{SRV}/run.sh")
+    assert trust.problem(f"{SRV}/run.sh", fake) == ""
+
+
+class _AppearsAfterTheCheck(FakeSystem):
+    """workcfg.json created by the workuser between fsm-init's lstat and its read."""
+
+    def owner_mode(self, path):
+        return None if path.endswith("/workcfg.json") else super().owner_mode(path)
+
+
+def test_a_config_file_that_appears_after_the_check_in_a_workusers_directory_is_not_read(capfd):
+    fake = _AppearsAfterTheCheck()
+    fake.add_file(f"{SRV}/workcfg.json", json.dumps({"workstart": "./run.sh", "workintvl": 9}))
+    fake.owners[SRV] = NOBODY
+    loaded = _source(fake).load()
+    assert loaded.config["workstart"] is None and loaded.config["workintvl"] != 9
+    assert ("read_bytes", f"{SRV}/workcfg.json") not in fake.calls
+    assert (f"refusing to take fsm-init's configuration from {SRV}/workcfg.json: another user could change it: "
+            f"{SRV} is owned by uid {NOBODY}") in capfd.readouterr().err
+
+
 def test_not_root_fsm_inits_own_uid_is_trusted_and_others_are_not():
     fake = FakeSystem()
     fake.uid = 1000
@@ -150,3 +185,16 @@ def test_the_masked_config_and_secret_removal():
     doc = {"sshsrv": {"rootpwd": "x", "enable": "yes"}, "inetdail": {"dialpswd": ""}}
     assert config.secrets_in(doc) == ["sshsrv.rootpwd"]
     assert config.without_secrets(doc) == {"sshsrv": {"enable": "yes"}, "inetdail": {"dialpswd": ""}}
+
+
+def test_a_secret_inside_a_malformed_section_never_reaches_the_log(make, capfd):
+    # "sshsrv" an array around the password: the section's problem line must not show it.
+    h = make(cfg(workwatch=0, sshsrv=[{"rootpwd": "S3cret-pw"}], inetdail={"dialpswd": ["pp-secret"]}))
+    h.begin()
+    err = capfd.readouterr().err
+    assert "config key 'sshsrv' = ********: is not a JSON object" in err
+    assert "S3cret" not in err and "pp-secret" not in err
+    problems = config.validate({"sshsrv": [{"rootpwd": "S3cret-pw"}]})[1]
+    assert "S3cret" not in json.dumps([p.as_dict() for p in problems])
+    # a section that holds no secret is shown as it is
+    assert "config key 'firewall' = [1]: is not a JSON object" in config.validate({"firewall": [1]})[1][0].describe()
