@@ -204,6 +204,7 @@ class System:
         log.drain()  # what a stalled log reader has not taken yet would be lost in the exec
         mask = signal.pthread_sigmask(signal.SIG_SETMASK, list(RESET_IN_CHILD))
         saved = {sig: signal.signal(sig, signal.SIG_DFL) for sig in RESET_IN_CHILD}
+        internal = _reset_glibc_internal_signals()
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         try:
             os.execve(executable or argv[0], argv, env)
@@ -211,6 +212,7 @@ class System:
             for sig, handler in saved.items():
                 if handler is not None:  # None: a handler not set from Python (left at the default)
                     signal.signal(sig, handler)
+            _rt_sigaction(internal, ignore=True)
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             raise
 
@@ -524,6 +526,38 @@ class System:
             os.close(fd)
         except OSError:
             pass
+
+
+# rt_sigaction's system call number: glibc's sigaction refuses its internal signals.
+_RT_SIGACTION = {"x86_64": 13, "aarch64": 134, "riscv64": 134}
+
+
+def _reset_glibc_internal_signals() -> list[int]:
+    """Signals 32 and 33 back to the default before an exec in fsm-init's place, when
+    fsm-init inherited them ignored (started by a glibc program's posix_spawn): exec keeps
+    an ignored disposition, and Python cannot name these two.  The ones reset."""
+    try:
+        with open("/proc/self/status") as f:
+            ignored = int(next(line for line in f if line.startswith("SigIgn:")).split()[1], 16)
+    except (OSError, StopIteration, ValueError):
+        return []
+    internal = [sig for sig in (32, 33) if ignored & (1 << (sig - 1))]
+    return internal if internal and _rt_sigaction(internal, ignore=False) else []
+
+
+def _rt_sigaction(signums: list[int], ignore: bool) -> bool:
+    """rt_sigaction(2) by system call: SIG_DFL (0) or SIG_IGN (1), no flags, an empty mask."""
+    number = _RT_SIGACTION.get(os.uname().machine)
+    if not signums or number is None:
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+    except (ImportError, OSError):
+        return False
+    action = (ctypes.c_ulong * 4)(1 if ignore else 0, 0, 0, 0)  # handler, flags, restorer, mask
+    return all(libc.syscall(number, sig, action, None, 8) == 0 for sig in signums)
 
 
 # <linux/inotify.h>
