@@ -340,18 +340,29 @@ class Container:
         return state["ExitCode"]
 
     def wait_health(self, status="healthy", timeout=60) -> None:
-        def reached():
+        end = time.monotonic() + timeout
+        while True:
             state = self.state()
             assert state["Status"] == "running", f"{self.name} is {state['Status']} " \
                 f"(exit {state['ExitCode']}, OOMKilled {state['OOMKilled']})\n{self.logs()[-3000:]}"
-            return state.get("Health", {}).get("Status") == status
-        wait_for(reached, timeout, f"{self.name} to be {status}\n{self.logs()[-3000:]}\n"
-                 f"{json.dumps(self.state().get('Health'), indent=1)[-2000:]}", interval=0.2)
+            if state.get("Health", {}).get("Status") == status:
+                return
+            if time.monotonic() > end:
+                raise AssertionError(f"{self.name} not {status} within {timeout}s:\n{self.logs()[-3000:]}\n"
+                                     f"{json.dumps(state.get('Health'), indent=1)[-2000:]}")
+            time.sleep(0.2)
 
     def wait_log(self, pattern: str, timeout=30, count=1) -> str:
         regex = re.compile(pattern)
-        return wait_for(lambda: len(regex.findall(logs := self.logs())) >= count and logs, timeout,
-                        f"/{pattern}/ x{count} in docker logs {self.name}\n{self.logs()[-3000:]}", interval=0.1)
+        end = time.monotonic() + timeout
+        while True:
+            logs = self.logs()
+            if len(regex.findall(logs)) >= count:
+                return logs
+            if time.monotonic() > end:
+                raise AssertionError(f"/{pattern}/ x{count} not in docker logs {self.name} within {timeout}s:\n"
+                                     f"{logs[-3000:]}")
+            time.sleep(0.1)
 
     def status(self) -> dict | None:
         result = self.exec("srvctl", "status", "--json")
@@ -363,8 +374,9 @@ class Container:
         return time.monotonic() - started
 
     def processes(self) -> list[str]:
-        """`ps` inside: 'PID STAT COMM ARGS' lines."""
-        return self.exec("ps", "-eo", "pid=,stat=,comm=,args=").stdout.splitlines()
+        """`ps` inside: 'PID STAT COMM ARGS' lines (ps itself left out)."""
+        lines = self.exec("ps", "-eo", "pid=,stat=,comm=,args=").stdout.splitlines()
+        return [line for line in lines if line.split()[2:3] != ["ps"]]
 
 
 # Health checks fast enough for tests (the image's HEALTHCHECK command, every second).

@@ -61,7 +61,8 @@ def assert_nothing_repeated(container: Container) -> None:
     """What cannot work here is said once at start-up, never again every cycle."""
     logs = container.logs()
     said = fsm_lines(logs)
-    repeated = {line for line in said if said.count(line) > 1}
+    # (A failed check cycle is an event of its own, each time it happens.)
+    repeated = {line for line in said if said.count(line) > 1 and "check failed" not in line}
     assert not repeated, f"repeated in docker logs {container.name}: {repeated}\n{logs[-3000:]}"
 
 
@@ -193,7 +194,7 @@ def _connects(address: str, port: int) -> bool:
 
 
 HELLO = {
-    "hello.sh": '#!/bin/sh\n'
+    "hello.sh": '#!/bin/bash\n'
                 'echo "hello from $SRVNAME"\n'
                 '# HOG=yes: the first run takes more memory than the container may have.\n'
                 'if [ "${HOG:-}" = yes ] && [ ! -e /tmp/hogged ]; then\n'
@@ -224,8 +225,8 @@ def hello(image, tmp_path_factory):
     """An application image: FROM fsm-init, srv/hello, --build-arg SRVNAME=hello."""
     context = app_context(tmp_path_factory.mktemp("hello"), image, "hello", HELLO_CFG)
     tag = "fsm-init-test/hello:latest"
-    built = dockerhost.build(context, tag, "SRVNAME=hello")
-    assert "the container runs /srv/hello" in built.stdout, built.stdout
+    dockerhost.build(context, tag, "SRVNAME=hello")
+    assert "SRVNAME=hello" in out("image", "inspect", "-f", "{{json .Config.Env}}", tag)
     return tag
 
 
@@ -263,7 +264,7 @@ def test_the_image_holds_what_services_rely_on_and_nothing_of_the_builder(image)
               "inotifywait killall fuser unzip ip ps pidof flock jq logger; do command -v $c || echo missing $c; done; "
               "echo ---; /opt/fsm-init/bin/python -c 'import prctl, netifaces, fsm_init; print(\"ok\")'; "
               "ls /opt/fsm-init/bin | grep -c '^pip' || true; "
-              "for s in imginit demo web logship; do fsm-init validate /srv/$s/workcfg.json || echo invalid $s; done")
+              "for s in imginit demo web logship; do fsm-init validate /srv/$s/workcfg.json >/dev/null || echo invalid $s; done")
     packages, setid, commands, rest = docker("run", "--rm", "--entrypoint", "sh", image, "-c", script).stdout.split("---\n")
     installed = {line.split()[0] for line in packages.splitlines() if line.split()[1:] == ["ii"]}
     assert {"python3", "iptables", "dropbear-bin", "ppp", "pppoe", "iproute2", "procps", "jq", "libcap2"} <= installed
