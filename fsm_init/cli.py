@@ -86,7 +86,7 @@ def run(args: list[str]) -> int:
     # Until the event loop's handlers are installed, a signal with its default action
     # is dropped by the kernel for PID 1; blocked, it stays pending and is handled.
     signal.pthread_sigmask(signal.SIG_BLOCK, CAUGHT)
-    from fsm_init.settings import Settings
+    from fsm_init.settings import Settings, settle_dirs
 
     settings = Settings()
     command = None
@@ -114,7 +114,23 @@ def run(args: list[str]) -> int:
 
     from fsm_init.reaper import _exit
 
-    _exit(Engine(System(), settings, dict(os.environ), command or None).run())
+    system = System()
+    undo_locale_coercion(system, os.environ)
+    for level, note in settle_dirs(settings, system):
+        getattr(log, level)(note)
+    _exit(Engine(system, settings, dict(os.environ), command or None).run())
+
+
+def undo_locale_coercion(system, environ) -> None:
+    """Python's locale coercion (PEP 538) sets LC_CTYPE=C.UTF-8 in its own environment when
+    the container's locale is C or unset; the service, the scripts and
+    /etc/container_environment must get the environment the container was started with.
+    /proc/self/environ still holds the one given to the exec."""
+    if "LC_CTYPE" not in environ:
+        return
+    given = system.read_bytes("/proc/self/environ")
+    if given is not None and not any(v.startswith(b"LC_CTYPE=") for v in given.split(b"\0")):
+        del environ["LC_CTYPE"]
 
 
 # my_init's options: option -> the Settings attribute and its value.

@@ -126,7 +126,10 @@ class Daemon:
             self.delay = 0
         finish = system.is_executable(self.finish)
         then = "stay down" if not self.wanted else f"restart in {self.delay}s" if self.delay else "restart now"
-        log.info(f"daemon {self.name} (pid {pid}) {describe_exit(status)}; {'finish, then ' if finish else ''}{then}")
+        oom_kill = self.owner.killed_by_oom(f"daemon {self.name} (pid {pid})", status)
+        (log.warn if oom_kill else log.info)(f"daemon {self.name} (pid {pid}) {describe_exit(status)}"
+                                             f"{', ' + oom_kill if oom_kill else ''}; "
+                                             f"{'finish, then ' if finish else ''}{then}")
         if not self.stopping:
             self._clear_session(pid)
         elif self.stopper.find is None:  # the stop saw the session empty before run was reaped
@@ -189,6 +192,8 @@ class Daemons:
         self.services: dict[str, Daemon] = {}
         self.then = None
         self.shutting_down = False
+        # (who, wait status) -> "" or why it was the kernel's OOM killer (the engine's)
+        self.killed_by_oom = lambda who, status: ""
 
     @property
     def names(self) -> list[str]:

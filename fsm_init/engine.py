@@ -16,7 +16,7 @@ from functools import partial
 
 from transitions import Event, EventData, Machine, Transition
 
-from fsm_init import (config, custom_init, delay, env_resume, firewall, load_config, log, pppoe,
+from fsm_init import (config, custom_init, delay, env_resume, firewall, load_config, log, oom, pppoe,
                       resolve_target, restart_interval, shutdown_scripts, ssh, start, startup_scripts, watch)
 from fsm_init.container_env import ContainerEnvironment
 from fsm_init.control import NOT_SUPERVISED, ControlServer
@@ -129,6 +129,10 @@ class Engine:
         self.firewall_status = ""
         self.supporters = {name: Supporting(name, system, self.loop, settings.stop_grace) for name in SUPPORTING_STEPS}
         self.daemons = Daemons(system, self.loop, settings.stop_grace, lambda: self.config)
+        # The OOM kill count of fsm-init's memory cgroup, read now and on a SIGKILL death.
+        self.oom = oom.Watch.start(system)
+        self.last_oom = ""  # the latest out-of-memory kill, for `srvctl why`
+        self.daemons.killed_by_oom = self.killed_by_oom
         self.unavailable: dict[str, str] = {}
         self.container_env = ContainerEnvironment.from_environ(system, self.environ)
         # FSM_INIT_SYSLOG_SOCKET moves /dev/log (tests), "off" disables the relay.
@@ -257,9 +261,10 @@ class Engine:
         return False
 
     def on_enter_resolve_target(self) -> None:
-        self.target, notes = resolve_target.resolve(self.settings, self.environ, self.system)
+        self.target, notes = resolve_target.resolve(self.settings, self.environ, self.system,
+                                                    command=self.override is not None)
         for note in notes:
-            log.info(note)
+            (log.error if isinstance(note, resolve_target.Error) else log.info)(note)
         if self.target.directory:
             self.system.chdir(self.target.directory)
         self.source = load_config.ConfigSource(self.target, self.srvcfg, self.system)
@@ -362,8 +367,12 @@ class Engine:
     def _service_env(self) -> dict:
         env = dict(self.environ)
         # The passwords are fsm-init's (root's SSH login, the dial-up): a service, maybe
-        # running as a workuser, and its check scripts get them masked.
-        env["SRVCFG"] = config.dumps_compact(config.masked(self.config))
+        # running as a workuser, and its check scripts get them masked.  A service named
+        # by $SRVNAME (or given $SRVCFG) reads its config there; a command line run as
+        # under tini, or imginit serving by default or as a fall-back, gets no $SRVCFG that
+        # the container was not started with.
+        if self.srvcfg or (self.target.directory and not self.target.default and not self.target.fallback):
+            env["SRVCFG"] = config.dumps_compact(config.masked(self.config))
         return env
 
     def on_enter_start(self) -> None:
@@ -634,7 +643,10 @@ class Engine:
         if pid == self.service_pid and self.leader_alive:
             self.last_exit, self.leader_alive = code, False
             cause = f"service (pid {pid}) {describe_exit(status)}"
-            log.info(cause)
+            oom_kill = self.killed_by_oom(f"the service (pid {pid})", status)
+            if oom_kill:
+                cause += f", {oom_kill}"
+            (log.warn if oom_kill else log.info)(cause)
             if self.service:
                 self.fire("service_exit", cause)
         elif any(s.exited(pid, status) for s in self.supporters.values()) or self.daemons.exited(pid, status):
@@ -648,6 +660,14 @@ class Engine:
                 if bg_pid == pid:
                     del self.background[name]
         self.stopper.check_soon()
+
+    def killed_by_oom(self, who: str, status: int) -> str:
+        """"" unless the child died of the kernel's OOM killer (only a SIGKILL death reads
+        the cgroup); remembered for `srvctl why`."""
+        words = self.oom.killed(status)
+        if words:
+            self.last_oom = f"{who} at {_clock(self.system.wall())}, {words}"
+        return words
 
     # -- foreground scripts -----------------------------------------------------------------
 
@@ -766,7 +786,8 @@ class Engine:
         if restart > 0:
             text += f"; restart {restart}"
         upcoming = self._upcoming()
-        return f"{text}; {upcoming}" if upcoming else text
+        text = f"{text}; {upcoming}" if upcoming else text
+        return f"{text}; last out-of-memory kill: {self.last_oom}" if self.last_oom else text
 
     def _upcoming(self) -> str:
         when = {name: _clock(self.system.wall() + at - self.system.now())

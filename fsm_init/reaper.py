@@ -23,6 +23,9 @@ from fsm_init.stop import Group, Stopper
 from fsm_init.system import System, exit_code
 
 HANDOVER_ENV = "FSM_INIT_HANDOVER"
+# What ps, pidof and docker top show for PID 1 after the hand-over: argv[0] (cmdline)
+# and the process name (/proc/1/comm), as before it.
+NAME = "fsm-init"
 
 
 def hand_over(engine) -> None:
@@ -35,6 +38,8 @@ def hand_over(engine) -> None:
         "quiet": log.is_quiet(), "supporting": engine.supporting(),
         "kill_all_on_exit": engine.settings.kill_all_on_exit,
         "proof": engine.config["workintvl"], "last_transition": engine.last_transition,
+        "run_dir": engine.settings.run_dir, "state_dir": engine.settings.state_dir,
+        "oom": engine.oom.state(),
     }
     env = dict(os.environ, **{HANDOVER_ENV: json.dumps(state)})
     log.info("init steps done: handing PID duties to the thin reaper")
@@ -44,7 +49,7 @@ def hand_over(engine) -> None:
     code = f"import sys; sys.path.insert(0, {package_parent!r}); from fsm_init.reaper import main; main()"
     try:
         # A SIGTERM sent during the exec stays pending until the reaper's handlers are in.
-        engine.system.execve([sys.executable, "-I", "-S", "-c", code], env, blocked=CAUGHT)
+        engine.system.execve([NAME, "-I", "-S", "-c", code], env, sys.executable, blocked=CAUGHT)
     except OSError as e:
         log.error(f"cannot exec the thin reaper ({e.strerror}): the engine carries on")
 
@@ -62,6 +67,8 @@ class Reaper:
         self.last_transition = state["last_transition"]
         self.journal = Journal(settings.run_dir, system)
         self.kill_all_on_exit = state.get("kill_all_on_exit", True)
+        self.oom_state = state.get("oom")
+        self.last_oom = ""
         self.last_exit: int | None = None
         self.stop_requested = False
         self.state = "handover"
@@ -111,9 +118,17 @@ class Reaper:
     def _on_exit(self, pid: int, status: int) -> None:
         if pid == self.pid:
             self.last_exit = exit_code(status)
-            log.info(f"service (pid {pid}) exited with status {self.last_exit}")
+            cause = f"service (pid {pid}) exited with status {self.last_exit}"
+            if self.last_exit == 128 + signal.SIGKILL:
+                from fsm_init import oom  # only on this path: the reaper stays small
+
+                words = oom.Watch.from_state(self.system, self.oom_state).killed(status)
+                if words:
+                    cause += f", {words}"
+                    self.last_oom = f"the service (pid {pid}), {words}"
+            (log.warn if self.last_oom else log.info)(cause)
             if self.state == "handover":
-                self._teardown("service_exit", f"service (pid {pid}) exited with status {self.last_exit}")
+                self._teardown("service_exit", cause)
         self.stopper.check_soon()
 
     def _teardown(self, trigger: str, cause: str) -> None:
@@ -153,6 +168,10 @@ class Reaper:
         if verb == "live":
             return {"ok": True, "message": f"fsm-init answers ({self.state})"}
         if verb == "why":
+            if self.state != "handover":
+                cause = self.last_transition.get("cause", "")
+                return {"ok": True, "message": f"{self.state}: {cause}" + (
+                    f"; last out-of-memory kill: {self.last_oom}" if self.last_oom else "")}
             return {"ok": True, "message": f"{self.state}: the service (pid {self.pid}) runs in non-daemon mode; "
                                            "the thin reaper forwards signals, reaps, and exits with its status"}
         return {"ok": False, "message": f"cannot {verb} during {self.state}"}
@@ -173,7 +192,12 @@ class Reaper:
 def main() -> None:
     state = json.loads(os.environ.pop(HANDOVER_ENV))
     log.set_quiet(state.get("quiet", False))
-    _exit(Reaper(System(), Settings(), state).run())
+    system = System()
+    system.set_name(NAME)
+    settings = Settings()
+    # The engine's choice (settings.settle_dirs), not a reader's guess.
+    settings.run_dir, settings.state_dir = state.get("run_dir", settings.run_dir), state.get("state_dir", settings.state_dir)
+    _exit(Reaper(system, settings, state).run())
 
 
 def _exit(status: int) -> None:

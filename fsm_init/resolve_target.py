@@ -20,6 +20,11 @@ class Target(NamedTuple):
     directory: str | None
     first_start: bool
     fallback: bool = False  # $SRVNAME could not be used: imginit serves this start only
+    default: bool = False  # no $SRVNAME: imginit serves by default (its config is not put in $SRVCFG)
+
+
+class Error(str):
+    """A note that is an error line (a misspelled $SRVNAME)."""
 
 
 def _unusable(name: str) -> str:
@@ -28,12 +33,18 @@ def _unusable(name: str) -> str:
     return ""
 
 
-def resolve(settings: Settings, environ: dict, system: System) -> tuple[Target, list[str]]:
-    """The target and the log lines that explain the choice."""
+def resolve(settings: Settings, environ: dict, system: System, command: bool = False) -> tuple[Target, list[str]]:
+    """The target and the log lines that explain the choice.  With a command line and
+    no $SRVNAME (``docker run IMAGE CMD``) there is no target: the command runs as under
+    tini, with the built-in defaults (no network step), and nothing is remembered."""
     marker = os.path.join(settings.state_dir, "target")
     remembered = (system.read_bytes(marker) or b"").decode("utf-8", "replace").strip()
     first_start = not remembered or bool(_unusable(remembered))
+    if first_start and command and not environ.get("SRVNAME"):
+        return Target(None, None, True), ["a command line and no $SRVNAME: no service directory, "
+                                          "no network step (as under tini)"]
     name = (environ.get("SRVNAME") or DEFAULT_NAME) if first_start else remembered
+    default = name == DEFAULT_NAME and not environ.get("SRVNAME")
     notes = []
     why = _unusable(name) or ("" if system.is_dir(os.path.join(settings.srv_root, name)) else "has no directory")
     if not why:
@@ -41,10 +52,13 @@ def resolve(settings: Settings, environ: dict, system: System) -> tuple[Target, 
             notes.extend(_remember(system, settings.state_dir, marker, name))
         notes.append(f"target service {name} in {os.path.join(settings.srv_root, name)}"
                      f" ({'first start' if first_start else 'restart: $SRVNAME and $SRVCFG are not read again'})")
-        return Target(name, os.path.join(settings.srv_root, name), first_start), notes
+        return Target(name, os.path.join(settings.srv_root, name), first_start, default=default), notes
     fallback = os.path.join(settings.srv_root, DEFAULT_NAME)
     if name != DEFAULT_NAME:
-        notes.append(f"SRVNAME {name!r} {why} under {settings.srv_root}: falling back for this start (not remembered)")
+        existing = [d for d in system.list_dir(settings.srv_root) if system.is_dir(os.path.join(settings.srv_root, d))]
+        notes.append(Error(f"SRVNAME {name!r} {why} under {settings.srv_root} (service directories: "
+                           f"{', '.join(map(repr, existing)) or 'none'}): falling back for this start "
+                           "(not remembered)"))
     if name != DEFAULT_NAME and system.is_dir(fallback):
         notes.append(f"target service {DEFAULT_NAME} in {fallback}")
         return Target(DEFAULT_NAME, fallback, first_start, fallback=True), notes

@@ -21,14 +21,88 @@ def _seconds(name: str, default: float, alias: str = "") -> float:
     return value
 
 
+RUN_DIR = "/run/fsm-init"
+STATE_DIR = "/var/lib/fsm-init"
+# Where the run directory goes when RUN_DIR cannot be made (a non-root uid, a read-only
+# root): a directory of the uid's own in /tmp, else in /dev/shm (a tmpfs Docker mounts
+# writable for every uid even with --read-only).
+FALLBACK_PARENTS = ("/tmp", "/dev/shm")
+
+
+def fallback_run_dirs(uid: int) -> list[str]:
+    return [os.path.join(parent, f"fsm-init-{uid}") for parent in FALLBACK_PARENTS]
+
+
+def _pid1_uid() -> int | None:
+    try:
+        return os.stat("/proc/1").st_uid
+    except OSError:
+        return None
+
+
+def locate_run_dir() -> str:
+    """The run directory of the fsm-init a reader (srvctl, ``fsm-init status``, ``graph
+    --live``) talks to, found the way fsm-init chose it: RUN_DIR, else the fall-backs of
+    this uid, else those of PID 1's uid (``docker exec -u root`` into a ``--user``
+    container).  A fall-back counts only when it is that uid's private directory; the
+    first holding a control socket wins, else the first holding a journal, else RUN_DIR."""
+    from fsm_init.system import private_problem
+
+    uids = [os.geteuid()]
+    pid1 = _pid1_uid()
+    if pid1 is not None and pid1 not in uids:
+        uids.append(pid1)
+    candidates = [RUN_DIR] + [d for uid in uids for d in fallback_run_dirs(uid)
+                              if not private_problem(d, uid)]
+    for name in ("control.sock", "journal.jsonl"):
+        for directory in candidates:
+            if os.path.exists(os.path.join(directory, name)):
+                return directory
+    return RUN_DIR
+
+
+def settle_dirs(settings: "Settings", system) -> list[str]:
+    """fsm-init's own choice of its run and state directories (through ``system``), the
+    log lines that explain it.  An explicit FSM_INIT_RUN_DIR or FSM_INIT_STATE_DIR is
+    used as given."""
+    notes = []
+    usable = True
+    if not settings.run_dir_given:
+        why = system.writable_dir(RUN_DIR, 0o700)
+        if why:
+            tried = [f"{RUN_DIR} ({why})"]
+            for directory in fallback_run_dirs(system.euid()):
+                problem = system.private_dir(directory)
+                if not problem:
+                    settings.run_dir = directory
+                    notes.append(("info", f"run directory {directory} ({', '.join(tried)})"))
+                    break
+                tried.append(f"{directory} ({problem})")
+            else:
+                usable = False
+                notes.append(("error", f"no usable run directory: {', '.join(tried)}; srvctl and the journal are "
+                                       "off (set FSM_INIT_RUN_DIR to a writable directory)"))
+        else:
+            settings.run_dir = RUN_DIR
+    if not settings.state_dir_given and usable:
+        why = system.writable_dir(STATE_DIR)
+        if why:
+            settings.state_dir = os.path.join(settings.run_dir, "state")
+            notes.append(("info", f"state directory {settings.state_dir} ({STATE_DIR}: {why})"))
+    return notes
+
+
 class Settings:
     """Where fsm-init keeps its files and how long it waits; read once at start."""
 
     def __init__(self) -> None:
         env = os.environ
         self.srv_root = env.get("FSM_INIT_SRV_ROOT") or "/srv"
-        self.state_dir = env.get("FSM_INIT_STATE_DIR") or "/var/lib/fsm-init"
-        self.run_dir = env.get("FSM_INIT_RUN_DIR") or "/run/fsm-init"
+        self.state_dir_given = bool(env.get("FSM_INIT_STATE_DIR"))
+        self.state_dir = env.get("FSM_INIT_STATE_DIR") or STATE_DIR
+        self.run_dir_given = bool(env.get("FSM_INIT_RUN_DIR"))
+        # A reader's view; fsm-init itself makes its choice with settle_dirs().
+        self.run_dir = env.get("FSM_INIT_RUN_DIR") or locate_run_dir()
         self.stop_grace = _seconds("FSM_INIT_STOP_GRACE", 5.0, "KILL_PROCESS_TIMEOUT")
         self.leftover_grace = _seconds("FSM_INIT_LEFTOVER_GRACE", 2.0, "KILL_ALL_PROCESSES_TIMEOUT")
         self.startup_timeout = _seconds("FSM_INIT_STARTUP_TIMEOUT", 300.0)

@@ -224,6 +224,16 @@ class System:
             return False
         return True
 
+    def set_name(self, name: str) -> bool:
+        """The process name ps, top and pidof show (/proc/self/comm, what prctl
+        PR_SET_NAME sets; at most 15 bytes), without importing prctl or ctypes."""
+        try:
+            with open("/proc/self/comm", "wb", buffering=0) as f:
+                f.write(name.encode()[:15])
+        except OSError:
+            return False
+        return True
+
     def read_bytes(self, path: str) -> bytes | None:
         try:
             with open(path, "rb") as f:
@@ -283,6 +293,30 @@ class System:
     def makedirs(self, path: str, mode: int = 0o755) -> None:
         os.makedirs(path, mode=mode, exist_ok=True)
 
+    def writable_dir(self, path: str, mode: int = 0o755) -> str:
+        """Make path (and its parents) a directory this process can create files in:
+        "" when done, otherwise why not."""
+        try:
+            os.makedirs(path, mode=mode, exist_ok=True)
+        except OSError as e:
+            return e.strerror
+        if not os.access(path, os.W_OK | os.X_OK):
+            return f"not writable by uid {os.geteuid()}" + (" (read-only)" if _read_only(path) else "")
+        return ""
+
+    def private_dir(self, path: str) -> str:
+        """Make path a directory of this uid's alone (mode 0700) in a directory others may
+        write to (/tmp): "" when it is one, otherwise why it is refused.  An existing path is
+        checked, never followed or changed: a symbolic link, a directory another uid owns
+        or one group or others may use could be someone else's trap."""
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            pass
+        except OSError as e:
+            return e.strerror
+        return private_problem(path, os.geteuid())
+
     def euid(self) -> int:
         return os.geteuid()
 
@@ -328,6 +362,32 @@ class System:
             os.unlink(path)
         except FileNotFoundError:
             pass
+
+
+def private_problem(path: str, uid: int) -> str:
+    """"" when path is a real directory that uid owns and only uid may use; otherwise why not."""
+    import stat
+
+    try:
+        st = os.lstat(path)
+    except OSError as e:
+        return e.strerror
+    if stat.S_ISLNK(st.st_mode):
+        return "is a symbolic link"
+    if not stat.S_ISDIR(st.st_mode):
+        return "is not a directory"
+    if st.st_uid != uid:
+        return f"is owned by uid {st.st_uid}, not {uid}"
+    if st.st_mode & 0o077:
+        return f"has mode {stat.S_IMODE(st.st_mode):04o}, not 0700"
+    return ""
+
+
+def _read_only(path: str) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 class Unavailable(Exception):

@@ -726,6 +726,20 @@ def test_handover_to_the_thin_reaper(sandbox):
     assert run.proc.poll() is None
 
 
+def test_after_the_handover_pid_1_is_still_named_fsm_init(sandbox):
+    """ps, pidof and docker top read the name (/proc/PID/comm) and the command line."""
+    run, directory = _handover_run(sandbox)
+    wait_file(directory / "ready")
+    _wait_handover(run)
+    run.wait_state("handover")  # the reaper answers: it named itself before its loop
+    assert Path(f"/proc/{run.pid1}/comm").read_text() == "fsm-init\n"
+    argv = Path(f"/proc/{run.pid1}/cmdline").read_bytes().split(b"\0")
+    assert argv[0] == b"fsm-init", argv
+    pidof = subprocess.run(["nsenter", "-t", str(run.pid1), "-p", "-m", "pidof", "fsm-init"],
+                           capture_output=True, text=True, timeout=10)
+    assert pidof.stdout.split() == ["1"], (pidof.stdout, pidof.stderr)
+
+
 def test_thin_reaper_forwards_reaps_and_answers_srvctl(sandbox):
     run, directory = _handover_run(sandbox)
     wait_file(directory / "ready")

@@ -325,6 +325,29 @@ class FakeSystem:
         self._maybe_fail("makedirs", self._abs(path))
         self.add_dir(path)
 
+    def writable_dir(self, path: str, mode: int = 0o755) -> str:
+        """"" unless a fault is set for ("writable_dir", path): its message is the reason."""
+        self.calls.append(("writable_dir", self._abs(path)))
+        try:
+            self._maybe_fail("writable_dir", self._abs(path))
+        except OSError as e:
+            return e.strerror
+        self.add_dir(path)
+        return ""
+
+    def private_dir(self, path: str) -> str:
+        self.calls.append(("private_dir", self._abs(path)))
+        try:
+            self._maybe_fail("private_dir", self._abs(path))
+        except OSError as e:
+            return e.strerror
+        self.add_dir(path)
+        return ""
+
+    def set_name(self, name: str) -> bool:
+        self.calls.append(("set_name", name))
+        return True
+
     def is_dir(self, path: str) -> bool:
         self.calls.append(("is_dir", self._abs(path)))
         return self._abs(path) in self.dirs
@@ -371,6 +394,7 @@ def make_settings(**overrides) -> Settings:
     """Settings with fixed values, not read from os.environ."""
     settings = Settings.__new__(Settings)
     values = dict(srv_root="/srv", state_dir="/var/lib/fsm-init", run_dir="/run/fsm-init",
+                  run_dir_given=True, state_dir_given=True,
                   stop_grace=5.0, leftover_grace=2.0, idle_wait=600.0, handover_after=1.0,
                   exec_service=False, startup_timeout=300.0, init_dir="/etc/my_init.d",
                   pre_shutdown_dir="/etc/my_init.pre_shutdown.d", post_shutdown_dir="/etc/my_init.post_shutdown.d",

@@ -440,8 +440,38 @@ def test_first_start_takes_srvname_and_remembers_it():
 
 def test_first_start_without_srvname_is_imginit():
     target, _, fake = resolve({})
-    assert target == Target("imginit", "/srv/imginit", True)
+    assert target == Target("imginit", "/srv/imginit", True, default=True)
     assert fake.files[MARK] == b"imginit\n"
+
+
+def test_a_command_line_without_srvname_has_no_target_and_remembers_nothing():
+    fake = _with_dirs("web", "imginit")
+    target, notes = resolve_target.resolve(make_settings(), {}, fake, command=True)
+    assert target == Target(None, None, True)
+    assert any("as under tini" in n for n in notes)
+    assert MARK not in fake.files
+
+
+def test_a_command_line_with_srvname_serves_the_named_directory():
+    fake = _with_dirs("web")
+    target, _ = resolve_target.resolve(make_settings(), {"SRVNAME": "web"}, fake, command=True)
+    assert target == Target("web", "/srv/web", True) and fake.files[MARK] == b"web\n"
+
+
+def test_a_misspelled_srvname_is_an_error_naming_the_directories_escaped():
+    target, notes = resolve_target.resolve(make_settings(), {"SRVNAME": "wbe"},
+                                              _with_dirs("web", "imginit", "a\x1bb"))
+    assert target.fallback
+    errors = [n for n in notes if isinstance(n, resolve_target.Error)]
+    assert len(errors) == 1 and "'wbe'" in errors[0]
+    assert "'a\\x1bb', 'imginit', 'web'" in errors[0] and "\x1b" not in errors[0]
+
+
+def _with_dirs(*names) -> FakeSystem:
+    fake = FakeSystem()
+    for name in names:
+        fake.add_dir(f"/srv/{name}")
+    return fake
 
 
 def test_restart_serves_the_remembered_directory():

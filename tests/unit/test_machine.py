@@ -161,6 +161,33 @@ def test_service_gets_the_effective_config_and_the_environment(make):
     assert " " not in env["SRVCFG"]  # compact
 
 
+def _imginit_by_default(environ: dict) -> Harness:
+    fake = FakeSystem()
+    fake.add_dir("/srv/imginit")
+    fake.add_file("/srv/imginit/workcfg.json", json.dumps(cfg(workwatch=30)))
+    fake.add_script("/srv/imginit/run.sh")
+    return Harness(fake, make_settings(), environ)
+
+
+def test_imginit_serving_by_default_puts_no_srvcfg_in_the_environment():
+    h = _imginit_by_default({"PATH": "/usr/bin:/bin"})
+    try:
+        h.begin()
+        assert h.engine.target.default and h.system.spawns[0].argv == ["./run.sh"]
+        assert "SRVCFG" not in h.system.spawns[0].env
+    finally:
+        h.close()
+
+
+def test_a_given_srvcfg_reaches_the_service_of_imginit_by_default():
+    h = _imginit_by_default({"PATH": "/usr/bin:/bin", "SRVCFG": json.dumps(cfg(workwatch=30, tag="given"))})
+    try:
+        h.begin()
+        assert json.loads(h.system.spawns[0].env["SRVCFG"])["tag"] == "given"
+    finally:
+        h.close()
+
+
 def test_the_services_srvcfg_has_the_passwords_masked(make):
     h = make(cfg(workwatch=30, sshsrv={"rootpwd": "R00t-Secret"}, inetdail={"dialpswd": "Dial-Secret"}),
              scripts=("run.sh", "PeriodicST-a"))
@@ -1059,7 +1086,7 @@ def test_handover_goes_through_the_system_boundary(make, monkeypatch):
     with pytest.raises(ProcessReplaced):
         h.advance(1.0)
     assert h.state == "handover"
-    assert h.system.execs[-1].argv[:3] == [sys.executable, "-I", "-S"]
+    assert h.system.execs[-1].argv[:3] == ["fsm-init", "-I", "-S"] and h.system.execs[-1].executable == sys.executable
     assert attempts == [] and h.system.execs, \
         f"hand-over called os.execve directly ({len(attempts)} time(s)), not System.execve"
 

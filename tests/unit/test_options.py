@@ -6,6 +6,7 @@ import pytest
 
 from fsm_init import cli, reaper
 from fsm_init import engine as engine_module
+from fsm_init import settings as settings_module
 from fsm_init.settings import Settings
 
 
@@ -22,6 +23,9 @@ def started(monkeypatch):
             return 0
 
     monkeypatch.setattr(engine_module, "Engine", Recorder)
+    # Nothing on this machine: no /run/fsm-init or /var/lib/fsm-init made, os.environ kept.
+    monkeypatch.setattr(settings_module, "settle_dirs", lambda settings, system: [])
+    monkeypatch.setattr(cli, "undo_locale_coercion", lambda system, environ: None)
     monkeypatch.setattr(reaper, "_exit", lambda status: seen.append(status))
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
     yield seen

@@ -1,0 +1,113 @@
+"""The run directory (control socket, journal) and the state directory with no
+FSM_INIT_RUN_DIR / FSM_INIT_STATE_DIR, as in a container run with ``--user`` or
+``--read-only``: fsm-init as PID 1 of a fresh PID namespace whose mount namespace has
+its own /run (read-only and empty), /tmp and /dev/shm, so nothing reaches the machine's.
+srvctl, run in the same mount namespace with no FSM_INIT_RUN_DIR either, must find it."""
+
+import json
+import subprocess
+import sys
+
+from tests.conftest import AS_NOBODY, NOBODY, Running, needs_nobody, needs_pid_namespace, wait_for
+
+pytestmark = needs_pid_namespace
+
+# $1 the sandbox (kept visible at its path under the private /tmp), then options, then --.
+PRIVATE_DIRS = r"""
+set -eu
+box=$1; shift
+mount -t tmpfs tmpfs /run
+mkdir /run/box
+mount --bind "$box" /run/box
+mount -t tmpfs -o mode=1777 tmpfs /tmp
+mkdir -p "$box"
+mount --move /run/box "$box"
+rmdir /run/box
+mount -o remount,ro /run
+mount -t tmpfs -o mode=1777 tmpfs /dev/shm
+while [ $# -gt 0 ]; do
+    case $1 in
+    --) shift; break ;;
+    --ro-tmp) mount -o remount,ro /tmp ;;
+    --trap=*) uid=${1#--trap=}; mkdir /tmp/elsewhere; ln -s /tmp/elsewhere "/tmp/fsm-init-$uid" ;;
+    esac
+    shift
+done
+exec "$@"
+"""
+
+
+def start(box, *options, user=(), keep_state_dir=True):
+    script = box.root / "private-dirs.sh"
+    script.write_text(PRIVATE_DIRS)
+    script.chmod(0o755)
+    launcher = ("sh", str(script), str(box.root), *options, "--", *user)
+    drop = ("FSM_INIT_RUN_DIR",) if keep_state_dir else ("FSM_INIT_RUN_DIR", "FSM_INIT_STATE_DIR")
+    env = {k: v for k, v in box.env().items() if k not in drop}
+    run = Running(box, ("--", "sleep", "600"), env, launcher)
+    box.runs.append(run)
+    return run
+
+
+def srvctl(run, *args, user=(), module="fsm_init.srvctl"):
+    env = {k: v for k, v in run.sandbox.env().items() if k not in ("FSM_INIT_RUN_DIR", "FSM_INIT_STATE_DIR")}
+    return subprocess.run(["nsenter", "-t", str(run.pid1), "-m", *user, sys.executable, "-m", module, *args],
+                          env=env, capture_output=True, text=True, timeout=15, cwd="/")
+
+
+def answers(run, user=()):
+    def ok():
+        result = srvctl(run, "status", "--json", user=user)
+        return json.loads(result.stdout) if result.returncode == 0 else None
+    return wait_for(ok, what=f"srvctl status to answer\n--- log:\n{run.log}")
+
+
+def in_ns(run, *argv) -> str:
+    return subprocess.run(["nsenter", "-t", str(run.pid1), "-m", *argv], capture_output=True, text=True,
+                          timeout=10).stdout
+
+
+def test_root_with_a_read_only_run_uses_a_private_directory_in_tmp(sandbox):
+    run = start(sandbox)
+    # the thin reaper, after the hand-over, answers on the same socket
+    wait_for(lambda: answers(run)["state"] == "handover", what=f"the hand-over\n--- log:\n{run.log}")
+    assert "run directory /tmp/fsm-init-0 (/run/fsm-init (Read-only file system))" in run.log, run.log
+    assert "error" not in run.log and "warning" not in run.log, run.log
+    assert in_ns(run, "stat", "-c", "%a %u %F", "/tmp/fsm-init-0").split() == ["700", "0", "directory"]
+    # srvctl history reads the journal there
+    history = srvctl(run, "history")
+    assert history.returncode == 0 and "foreground" in history.stdout, (history.stdout, history.stderr)
+    # fsm-init status and graph --live find it the same way
+    status = srvctl(run, "status", "--once", "--json", module="fsm_init")
+    assert status.returncode == 0 and json.loads(status.stdout)["state"] == "handover", status.stderr
+    graph = srvctl(run, "graph", "--live", module="fsm_init")
+    assert graph.returncode == 0, graph.stderr
+
+
+@needs_nobody
+def test_a_non_root_uid_gets_its_own_run_and_state_directories(nobody_sandbox):
+    box, _ = nobody_sandbox
+    uid = NOBODY[0]
+    run = start(box, user=AS_NOBODY, keep_state_dir=False)
+    answers(run, user=AS_NOBODY)  # srvctl as the same uid, as a HEALTHCHECK runs
+    assert f"run directory /tmp/fsm-init-{uid} (/run/fsm-init (" in run.log, run.log
+    assert f"state directory /tmp/fsm-init-{uid}/state" in run.log, run.log
+    assert "error" not in run.log and "warning" not in run.log, run.log
+    assert in_ns(run, "stat", "-c", "%a %u", f"/tmp/fsm-init-{uid}").split() == ["700", str(uid)]
+    # root (docker exec -u root) finds it through PID 1's uid
+    answers(run)
+    assert srvctl(run, "health", user=AS_NOBODY).returncode in (0, 1)
+
+
+def test_a_symlink_planted_in_tmp_is_refused_and_dev_shm_used(sandbox):
+    run = start(sandbox, "--trap=0")
+    answers(run)
+    assert "/tmp/fsm-init-0 (is a symbolic link)" in run.log, run.log
+    assert "run directory /dev/shm/fsm-init-0" in run.log
+    assert in_ns(run, "ls", "/tmp/elsewhere").split() == []
+
+
+def test_read_only_tmp_falls_back_to_dev_shm(sandbox):
+    run = start(sandbox, "--ro-tmp")
+    answers(run)
+    assert "run directory /dev/shm/fsm-init-0" in run.log, run.log
