@@ -21,7 +21,9 @@ from fsm_init import (config, custom_init, delay, env_resume, firewall, load_con
 from fsm_init.container_env import ContainerEnvironment
 from fsm_init.control import NOT_SUPERVISED, ControlServer
 from fsm_init.daemons import Daemons
+from fsm_init.forwarded import ForwardLog
 from fsm_init.journal import Journal
+from fsm_init.writes import FileWrites
 from fsm_init.output import CapturedOutput
 from fsm_init.loop import STOP_SIGNALS, EventLoop
 from fsm_init.settings import Settings
@@ -99,6 +101,7 @@ class Engine:
         self.caller_dir = system.getcwd()
         self.loop = EventLoop(system, self._on_signal, self._on_exit)
         self.stopper = Stopper(system, self.loop)
+        self.forwards = ForwardLog(self.loop, system)
         self.control: ControlServer | None = None
         self.target: resolve_target.Target | None = None
         self.source: load_config.ConfigSource | None = None
@@ -139,7 +142,8 @@ class Engine:
         self.syslog_path = self.environ.get("FSM_INIT_SYSLOG_SOCKET") or "/dev/log"
         self.syslog = SyslogRelay(self.loop, self.syslog_path)
         self.state_since = system.now()
-        self.journal = Journal(settings.run_dir, system)
+        self.writes = FileWrites(system.now, system.wall)
+        self.journal = Journal(settings.run_dir, system, self.writes)
         self.guard_results: dict[str, bool] = {}
         self.taking = ("", "boot", "")
         self.cause = ""  # why the transition being processed happens
@@ -267,7 +271,7 @@ class Engine:
             (log.error if isinstance(note, resolve_target.Error) else log.info)(note)
         if self.target.directory:
             self.system.chdir(self.target.directory)
-        self.source = load_config.ConfigSource(self.target, self.srvcfg, self.system)
+        self.source = load_config.ConfigSource(self.target, self.srvcfg, self.system, self.writes)
         self.done()
 
     def on_enter_custom_init(self) -> None:
@@ -417,7 +421,8 @@ class Engine:
             return
         self.service = Instance(pid, Group(pid, by_session=tty is None), self.system.now())
         self.service_pid, self.leader_alive = pid, True
-        self.spawned()
+        # The pid in the journal: each start the service records can be matched to its line.
+        self.fire("spawned", f"service started (pid {pid}, run {self.run_count})")
 
     def _exec_service(self, cmd: start.Command, env: dict) -> None:
         """Opt-in imginit behaviour: the service replaces fsm-init as PID 1."""
@@ -445,6 +450,7 @@ class Engine:
         # The exec replaces this process before transitions would record the entry.
         self._entered_state()
         self.entry_recorded = True
+        self.forwards.close()
         reaper.hand_over(self)
         # Only reached when the exec failed: this engine carries on reaping.
         if self.control:
@@ -618,6 +624,7 @@ class Engine:
             self.exit_status = self.give_up_status
         else:
             self.exit_status = self.last_exit or 0
+        self.forwards.close()
         log.info(f"exiting with status {self.exit_status}")
         if self.control:
             self.control.close()
@@ -635,7 +642,7 @@ class Engine:
                 self.fire("stop", f"received {name}")
             return
         if self.service and self.service.group.signal(self.system, signum):
-            log.info(f"forwarded {name} to the service's session")
+            self.forwards.forwarded(name)
 
     def _on_exit(self, pid: int, status: int) -> None:
         code = exit_code(status)
@@ -836,15 +843,15 @@ class Engine:
             "supporting": self.supporting(),
             "daemons": self.daemons.status(),
             "pid": self.system.getpid(),
+            # files fsm-init cannot write (a full or read-only disk): path -> the problem
+            "write_problems": self.writes.status(),
         }
 
     def _write_count(self, text: str) -> None:
         if not self.target.directory:
             return
-        try:
-            self.system.write_atomic(os.path.join(self.target.directory, "service.run.count"), text.encode())
-        except OSError as e:
-            log.warn(f"cannot write service.run.count: {e.strerror}")
+        path = os.path.join(self.target.directory, "service.run.count")
+        self.writes.attempt(path, lambda: self.system.write_atomic(path, text.encode()))
 
 
 def _carry_on(timeout: float, path: str, status: int | None) -> bool:

@@ -16,24 +16,23 @@ STATUS = "status.json"
 
 
 class Journal:
-    def __init__(self, run_dir: str, system) -> None:
+    def __init__(self, run_dir: str, system, writes=None) -> None:
+        from fsm_init.writes import FileWrites
+
         self.run_dir, self.system = run_dir, system
         self.path = os.path.join(run_dir, JOURNAL)
-        self.failed = False
+        # A full or read-only run directory must never stop PID 1 from working: each
+        # file's failure is said once, and each transition tries again.
+        self.writes = writes or FileWrites(system.now, system.wall)
 
     def record(self, entry: dict, status: dict) -> None:
-        if self.failed:
-            return
-        try:
-            self.system.append_line(self.path, json.dumps(entry, ensure_ascii=True).encode() + b"\n", MAX_BYTES)
-            self.system.write_atomic(os.path.join(self.run_dir, STATUS),
-                                     json.dumps(status, ensure_ascii=True).encode() + b"\n", 0o644, durable=False)
-        except OSError as e:
-            # The journal explains; it must never stop PID 1 from working.
-            from fsm_init import log
-
-            self.failed = True
-            log.warn(f"cannot write the journal in {self.run_dir} ({e.strerror}): journal off")
+        line = json.dumps(entry, ensure_ascii=True).encode() + b"\n"
+        self.writes.attempt(self.path, lambda: self.system.append_line(self.path, line, MAX_BYTES),
+                            "transitions are not journalled")
+        status = dict(status, write_problems=self.writes.status()) if "write_problems" in status else status
+        path = os.path.join(self.run_dir, STATUS)
+        self.writes.attempt(path, lambda: self.system.write_atomic(
+            path, json.dumps(status, ensure_ascii=True).encode() + b"\n", 0o644, durable=False))
 
 
 def read(run_dir: str, limit: int) -> list[dict]:

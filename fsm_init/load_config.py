@@ -31,9 +31,13 @@ class Loaded(NamedTuple):
 class ConfigSource:
     """Where the config comes from, across the restarts of one fsm-init process."""
 
-    def __init__(self, target: Target, srvcfg: str, system: System) -> None:
+    def __init__(self, target: Target, srvcfg: str, system: System, writes=None) -> None:
+        from fsm_init.writes import FileWrites
+
         self.target = target
         self.system = system
+        self.writes = writes or FileWrites(system.now, system.wall)
+        self.unwritten: bytes | None = None  # $SRVCFG not yet written to workcfg.json (a full disk)
         # $SRVCFG is taken once, on the first start; without a directory to write it
         # to, it is kept in memory for the restarts of this process.
         self.pending_srvcfg = srvcfg if target.first_start and srvcfg.strip() else ""
@@ -46,6 +50,8 @@ class ConfigSource:
 
     def load(self) -> Loaded:
         errors: list[str] = []
+        if self.unwritten is not None and self._write_srvcfg(self.unwritten):
+            self.memory = None  # on disk at last: the file is read from now on
         document = self._take_srvcfg(errors)
         if document is None and self.path and self.memory is None:
             document = self._read_file(errors)
@@ -73,12 +79,17 @@ class ConfigSource:
         if self.path is None or self.target.fallback:
             self.memory = document
             return document
-        try:
-            self.system.write_atomic(self.path, data, 0o600)
-        except OSError as e:
-            errors.append(f"cannot write $SRVCFG to {self.path} ({e.strerror}): using it for this start only")
+        if not self._write_srvcfg(data):
             self.memory = document
         return document
+
+    def _write_srvcfg(self, data: bytes) -> bool:
+        """$SRVCFG to workcfg.json; on failure (a full or read-only disk) it serves from
+        memory and is written at the next restart that finds room (said once, both ways)."""
+        written = self.writes.attempt(self.path, lambda: self.system.write_atomic(self.path, data, 0o600),
+                                      "$SRVCFG serves from memory")
+        self.unwritten = None if written else data
+        return written
 
     def _read_file(self, errors: list[str]) -> dict | None:
         raw = self.system.read_bytes(self.path)

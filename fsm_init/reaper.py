@@ -16,6 +16,7 @@ import sys
 
 from fsm_init import log
 from fsm_init.control import NOT_SUPERVISED, ControlServer
+from fsm_init.forwarded import ForwardLog
 from fsm_init.journal import Journal
 from fsm_init.loop import CAUGHT, STOP_SIGNALS, EventLoop
 from fsm_init.settings import Settings
@@ -75,6 +76,7 @@ class Reaper:
         self.since = system.now()
         self.loop = EventLoop(system, self._on_signal, self._on_exit)
         self.stopper = Stopper(system, self.loop)
+        self.forwards = ForwardLog(self.loop, system)
         self.control = None
         if state["control_fd"] is not None:
             sock = socket.socket(fileno=state["control_fd"])
@@ -108,7 +110,7 @@ class Reaper:
                 self._stop(signum, f"received {signal.Signals(signum).name}")
             return
         if self.group.signal(self.system, signum):
-            log.info(f"forwarded {signal.Signals(signum).name} to the service's session")
+            self.forwards.forwarded(signal.Signals(signum).name)
 
     def _stop(self, signum: int, cause: str) -> None:
         self._enter("stopping", "stop", cause)
@@ -141,6 +143,7 @@ class Reaper:
     def _exited(self, cause: str) -> None:
         self._enter("exited", "done", cause)
         self.loop.reap()
+        self.forwards.close()
         log.info(f"exiting with status {self.exit_status()}")
         if self.control:
             self.control.close()
@@ -186,6 +189,7 @@ class Reaper:
             "run_count": self.run_count, "restarts": 0, "last_exit": self.last_exit,
             "checks": [], "supporting": self.supporting, "pid": self.system.getpid(),
             "healthy": self.handle_request({"verb": "health"})["ok"], "last_transition": self.last_transition,
+            "write_problems": self.journal.writes.status(),
         }
 
 

@@ -90,6 +90,8 @@ def format_status(status: dict) -> str:
     for check in status.get("checks", []):
         result = "timed out" if check["exit"] is None else f"exit {check['exit']}"
         lines.append(f"check:      {check['name']}: {result} in {check['duration']:.2f}s")
+    for path, problem in status.get("write_problems", {}).items():
+        lines.append(f"cannot write: {path}: {problem}")
     return "\n".join(lines)
 
 

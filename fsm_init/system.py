@@ -286,7 +286,20 @@ class System:
             pass
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
         try:
-            os.write(fd, line)
+            size = os.fstat(fd).st_size
+            written = 0
+            try:
+                written = os.write(fd, line)
+            finally:
+                if written != len(line):
+                    # A full disk took part of the line, or none: cut it off again, or
+                    # the next line would be glued to the half one.
+                    try:
+                        os.ftruncate(fd, size)
+                    except OSError:
+                        pass
+            if written != len(line):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
         finally:
             os.close(fd)
 

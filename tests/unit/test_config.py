@@ -351,13 +351,21 @@ def test_no_directory_and_no_srvcfg_is_no_config():
     assert loaded == load_config.Loaded(DEFAULTS, False, [], [])
 
 
-def test_srvcfg_that_cannot_be_written_is_used_for_this_start():
+def test_srvcfg_that_cannot_be_written_serves_from_memory_and_is_written_when_it_can(capfd):
     src, fake = source('{"workstart": "./from-env"}')
-    fake.fail("write_atomic", PermissionError(13, "Permission denied"), PATH)
-    loaded = src.load()
-    assert loaded.config["workstart"] == "./from-env"
-    assert "cannot write $SRVCFG" in loaded.errors[0] and "Permission denied" in loaded.errors[0]
+    fake.fail("write_atomic", OSError(28, "No space left on device"), PATH)
+    for _ in range(3):  # the first start and two restarts on a full disk
+        loaded = src.load()
+        assert loaded.config["workstart"] == "./from-env" and loaded.errors == []
     assert fake.files[PATH] == GOOD
+    assert "No space left on device" in src.writes.status()[PATH]
+    err = capfd.readouterr().err
+    assert err.count(f"cannot write {PATH}: No space left on device") == 1, err
+    fake.faults.clear()  # space again: the next restart writes it, and says so once
+    assert src.load().config["workstart"] == "./from-env"
+    assert fake.files[PATH] == b'{"workstart": "./from-env"}' and src.writes.status() == {}
+    assert src.load().config["workstart"] == "./from-env"
+    assert capfd.readouterr().err.count(f"{PATH} written again after 3 failed write(s)") == 1
 
 
 @pytest.mark.parametrize("file, names", [(None, "no /srv/app/workcfg.json"), (b"{oops", "not valid JSON"),

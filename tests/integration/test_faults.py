@@ -1,0 +1,157 @@
+"""Faults fsm-init lives through as PID 1 of a fresh PID namespace (issue 12, points 9
+and 10): a full or read-only disk under the state, run and service directories, fork
+failures under a pids limit and fd exhaustion under RLIMIT_NOFILE.
+
+The disk is a small tmpfs mounted inside the test's own mount namespace (never the
+machine's): the test reaches it through /proc/PID1/root and remounts it with nsenter.
+"""
+
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, needs_pid_namespace, wait_for
+
+pytestmark = needs_pid_namespace
+
+CHECKED = {"initdelay": 0, "workstart": "DoNothing 600", "workwatch": 1, "workintvl": 1}
+# Inside the namespace, before fsm-init: a 256 KiB tmpfs holding srv/ (a copy of the
+# sandbox's), state/ and run/; "full" fills it before fsm-init starts.
+DISK = r'''
+set -e
+fs=$1 src=$2 full=$3; shift 3
+mkdir -p "$fs"
+mount -t tmpfs -o size=256k,mode=0755 tmpfs "$fs"
+mkdir "$fs/srv" "$fs/state" "$fs/run"
+cp -a "$src/." "$fs/srv/"
+if [ "$full" = full ]; then cat /dev/zero > "$fs/fill" 2>/dev/null || true; fi
+exec "$@"
+'''
+
+
+def on_disk(sandbox, full=False):
+    """(launcher, env, fs) for an fsm-init whose srv, state and run directories are on the tmpfs fs."""
+    fs = sandbox.root / "fs"
+    launcher = ("sh", "-c", DISK, "disk", str(fs), str(sandbox.srv), "full" if full else "empty")
+    env = dict(FSM_INIT_SRV_ROOT=fs / "srv", FSM_INIT_STATE_DIR=fs / "state", FSM_INIT_RUN_DIR=fs / "run")
+    return launcher, env, fs
+
+
+def inside(run, path: Path) -> Path:
+    """path as fsm-init sees it (its mount namespace)."""
+    return Path(f"/proc/{run.pid1}/root{path}")
+
+
+def ns_srvctl(run, fs: Path, *args) -> subprocess.CompletedProcess:
+    """srvctl inside fsm-init's mount namespace, where the control socket is."""
+    env = run.sandbox.env(FSM_INIT_RUN_DIR=fs / "run")
+    return subprocess.run(["nsenter", "-t", str(run.pid1), "-m", "--", *_srvctl(), *args], env=env,
+                          capture_output=True, text=True, timeout=15, cwd=ROOT)
+
+
+def _srvctl():
+    import sys
+
+    return [sys.executable, "-m", "fsm_init.srvctl"]
+
+
+def ns_status(run, fs: Path) -> dict:
+    result = ns_srvctl(run, fs, "status", "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def fill(path: Path) -> None:
+    """Write path until the file system is full."""
+    with open(path, "ab") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+
+
+def checks_run(run, fs: Path, n: int) -> None:
+    """Wait until n more check cycles have passed (status-check, workwatch 1)."""
+    def seen():
+        return {c["at"] for c in ns_status(run, fs)["checks"]}
+    before = len(seen())
+    stamps: set = set()
+
+    def more():
+        stamps.update(seen())
+        return len(stamps) >= before + n
+    wait_for(more, 20, f"{n} more check cycles\n--- log:\n{run.log}")
+
+
+FILES = ("journal.jsonl", "status.json", "service.run.count")
+
+
+def _problem_lines(log: str, name: str, reason: str) -> int:
+    return len(re.findall(rf"cannot write \S*/{re.escape(name)}: {reason}", log))
+
+
+@pytest.mark.parametrize("how", ["full", "read-only"])
+def test_a_full_or_read_only_disk_is_said_once_per_file_and_recovery_once(sandbox, how):
+    sandbox.service("app", CHECKED, PeriodicST_ok="exit 0\n")
+    launcher, env, fs = on_disk(sandbox)
+    run = sandbox.start(SRVNAME="app", launcher=launcher, **env)
+    wait_for(lambda: inside(run, fs / "run/journal.jsonl").exists(), what="the journal")
+    checks_run(run, fs, 2)
+    if how == "full":
+        fill(inside(run, fs / "fill"))
+        reason = "No space left on device"
+    else:
+        subprocess.run(["nsenter", "-t", str(run.pid1), "-m", "mount", "-o", "remount,ro", str(fs)], check=True)
+        reason = "Read-only file system"
+    # status.json and service.run.count fail at their next write; the journal once its
+    # last page is full.
+    for name in FILES:
+        run.wait_log(rf"cannot write \S*/{re.escape(name)}: {reason}", timeout=30)
+    checks_run(run, fs, 3)  # supervision goes on, srvctl answers from memory
+    status = ns_status(run, fs)
+    assert sorted(os.path.basename(p) for p in status["write_problems"]) == sorted(FILES)
+    text = ns_srvctl(run, fs, "status").stdout
+    assert text.count("cannot write:") == 3 and reason in text
+    assert ns_srvctl(run, fs, "health").returncode == 0
+    assert ns_srvctl(run, fs, "why").returncode == 0
+    for name in FILES:
+        assert _problem_lines(run.log, name, reason) == 1, run.log
+    if how == "full":
+        os.unlink(inside(run, fs / "fill"))
+    else:
+        subprocess.run(["nsenter", "-t", str(run.pid1), "-m", "mount", "-o", "remount,rw", str(fs)], check=True)
+    for name in FILES:
+        run.wait_log(rf"\S*/{re.escape(name)} written again after \d+ failed write", timeout=20)
+    checks_run(run, fs, 2)
+    assert ns_status(run, fs)["write_problems"] == {}
+    log = run.log
+    for name in FILES:
+        assert _problem_lines(log, name, reason) == 1, log
+        assert len(re.findall(rf"/{re.escape(name)} written again", log)) == 1, log
+    journal = inside(run, fs / "run/journal.jsonl").read_text().splitlines()
+    assert all(json.loads(line) for line in journal)  # no half line left by the full disk
+    run.signal(15)
+    assert run.wait() == 143  # DoNothing (sleep) dies of the TERM
+
+
+def test_srvcfg_on_a_full_disk_serves_from_memory_and_is_written_when_space_returns(sandbox):
+    sandbox.service("app", None, PeriodicST_ok="exit 0\n")
+    launcher, env, fs = on_disk(sandbox, full=True)
+    srvcfg = json.dumps(CHECKED)
+    run = sandbox.start(SRVNAME="app", SRVCFG=srvcfg, launcher=launcher, **env)
+    run.wait_log(r"cannot write \S*/app/workcfg.json: No space left on device")
+    wait_for(lambda: ns_status(run, fs)["mode"] == "status-check" and ns_status(run, fs)["checks"],
+             what="the service supervised with $SRVCFG from memory")
+    os.unlink(inside(run, fs / "fill"))
+    assert ns_srvctl(run, fs, "restart").returncode == 0
+    run.wait_log(r"\S*/app/workcfg.json written again after 1 failed write")
+    assert inside(run, fs / "srv/app/workcfg.json").read_text() == srvcfg
+    assert len(re.findall(r"cannot write \S*/workcfg.json", run.log)) == 1
+    run.signal(15)
+    assert run.wait() == 143  # DoNothing (sleep) dies of the TERM
