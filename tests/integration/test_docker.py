@@ -215,7 +215,7 @@ HELLO = {
                 '# HOG=yes: the first run takes more memory than the container may have.\n'
                 'if [ "${HOG:-}" = yes ] && [ ! -e /tmp/hogged ]; then\n'
                 '    touch /tmp/hogged\n'
-                '    exec python3 -c "b = bytearray(b\'x\') * (512 << 20)"\n'
+                '    exec -a hello-app python3 -c "b = bytearray(b\'x\') * (512 << 20)"\n'
                 'fi\n'
                 'exec -a hello-app sleep 600\n',
     "PeriodicST-alive": "#!/bin/sh\npidof hello-app >/dev/null\n",
