@@ -200,7 +200,8 @@ def main() -> None:
     system.set_name(NAME)
     settings = Settings()
     # The engine's choice (settings.settle_dirs), not a reader's guess.
-    settings.run_dir, settings.state_dir = state.get("run_dir", settings.run_dir), state.get("state_dir", settings.state_dir)
+    settings.run_dir = state.get("run_dir", settings.run_dir)
+    settings.state_dir = state.get("state_dir", settings.state_dir)
     _exit(Reaper(system, settings, state).run())
 
 

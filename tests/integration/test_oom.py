@@ -87,7 +87,8 @@ def test_a_service_killed_for_memory_is_named_in_log_journal_and_why(sandbox, me
     why = wait_for(lambda: (r := run.srvctl("why")).returncode == 0 and r.stdout, what="srvctl why")
     assert "out-of-memory killer" in why and "memory limit 64 MiB" in why, why
     journal = [json.loads(x) for x in (sandbox.run_dir / "journal.jsonl").read_text().splitlines()]
-    assert any("out-of-memory killer (memory limit 64 MiB" in e["cause"] for e in journal if e["trigger"] == "service_exit")
+    causes = [e["cause"] for e in journal if e["trigger"] == "service_exit"]
+    assert any("out-of-memory killer (memory limit 64 MiB" in cause for cause in causes), causes
 
 
 def test_the_thin_reaper_names_an_out_of_memory_kill_too(sandbox, memory_cgroup):

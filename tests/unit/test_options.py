@@ -94,3 +94,17 @@ def test_directories_default_to_my_inits_and_move_with_the_environment(monkeypat
 def test_a_grace_that_is_not_a_finite_number_is_refused(monkeypatch, capfd, value):
     s = settings_with(monkeypatch, FSM_INIT_STOP_GRACE=value)
     assert s.stop_grace == 5.0 and "FSM_INIT_STOP_GRACE" in capfd.readouterr().err
+
+
+def test_locale_coercion_is_undone_only_when_the_exec_had_no_lc_ctype():
+    from .fakes import FakeSystem
+
+    fake = FakeSystem()
+    fake.add_file("/proc/self/environ", b"PATH=/bin\0HOME=/root\0")
+    coerced = {"PATH": "/bin", "HOME": "/root", "LC_CTYPE": "C.UTF-8"}
+    cli.undo_locale_coercion(fake, coerced)
+    assert coerced == {"PATH": "/bin", "HOME": "/root"}
+    fake.add_file("/proc/self/environ", b"PATH=/bin\0LC_CTYPE=C.UTF-8\0")
+    given = {"PATH": "/bin", "LC_CTYPE": "C.UTF-8"}
+    cli.undo_locale_coercion(fake, given)
+    assert given == {"PATH": "/bin", "LC_CTYPE": "C.UTF-8"}
