@@ -18,9 +18,11 @@ MAX_REQUEST = 4096
 # at once: idle or piled-up connections must not exhaust PID 1's file descriptors.
 REQUEST_TIMEOUT = 5.0
 MAX_CONNECTIONS = 16
-# After accept() fails (EMFILE: no descriptor left), listening pauses this long: the
-# listener stays readable, and retrying at once would spin PID 1.
+# After accept() fails (EMFILE: no descriptor left), listening pauses this long, doubling
+# while it keeps failing up to ACCEPT_PAUSE_MAX: the listener stays readable, and
+# retrying at once would spin PID 1.
 ACCEPT_PAUSE = 1.0
+ACCEPT_PAUSE_MAX = 8.0
 # The answer to `srvctl restart` in non-daemon mode, from the engine or the thin reaper.
 NOT_SUPERVISED = "the service runs in non-daemon mode: fsm-init does not restart it (set workwatch)"
 
@@ -47,6 +49,7 @@ class ControlServer:
         self.sock, self.path, self.loop, self.handler = sock, path, loop, handler
         self.buffers: dict[socket.socket, bytes] = {}
         self.listening = False
+        self.accept_failures = 0  # in a row: the back-off, and said once
         self._listen()
 
     def _listen(self) -> None:
@@ -73,10 +76,17 @@ class ControlServer:
         except BlockingIOError:
             return
         except OSError as e:
-            log.warn(f"control socket: cannot accept ({e.strerror}); listening again in {ACCEPT_PAUSE:g}s")
+            self.accept_failures += 1
+            pause = min(ACCEPT_PAUSE * 2 ** min(self.accept_failures - 1, 16), ACCEPT_PAUSE_MAX)
+            if self.accept_failures == 1:
+                log.warn(f"control socket: cannot accept ({e.strerror}); listening again in {ACCEPT_PAUSE:g}s, "
+                         f"backing off up to {ACCEPT_PAUSE_MAX:g}s while it fails (said once)")
             self._pause()
-            self.loop.call_later("control-accept", ACCEPT_PAUSE, self._listen)
+            self.loop.call_later("control-accept", pause, self._listen)
             return
+        if self.accept_failures:
+            log.info(f"control socket: accepting again after {self.accept_failures} failed attempt(s)")
+            self.accept_failures = 0
         conn.setblocking(False)
         self.buffers[conn] = b""
         self.loop.watch(conn, lambda: self._read(conn))

@@ -16,6 +16,7 @@ import os
 import signal
 
 from fsm_init import log, restart_interval
+from fsm_init.repeats import Repeats
 from fsm_init.stop import KILL_SETTLE, Group, Stopper
 from fsm_init.system import System, describe_exit, exit_code
 
@@ -67,12 +68,16 @@ class Daemon:
         except OSError as e:
             self.failures += 1
             delay = self._backoff()
-            log.error(f"cannot start daemon {self.name} ({self.run}): {e.strerror}; retry in {delay}s")
+            # Said once while it fails the same way (a pids limit can last): the retries back off.
+            self.owner.repeats.failed(self.name, e.strerror, lambda: log.error(
+                f"cannot start daemon {self.name} ({self.run}): {e.strerror}; retry in {delay}s, "
+                "backing off while it fails (said once)"))
             loop.call_later(self.deadline("restart"), delay, self.start)
             return e.strerror
         self.started = system.now()
         self.starts += 1
-        log.info(f"daemon {self.name} started (pid {self.pid})")
+        failed = self.owner.repeats.succeeded(self.name)
+        log.info(f"daemon {self.name} started (pid {self.pid})" + (f" after {failed} failed attempt(s)" if failed else ""))
         return None
 
     def terminate(self) -> None:
@@ -194,6 +199,7 @@ class Daemons:
         self.shutting_down = False
         # (who, wait status) -> "" or why it was the kernel's OOM killer (the engine's)
         self.killed_by_oom = lambda who, status: ""
+        self.repeats = Repeats()
 
     @property
     def names(self) -> list[str]:

@@ -23,6 +23,7 @@ from fsm_init.control import NOT_SUPERVISED, ControlServer
 from fsm_init.daemons import Daemons
 from fsm_init.forwarded import ForwardLog
 from fsm_init.journal import Journal
+from fsm_init.repeats import Repeats, is_resource
 from fsm_init.writes import FileWrites
 from fsm_init.output import CapturedOutput
 from fsm_init.loop import STOP_SIGNALS, EventLoop
@@ -102,6 +103,8 @@ class Engine:
         self.loop = EventLoop(system, self._on_signal, self._on_exit)
         self.stopper = Stopper(system, self.loop)
         self.forwards = ForwardLog(self.loop, system)
+        self.repeats = Repeats()  # spawn failures said once while they repeat
+        self.check_retry: tuple[str, str] | None = None  # a check that could not be started: (name, why)
         self.control: ControlServer | None = None
         self.target: resolve_target.Target | None = None
         self.source: load_config.ConfigSource | None = None
@@ -416,9 +419,15 @@ class Engine:
             self.last_exit = spawn_error_code(e)
             hint = start.exec_hint(cmd.executable or cmd.argv[0], e, self.system)
             cause = f"cannot execute {cmd.argv[0]}: {e.strerror}{hint} (status {self.last_exit})"
-            log.error(cause)
+            # Retried with the back-off; said once while it fails the same way (EAGAIN under
+            # a pids limit can last), the journal has every attempt.
+            self.repeats.failed("service", e.strerror, lambda: log.error(
+                cause + ("" if self.non_daemon() else "; retried with the back-off, said once while it fails")))
             self.fire("spawn_failed", cause)
             return
+        failed = self.repeats.succeeded("service")
+        if failed:
+            log.info(f"the service started (pid {pid}) after {failed} failed attempt(s)")
         self.service = Instance(pid, Group(pid, by_session=tty is None), self.system.now())
         self.service_pid, self.leader_alive = pid, True
         # The pid in the journal: each start the service records can be matched to its line.
@@ -503,7 +512,7 @@ class Engine:
         if path:
             timeout = start.check_timeout(self.config, self.mode.period)
             self._run_script(path, timeout, self._check_done, self._check_env(), capture=True,
-                             workuser=self.config["workuser"])
+                             workuser=self.config["workuser"], retries=0)
             return
         self.last_checks = self.cycle.results
         failure = self.cycle.failure
@@ -532,7 +541,11 @@ class Engine:
             try:
                 self.background[name] = self.system.spawn(start.as_user([path], self.config["workuser"]), env)
             except OSError as e:
-                log.error(f"cannot execute {name}: {e.strerror}")
+                self.repeats.failed(name, e.strerror, lambda: log.error(
+                    f"cannot execute {name}: {e.strerror} (tried again next cycle, said once while it fails)"))
+                continue
+            if self.repeats.succeeded(name):
+                log.info(f"{name} started again")
 
     def on_enter_restart(self) -> None:
         self.restart_cause = self.cause
@@ -573,7 +586,7 @@ class Engine:
         self.loop.cancel("cycle")
         # A script still running (start-up, EnvResume, check) is cut short: its session gets
         # SIGTERM now (teardown kills what is left), and its exit must not start the next one.
-        script, self.script, self.in_turn = self.script, None, []
+        script, self.script, self.in_turn, self.check_retry = self.script, None, [], None
         self.loop.cancel("script")
         if script:
             log.info(f"stopping {script.name} (pid {script.pid}): SIGTERM to its session")
@@ -694,16 +707,32 @@ class Engine:
         next_one()
 
     def _run_script(self, path: str, timeout: float, on_done, env: dict, capture: bool = False,
-                    workuser: str | None = None) -> None:
+                    workuser: str | None = None, retries: int | None = None) -> None:
+        """retries: a check (PeriodicST-*), whose start failing for lack of resources
+        (EAGAIN, EMFILE, ...) is no verdict on the service: it is tried again with a
+        back-off (1 s, doubling, at most its timeout), said once while it fails."""
         name = watch.name(path)
         argv = start.as_user([path], workuser)
         output = CapturedOutput(self.loop, self.system) if capture else None
         try:
             pid = output.spawn(argv, env) if output else self.system.spawn(argv, env)
         except OSError as e:
+            if retries is not None and is_resource(e):
+                wait = min(2.0 ** min(retries, 16), timeout)
+                self.repeats.failed(name, e.strerror, lambda: log.error(
+                    f"cannot start {name}: {e.strerror}; no verdict on the service: trying again in {wait:g}s, "
+                    "backing off while it fails (said once)"))
+                self.check_retry = (name, e.strerror)
+                self.loop.call_later("script", wait, lambda: self._run_script(
+                    path, timeout, on_done, env, capture, workuser, retries + 1))
+                return
             log.error(f"cannot execute {name}: {e.strerror}")
             on_done(name, spawn_error_code(e), 0.0, e.strerror)
             return
+        self.check_retry = None
+        failed = self.repeats.succeeded(name)
+        if failed:
+            log.info(f"{name} started after {failed} failed attempt(s)")
         self.script = Script(pid, name, self.system.now(), on_done, output)
         self.loop.call_later("script", timeout, self._script_timed_out)
 
@@ -718,7 +747,7 @@ class Engine:
 
     def _abandon_script(self) -> Script | None:
         """Kill the running foreground script with everything it started."""
-        script, self.script = self.script, None
+        script, self.script, self.check_retry = self.script, None, None
         self.loop.cancel("script")
         if script:
             Group(script.pid).signal(self.system, signal.SIGKILL)
@@ -808,7 +837,9 @@ class Engine:
             "idle": f"the config is read again at {when.get('state')}",
             "restart_interval": (f"first check at {when.get('state')}" if pid else f"next start at {when.get('state')}"),
             "watch": (f"next check at {when.get('cycle')}" if "cycle" in when else f"waiting for the service (pid {pid}) to exit"),
-            "check": f"running {self.script.name}" if self.script else "",
+            "check": f"running {self.script.name}" if self.script else
+                     (f"{self.check_retry[0]} cannot be started ({self.check_retry[1]}): trying again at "
+                      f"{when.get('script')}" if self.check_retry and "script" in when else ""),
             "foreground": f"the service (pid {pid}) runs; fsm-init exits with its status",
             "restart": f"SIGKILL at {when.get('stop-kill')} if it is still there",
             "stopping": f"SIGKILL at {when.get('stop-kill')} if it is still there",

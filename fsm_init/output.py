@@ -15,8 +15,9 @@ class CapturedOutput:
         self.readers: dict[int, int] = {}  # pipe read end -> fsm-init's own fd it passes through to
 
     def spawn(self, argv: list[str], env: dict) -> int:
-        pipes = [os.pipe2(os.O_CLOEXEC) for _ in (1, 2)]
+        pipes = [os.pipe2(os.O_CLOEXEC)]
         try:
+            pipes.append(os.pipe2(os.O_CLOEXEC))  # EMFILE here must not leak the first pipe
             pid = self.system.spawn(argv, env, stdout=pipes[0][1], stderr=pipes[1][1])
         except OSError:
             for r, w in pipes:

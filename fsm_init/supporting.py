@@ -12,6 +12,7 @@ import signal
 from typing import NamedTuple
 
 from fsm_init import log
+from fsm_init.repeats import Repeats
 from fsm_init.stop import Group
 from fsm_init.system import System, Unavailable, exit_code
 
@@ -41,6 +42,7 @@ class Supporting:
         self.started = 0.0
         self.last_exit: int | None = None
         self.restart_when_gone = False
+        self.repeats = Repeats()
 
     def apply(self, spec: Spec | None) -> None:
         """The settings for this (re)start of the target; None: disabled."""
@@ -54,7 +56,8 @@ class Supporting:
 
     def keepalive(self) -> None:
         if self.spec and self.pid is None and not self.restart_when_gone:
-            log.warn(f"{self.name} is not running: starting it again")
+            if self.repeats.reason(self.name) is None:  # not while its start keeps failing
+                log.warn(f"{self.name} is not running: starting it again")
             self._start()
 
     def exited(self, pid: int, status: int) -> bool:
@@ -79,10 +82,13 @@ class Supporting:
         try:
             self.pid = self.system.spawn(self.spec.argv, self.spec.env)
         except OSError as e:
-            log.error(f"cannot start {self.name} ({self.spec.argv[0]}): {e.strerror}")
+            self.repeats.failed(self.name, e.strerror, lambda: log.error(
+                f"cannot start {self.name} ({self.spec.argv[0]}): {e.strerror} (said once while it fails)"))
             return
         self.started = self.system.now()
-        log.info(f"{self.name} started (pid {self.pid}): {self.spec.summary}")
+        failed = self.repeats.succeeded(self.name)
+        log.info(f"{self.name} started (pid {self.pid}): {self.spec.summary}"
+                 + (f" after {failed} failed attempt(s)" if failed else ""))
 
     def _stop(self, restart: bool) -> None:
         self.restart_when_gone = restart

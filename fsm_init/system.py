@@ -66,8 +66,41 @@ def _new_temporary(directory: str, name: str, mode: int) -> tuple[str, int]:
     raise FileExistsError(errno.EEXIST, "no free temporary name", os.path.join(directory, name))
 
 
+# Descriptors held back for fd exhaustion (EMFILE under a low RLIMIT_NOFILE): the /proc
+# scan that tells whether a stopped session is gone needs two (the directory, one stat
+# file), and PID 1 must still be able to stop what it started.
+SPARE_FDS = 2
+OUT_OF_FDS = (errno.EMFILE, errno.ENFILE)
+
+
 class System:
     """The real operating system."""
+
+    def __init__(self) -> None:
+        self._spare: list[int] = []
+        self._hold_spare()
+
+    def _hold_spare(self) -> None:
+        while len(self._spare) < SPARE_FDS:
+            try:
+                self._spare.append(os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC))
+            except OSError:
+                return
+
+    def _with_spare(self, work):
+        """work(); when it finds no descriptor left, again with the spare ones let go."""
+        try:
+            return work()
+        except OSError as e:
+            if e.errno not in OUT_OF_FDS or not self._spare:
+                raise
+        for fd in self._spare:
+            os.close(fd)
+        self._spare = []
+        try:
+            return work()
+        finally:
+            self._hold_spare()
 
     def now(self) -> float:
         return time.monotonic()
@@ -148,6 +181,9 @@ class System:
 
     def processes(self) -> list[ProcInfo]:
         """Live (non-zombie) processes visible in /proc."""
+        return self._with_spare(self._processes)
+
+    def _processes(self) -> list[ProcInfo]:
         found = []
         for name in os.listdir("/proc"):
             if not name.isdigit():
@@ -155,7 +191,9 @@ class System:
             try:
                 with open(f"/proc/{name}/stat", "rb") as f:
                     raw = f.read()
-            except OSError:
+            except OSError as e:
+                if e.errno in OUT_OF_FDS:
+                    raise  # not "gone": the scan cannot be trusted
                 continue
             # comm may hold spaces and parentheses: split after the last ')'.
             fields = raw[raw.rfind(b")") + 2:].split()
@@ -200,6 +238,8 @@ class System:
             return 127, "", str(e)
         except subprocess.TimeoutExpired:
             return 124, "", f"{argv[0]} timed out after {timeout:g}s"
+        except OSError as e:  # EAGAIN under a pids limit, EMFILE for the pipes: the step fails, not PID 1
+            return 126, "", f"cannot run {argv[0]}: {e.strerror}"
         return done.returncode, done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace")
 
     def interfaces(self) -> list[str]:
@@ -360,7 +400,7 @@ class System:
 
     def list_dir(self, path: str) -> list[str]:
         try:
-            return sorted(os.listdir(path))
+            return sorted(self._with_spare(lambda: os.listdir(path)))
         except OSError:
             return []
 

@@ -155,3 +155,149 @@ def test_srvcfg_on_a_full_disk_serves_from_memory_and_is_written_when_space_retu
     assert len(re.findall(r"cannot write \S*/workcfg.json", run.log)) == 1
     run.signal(15)
     assert run.wait() == 143  # DoNothing (sleep) dies of the TERM
+
+
+# -- 12.10: fork failures under a pids limit, fd exhaustion -----------------------------------
+
+
+def _pids_hierarchy() -> Path | None:
+    """Where a pids cgroup can be made: a cgroup v1 pids hierarchy, or cgroup2 with the
+    pids controller enabled for children of its root."""
+    try:
+        mounts = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return None
+    for line in mounts:
+        _, where, kind, options = line.split()[:4]
+        if kind == "cgroup" and "pids" in options.split(","):
+            return Path(where)
+        if kind == "cgroup2":
+            try:
+                if "pids" in (Path(where) / "cgroup.subtree_control").read_text().split():
+                    return Path(where)
+            except OSError:
+                pass
+    return None
+
+
+@pytest.fixture
+def pids_cgroup():
+    """A pids cgroup of the test's own (removed afterwards, its processes moved out)."""
+    hierarchy = _pids_hierarchy()
+    if hierarchy is None or os.geteuid() != 0:
+        pytest.skip("needs root and a pids cgroup controller (cgroup v1 pids, or cgroup2 with pids enabled)")
+    group = hierarchy / f"fsmt-{os.getpid()}-{len(list(hierarchy.glob('fsmt-*')))}"
+    group.mkdir()
+    yield group
+    (group / "pids.max").write_text("max")
+    for pid in (group / "cgroup.procs").read_text().split():
+        try:
+            (hierarchy / "cgroup.procs").write_text(pid)
+        except OSError:
+            pass
+    wait_for(lambda: _try_rmdir(group), 10, f"{group} removed")
+
+
+def _try_rmdir(path: Path) -> bool:
+    try:
+        path.rmdir()
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def _cpu_seconds(pid: int) -> float:
+    raw = Path(f"/proc/{pid}/stat").read_bytes()
+    fields = raw[raw.rfind(b")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+RESOURCE_CFG = {"initdelay": 0, "workstart": "DoNothing 600", "workwatch": 1, "workintvl": 1, "workbackoff": 4}
+
+
+def test_fork_failures_under_a_pids_limit_are_said_once_backed_off_and_recovered(sandbox, pids_cgroup):
+    sandbox.service("app", RESOURCE_CFG, PeriodicST_ok="exit 0\n")
+    sandbox.etc("service/brief/run", "exec sleep 1\n")  # a daemon that dies every second
+    run = sandbox.start(SRVNAME="app", FSM_INIT_SERVICE_DIRECTORY=sandbox.root / ".etc-up/service")
+    wait_for(lambda: run.srvctl("health").returncode == 0, what="a healthy service")
+    for pid in run.namespace_pids():  # every process of the namespace, fsm-init first
+        (pids_cgroup / "cgroup.procs").write_text(str(pid))
+    (pids_cgroup / "pids.max").write_text("1")  # no fork succeeds in there any more
+    run.wait_log(r"cannot start PeriodicST-ok: Resource temporarily unavailable; no verdict on the service")
+    run.wait_log(r"cannot start daemon brief \(\S+\): Resource temporarily unavailable")
+    assert run.srvctl("restart").returncode == 0  # srvctl still answers; the new start cannot fork
+    run.wait_log(r"cannot execute DoNothing: Resource temporarily unavailable")
+    cpu = _cpu_seconds(run.pid1)
+    wait_for(lambda: run.status()["state"] == "restart_interval" and run.status()["failures"] >= 3, 30,
+             "three failed starts, backing off")
+    assert _cpu_seconds(run.pid1) - cpu < 2.0  # retried with the back-off, not a spin
+    log = run.log
+    assert log.count("cannot start PeriodicST-ok: Resource temporarily unavailable") == 1, log
+    assert log.count("cannot start daemon brief") == 1, log
+    assert len(re.findall(r"cannot execute DoNothing: Resource temporarily unavailable", log)) == 1, log
+    assert run.srvctl("live").returncode == 0
+    (pids_cgroup / "pids.max").write_text("max")  # resources return
+    run.wait_log(r"the service started \(pid \d+\) after \d+ failed attempt", timeout=20)
+    run.wait_log(r"daemon brief started \(pid \d+\) after \d+ failed attempt", timeout=20)
+    wait_for(lambda: run.srvctl("health").returncode == 0, 20, f"healthy again\n--- log:\n{run.log}")
+    run.signal(15)
+    assert run.wait() == 143
+
+
+def _nofile(pid: int) -> tuple[str, str]:
+    line = next(line for line in Path(f"/proc/{pid}/limits").read_text().splitlines()
+                if line.startswith("Max open files"))
+    soft, hard = line.split()[3:5]
+    return soft, hard
+
+
+def _lowest_free_fd(pid: int) -> int:
+    used = {int(fd) for fd in os.listdir(f"/proc/{pid}/fd")}
+    return next(n for n in range(len(used) + 1) if n not in used)
+
+
+def test_fd_exhaustion_is_said_once_backed_off_and_recovered(sandbox):
+    import threading
+    import time
+
+    from fsm_init import control
+
+    sandbox.service("app", RESOURCE_CFG, PeriodicST_ok="exit 0\n")
+    sandbox.etc("service/brief/run", "exec sleep 1\n")  # restarted in its directory: needs a descriptor
+    run = sandbox.start(SRVNAME="app", FSM_INIT_SERVICE_DIRECTORY=sandbox.root / ".etc-up/service")
+    wait_for(lambda: run.srvctl("health").returncode == 0, what="a healthy service")
+
+    soft, hard = _nofile(run.pid1)
+
+    def exhaust() -> bool:  # the soft limit only: raising it again needs no privilege
+        limit = _lowest_free_fd(run.pid1)
+        subprocess.run(["prlimit", f"--pid={run.pid1}", f"--nofile={limit}:{hard}"], check=True)
+        return _lowest_free_fd(run.pid1) >= limit
+    wait_for(exhaust, what="PID 1 without a free descriptor")
+    run.wait_log(r"cannot start PeriodicST-ok: Too many open files; no verdict on the service")
+    run.wait_log(r"cannot start daemon brief \(\S+\): Too many open files")
+    answers = []
+    client = threading.Thread(target=lambda: answers.append(
+        control.request(str(sandbox.run_dir / "control.sock"), "status", timeout=60)))
+    client.start()  # connected, queued: accept() fails
+    run.wait_log(r"control socket: cannot accept \(Too many open files\)")
+    cpu, began = _cpu_seconds(run.pid1), time.monotonic()
+    # Nothing is said while it lasts, so the only event to wait for is time: three rounds
+    # of the back-offs (accept 1+2+4 s, the check 1+2+4 s).
+    wait_for(lambda: time.monotonic() - began > 7.5, 10, "the back-offs to run")
+    log = run.log
+    assert log.count("cannot accept (Too many open files)") == 1, log
+    assert log.count("cannot start PeriodicST-ok: Too many open files") == 1, log
+    assert log.count("cannot start daemon brief") == 1, log
+    subprocess.run(["prlimit", f"--pid={run.pid1}", f"--nofile={soft}:{hard}"], check=True)
+    client.join(30)
+    assert answers and answers[0]["ok"] is True, (answers, run.log)
+    run.wait_log(r"control socket: accepting again after \d+ failed attempt")
+    run.wait_log(r"PeriodicST-ok started after \d+ failed attempt")
+    run.wait_log(r"daemon brief started \(pid \d+\) after \d+ failed attempt")
+    assert run.status()["state"] in ("watch", "check")
+    assert _cpu_seconds(run.pid1) - cpu < 2.0
+    run.signal(15)
+    assert run.wait() == 143

@@ -235,12 +235,16 @@ def test_a_spawn_failure_counts_as_a_failure_and_is_retried(make, lines):
     rig.system.spawn_errors[run] = errno.EACCES
     rig.start()
     assert rig.info("cron")["state"] == "backoff" and rig.due("cron") == 1
-    assert f"error: cannot start daemon cron ({run}): Permission denied; retry in 1s" in lines
+    said = f"error: cannot start daemon cron ({run}): Permission denied; retry in 1s, backing off while it fails"
+    assert [line for line in lines if line.startswith(said)] == lines
     rig.advance(1)
     assert rig.due("cron") == 2
-    del rig.system.spawn_errors[run]
     rig.advance(2)
+    assert rig.due("cron") == 4 and len(lines) == 1  # said once while it fails the same way
+    del rig.system.spawn_errors[run]
+    rig.advance(4)
     assert rig.info("cron")["state"] == "running" and rig.info("cron")["restarts"] == 0
+    assert lines[-1].startswith("daemon cron started (pid ") and lines[-1].endswith(" after 3 failed attempt(s)")
 
 
 # -- srvctl requests ---------------------------------------------------------------------------

@@ -166,3 +166,257 @@ def test_the_thin_reaper_summarises_forwarded_signals_too(capfd):
         assert not thin.loop.deadlines
     finally:
         close_loop(thin.loop)
+
+
+# -- 12.10: fork failures (EAGAIN) and fd exhaustion (EMFILE) -----------------------------------
+
+EAGAIN = OSError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+EMFILE = OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+
+
+def test_a_service_that_cannot_be_forked_is_retried_with_the_back_off_and_said_once(make, capfd):
+    from .test_machine import cfg
+
+    h = make(cfg(workwatch=0, workintvl=1, workbackoff=8))
+    h.system.fail("spawn", EAGAIN, "./run.sh")
+    h.begin()
+    waits = []
+    for _ in range(5):
+        assert h.state == "restart_interval" and h.engine.service is None
+        waits.append(h.deadline("state") - h.system.clock)
+        h.advance(waits[-1])
+    assert waits == [1, 2, 4, 8, 8]  # the back-off, not a spin
+    err = capfd.readouterr().err
+    assert err.count("cannot execute ./run.sh: Resource temporarily unavailable") == 1, err
+    h.system.faults.clear()  # the pids limit is lifted
+    h.advance(8)
+    assert h.state == "watch" and h.engine.service is not None
+    assert "the service started (pid " in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("error", [EAGAIN, EMFILE], ids=["EAGAIN", "EMFILE"])
+def test_a_check_that_cannot_be_started_is_no_verdict_and_is_retried_with_a_back_off(make, capfd, error):
+    from .test_machine import cfg
+
+    h = make(cfg(workwatch=30, workintvl=5, worktimeout=10), scripts=("run.sh", "PeriodicST-a"))
+    h.system.fail("spawn", error, f"{SRV}/PeriodicST-a")
+    h.begin()
+    pid = h.engine.service.pid
+    h.advance(5)
+    waits = []
+    for _ in range(6):
+        assert h.state == "check" and h.engine.script is None
+        waits.append(h.deadline("script") - h.system.clock)
+        h.advance(waits[-1])
+    assert waits == [1, 2, 4, 8, 10, 10]  # backing off up to the check's timeout
+    assert h.engine.service.pid == pid and h.system.signals_to(pid) == []  # not restarted
+    assert "PeriodicST-a cannot be started" in h.request("why")["message"]
+    err = capfd.readouterr().err
+    assert err.count(f"cannot start PeriodicST-a: {error.strerror}") == 1, err
+    h.system.faults.clear()
+    h.advance(10)
+    assert h.engine.script is not None and "PeriodicST-a started after 7 failed attempt(s)" in capfd.readouterr().err
+    pass_check(h)
+    assert h.state == "watch" and h.engine.checks_healthy
+
+
+def test_rt_and_mt_scripts_that_cannot_be_started_are_said_once(make, capfd):
+    from .test_machine import script_pid
+
+    h = in_check(make, extra=("PeriodicRT-r",))
+    h.exit(script_pid(h, "PeriodicRT-r"), exited(0))  # the first cycle's run is over
+    h.system.fail("spawn", EAGAIN, f"{SRV}/PeriodicRT-r")
+    for _ in range(4):
+        pass_check(h)
+        h.advance(29)
+    assert capfd.readouterr().err.count("cannot execute PeriodicRT-r: Resource temporarily unavailable") == 1
+    h.system.faults.clear()
+    pass_check(h)
+    h.advance(29)
+    assert "PeriodicRT-r started again" in capfd.readouterr().err
+
+
+def test_a_check_whose_output_pipes_cannot_be_made_leaks_no_descriptor(monkeypatch):
+    from fsm_init.output import CapturedOutput
+
+    made, real = [], os.pipe2
+
+    def pipe2(flags):
+        if made:
+            raise EMFILE
+        made.append(real(flags))
+        return made[-1]
+    monkeypatch.setattr(os, "pipe2", pipe2)
+    with pytest.raises(OSError):
+        CapturedOutput(None, None).spawn(["true"], {})
+    for fd in made[0]:
+        with pytest.raises(OSError):
+            os.fstat(fd)  # closed again
+
+
+def test_accept_failing_backs_off_is_said_once_and_recovery_once(capfd):
+    from fsm_init import control
+
+    from .fakes import advance, close_loop
+    from .test_control import OutOfDescriptors, Rig
+
+    listener = OutOfDescriptors()
+    rig = Rig(listener)
+    try:
+        pauses = []
+        for _ in range(6):
+            rig.serve(rounds=5)
+            assert not rig.server.listening
+            pauses.append(rig.loop.deadlines["control-accept"][0] - rig.system.clock)
+            advance(rig, pauses[-1])
+        assert pauses == [1, 2, 4, 8, 8, 8] and listener.accepts == 6
+        err = capfd.readouterr().err
+        assert err.count("cannot accept (Too many open files)") == 1
+        listener.accept = lambda: (_ for _ in ()).throw(BlockingIOError())  # descriptors again
+        rig.serve(rounds=1)
+        listener.accept = lambda: (socket_pair()[0], None)
+        rig.serve(rounds=1)
+        assert "control socket: accepting again after 6 failed attempt(s)" in capfd.readouterr().err
+        assert rig.server.accept_failures == 0 and control.ACCEPT_PAUSE_MAX == 8
+    finally:
+        for conn in list(rig.server.buffers):
+            conn.close()
+        listener.close()
+        close_loop(rig.loop)
+
+
+def socket_pair():
+    import socket
+
+    return socket.socketpair()
+
+
+def test_the_proc_scan_survives_fd_exhaustion():
+    """With no descriptor left, PID 1 must still see the processes it is stopping: the scan
+    uses the spare descriptors System holds (a scan that silently returned [] would call a
+    stopped session gone)."""
+    import subprocess
+    import sys
+
+    code = """
+import os, resource
+from fsm_init.system import System
+system = System()
+child = os.posix_spawn("/bin/sleep", ["sleep", "30"], os.environ)
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+held = []
+try:
+    while True:
+        held.append(os.open("/dev/null", os.O_RDONLY))
+except OSError as e:
+    assert e.errno == 24
+pids = [p.pid for p in system.processes()]
+names = system.list_dir("/proc")
+os.kill(child, 9)
+print(child in pids, os.getpid() in pids, str(child) in names)
+"""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=30)
+    assert out.stdout.split() == ["True", "True", "True"], out.stderr
+
+
+def test_an_admin_command_that_cannot_be_forked_is_a_failed_command_not_an_exception(monkeypatch):
+    import subprocess
+
+    from fsm_init.system import System
+
+    def refuse(*args, **kwargs):
+        raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+    monkeypatch.setattr(subprocess, "run", refuse)
+    status, out, err = System().run(["iptables-save"])
+    assert status == 126 and "cannot run iptables-save: Resource temporarily unavailable" in err
+
+
+# -- 12.11: wall-clock jumps ---------------------------------------------------------------------
+
+
+def _scenario(make, jumps: dict) -> tuple[list, list]:
+    """A status-check service: checks pass, one fails (restart: grace, KILL, back-off), an
+    operator restart, a stop with the grace running out.  jumps: step -> seconds the wall
+    clock jumps by before that step.  Returns (every deadline after each step, journal)."""
+    from .test_machine import cfg, script_pid
+
+    h = make(cfg(workwatch=30, workintvl=5, workbackoff=60), scripts=("run.sh", "PeriodicST-a"))
+    h.system.add_dir(RUN)
+    seen = []
+
+    def step(n, action):
+        h.system.wall_offset += jumps.get(n, 0)
+        action()
+        seen.append((n, h.state, sorted((name, when) for name, (when, _) in h.engine.loop.deadlines.items())))
+
+    step(0, h.begin)
+    step(1, lambda: h.advance(5))  # workintvl: the first check
+    step(2, lambda: pass_check(h))
+    step(3, lambda: h.advance(29))  # the next cycle, at its fixed rate
+    step(4, lambda: h.system.stubborn(h.engine.service.pid))
+    step(5, lambda: h.exit(script_pid(h, "PeriodicST-a"), exited(1)))  # failed: restart, grace
+    step(6, lambda: h.advance(5))  # the grace ran out: KILL
+    step(7, lambda: h.advance(10))  # the settle time, the back-off, a new start, workintvl
+    step(8, lambda: h.request("restart"))
+    step(9, lambda: h.advance(3))
+    step(10, lambda: h.signal(signal.SIGTERM))
+    step(11, lambda: h.advance(30))
+    assert h.state == "exited"
+    journal = [json.loads(line) for line in h.system.files[JOURNAL].splitlines()]
+    return seen, journal
+
+
+@pytest.mark.parametrize("jump", [3600, -3600], ids=["forward", "back"])
+def test_wall_clock_jumps_shift_no_timer_and_journal_times_follow_the_wall(make, jump):
+    steady, steady_journal = _scenario(make, {})
+    jumped, jumped_journal = _scenario(make, {3: jump, 6: jump, 9: -jump})
+    # The check schedule, workintvl, the back-off, the grace and settle timers: the same
+    # deadlines at the same (monotonic) times whatever the wall clock did.
+    assert jumped == steady
+    assert [(e["from"], e["to"], e["trigger"]) for e in jumped_journal] == \
+           [(e["from"], e["to"], e["trigger"]) for e in steady_journal]
+    # Journal times are wall time: they carry the jumps.
+    offsets = {round(j["time"] - s["time"]) for j, s in zip(jumped_journal, steady_journal)}
+    assert offsets == {0, jump, 2 * jump}
+
+
+def test_no_scheduling_reads_the_wall_clock():
+    """An audit of fsm_init/: every deadline, time-out and duration comes from System.now
+    (CLOCK_MONOTONIC); the wall clock (time.time, System.wall) only stamps records and
+    shows times to people.  A new call of time.time/wall must be added here on purpose."""
+    import ast
+    import pathlib
+
+    package = pathlib.Path(__file__).resolve().parents[2] / "fsm_init"
+    allowed_wall = {
+        ("dial.py", "*"),  # the link's up/down time in link.json
+        ("engine.py", "_entered_state"), ("engine.py", "_check_done"),  # journal and check records
+        ("engine.py", "_upcoming"),  # `srvctl why`: a monotonic deadline shown as a clock time
+        ("log.py", "_emit"), ("syslog_relay.py", "_format"),  # JSON log lines' "time"
+        ("reaper.py", "_enter"),  # the thin reaper's journal lines
+        ("status_view.py", "*"),  # the viewer's own "last seen" display
+        ("system.py", "wall"),
+        ("writes.py", "__init__"), ("writes.py", "failed"),  # "since" of a write problem in srvctl status
+        ("engine.py", "__init__"), ("journal.py", "__init__"), ("load_config.py", "__init__"),  # ... given to FileWrites
+    }
+    found = set()
+    for path in sorted(package.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        for func in [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]:
+            for node in ast.walk(func):
+                name = None
+                if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "time" \
+                        and node.attr in ("time", "monotonic", "sleep", "time_ns", "clock_gettime"):
+                    name = f"time.{node.attr}"
+                elif isinstance(node, ast.Attribute) and node.attr == "wall" and isinstance(node.ctx, ast.Load):
+                    name = "wall"
+                if name:
+                    found.add((path.name, func.name, name))
+    for module, function, name in sorted(found):
+        if name == "time.monotonic":
+            assert (module, function) in {("system.py", "now"), ("writes.py", "__init__")}, (module, function)
+        elif name == "time.sleep" and module not in ("status_view.py", "graph.py", "srvctl.py"):  # not PID 1
+            raise AssertionError(f"{module}:{function} sleeps: PID 1 never blocks")
+        elif name != "time.sleep":
+            assert (module, function) in allowed_wall or (module, "*") in allowed_wall, (module, function, name)
