@@ -393,6 +393,7 @@ def test_no_scheduling_reads_the_wall_clock():
         ("dial.py", "*"),  # the link's up/down time in link.json
         ("engine.py", "_entered_state"), ("engine.py", "_check_done"),  # journal and check records
         ("engine.py", "_upcoming"),  # `srvctl why`: a monotonic deadline shown as a clock time
+        ("engine.py", "killed_by_oom"),  # `srvctl why`: when the OOM killer struck, as a clock time
         ("log.py", "_emit"), ("syslog_relay.py", "_format"),  # JSON log lines' "time"
         ("reaper.py", "_enter"),  # the thin reaper's journal lines
         ("status_view.py", "*"),  # the viewer's own "last seen" display
