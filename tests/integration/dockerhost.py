@@ -139,6 +139,17 @@ def restore_input(saved: str, now: str) -> str:
     return "\n".join(text) + "\n"
 
 
+def _meaning(text: str) -> set[str]:
+    """The rules, user-defined chains and non-ACCEPT policies of iptables-save output."""
+    meaning, table = set(), ""
+    for line in text.splitlines():
+        if line.startswith("*"):
+            table = line[1:]
+        elif line.startswith("-A") or (line.startswith(":") and " ACCEPT " not in line):
+            meaning.add(f"{table} {line.split(' [')[0]}")
+    return meaning
+
+
 class Engine:
     """The Docker daemon the tests use; started (and afterwards stopped, the host put back
     as it was) only when none answers."""
@@ -198,6 +209,22 @@ class Engine:
                 self.proc.wait(10)
         self.proc = None
         self.restore_host()
+
+    def differences(self) -> list[str]:
+        """What is still not as it was before dockerd started (empty: all put back).  Rules,
+        user chains and policies are compared; a table left empty with ACCEPT policies
+        counts as absent."""
+        found = []
+        for tool in ("iptables", "ip6tables"):
+            saved, now = self.saved.get(tool), _save_tables(f"{tool}-save")
+            if saved is not None and now is not None and _meaning(saved) != _meaning(now):
+                found.append(f"{tool}: {sorted(_meaning(now) ^ _meaning(saved))[:5]}")
+        if self.saved.get("ip_forward") is not None and IP_FORWARD.read_text() != self.saved["ip_forward"]:
+            found.append(f"ip_forward is {IP_FORWARD.read_text().strip()}")
+        for link in DOCKER_LINKS:
+            if link not in self.saved.get("links", ()) and Path(f"/sys/class/net/{link}").exists():
+                found.append(f"{link} is there")
+        return found
 
     def restore_host(self) -> None:
         for tool in ("iptables", "ip6tables"):

@@ -36,7 +36,10 @@ def engine():
         dockerhost.cleanup()
         if out("info", "--format", "{{.Swarm.LocalNodeState}}", check=False) == "active" and Swarm.joined:
             docker("swarm", "leave", "--force", check=False, timeout=60)
+        started = engine.proc is not None
         engine.down()
+        if started:
+            assert not engine.differences(), f"dockerd left the host changed: {engine.differences()}"
 
 
 @pytest.fixture(scope="module")
