@@ -405,6 +405,11 @@ def task_healthy(task: dict) -> bool:
     return result.stdout.strip() == "healthy"
 
 
+def describe(tasks: list[dict]) -> list[str]:
+    return [f"{t['ID'][:8]} slot {t.get('Slot')} {t['DesiredState']}/{t['Status']['State']} "
+            f"env {t['Spec']['ContainerSpec'].get('Env', [])} {t['Status'].get('Err', '')}" for t in tasks]
+
+
 def update_state(name: str) -> str:
     return out("service", "inspect", "-f", "{{if .UpdateStatus}}{{.UpdateStatus.State}}{{end}}", name)
 
@@ -413,8 +418,10 @@ def test_swarm_rolling_updates_rollback_and_rm(hello, swarm):
     name = "fsm-hello"
     docker("service", "create", "--name", name, "--label", f"{dockerhost.LABEL}=1", "--replicas", "2",
            "--cap-add", "NET_ADMIN",
-           "--health-cmd", "srvctl health", "--health-interval", "1s", "--health-retries", "2",
-           "--health-start-period", "30s", "--stop-grace-period", "5s",
+           # Retries and a time-out generous enough that a loaded machine does not make a
+           # healthy replica look unhealthy (swarm would replace it).
+           "--health-cmd", "srvctl health", "--health-interval", "1s", "--health-retries", "5",
+           "--health-timeout", "10s", "--health-start-period", "20s", "--stop-grace-period", "5s",
            "--update-parallelism", "1", "--update-delay", "0s", "--update-monitor", "5s",
            "--update-failure-action", "rollback", "--update-order", "stop-first",
            "--rollback-parallelism", "1", "--rollback-monitor", "2s",
@@ -437,7 +444,7 @@ def test_swarm_rolling_updates_rollback_and_rm(hello, swarm):
     wait_for(lambda: update_state(name) == "rollback_completed", 180,
              f"the rollback: {update_state(name)} {service_tasks(name)}", interval=0.5)
     after = wait_for(all_healthy, 60, "2 healthy replicas after the rollback", interval=0.5)
-    assert len(before & {t["ID"] for t in after}) == 1, (before, after)
+    assert len(before & {t["ID"] for t in after}) == 1, "\n".join([str(before), *describe(service_tasks(name))])
     # docker service rm: every task stopped by its TERM (143), within the grace period.
     containers = [t["Status"]["ContainerStatus"]["ContainerID"] for t in after]
     since = out("version", "--format", "{{.Server.Os}}") and str(int(time.time()) - 1)
