@@ -9,9 +9,9 @@
 #     docker build -t fsm-init .
 #     docker run --rm -e SRVNAME=web fsm-init
 #
-# Every RUN step is a subcommand of scripts/image-install; tests/integration/test_image.py
-# runs the same subcommands in a debootstrapped Debian bookworm, so the image is tested
-# without a Docker engine.  Pin the base for reproducible builds with
+# Every RUN step is a subcommand of scripts/image-install; tests/integration/test_docker.py
+# builds this file with a real Docker engine (classic builder) and runs the image.  Pin the
+# base for reproducible builds with
 # --build-arg DEBIAN_IMAGE=debian:bookworm-slim@sha256:...  No `# syntax=` line: BuildKit
 # would fetch a frontend image from a registry, which an air-gapped builder cannot reach.
 # Behind a TLS-intercepting proxy, give pip the proxy's CA (the builder stage only):
