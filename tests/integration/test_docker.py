@@ -123,7 +123,8 @@ def test_orphans_leave_no_zombies(image):
     # Issue 10 point 6: after the hand-over to the thin reaper, PID 1 is still fsm-init to
     # ps, pidof and docker top (its name and its command line).
     # (The thin reaper names itself right after its exec: wait for both names.)
-    wait_for(lambda: (p := container.processes()) and p[0].split()[2:4] == ["fsm-init", "fsm-init"], 15,
+    wait_for(lambda: (p := container.processes()) and p[0].split()[2] == "fsm-init"
+             and p[0].split()[3].rsplit("/", 1)[-1] == "fsm-init", 15,
              f"the hand-over to the thin reaper: {container.processes()}", interval=0.2)
     assert out("exec", container.name, "pidof", "fsm-init") == "1"
     assert "fsm-init" in out("top", container.name)
