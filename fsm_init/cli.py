@@ -18,7 +18,8 @@ usage: fsm-init [--quiet] [--skip-startup-files] [--skip-runit] [--no-kill-all-o
        fsm-init --version | --help
 
 Runs as the container's PID 1: resolves /srv/$SRVNAME, runs its init steps and
-supervises its service (see the README).  CMD replaces the config's workstart.
+supervises its service (see the README).  CMD replaces the config's workstart;
+with CMD and no $SRVNAME no service directory is used: CMD runs as under tini.
 
   --quiet      only warnings and errors from fsm-init itself
   --skip-startup-files  run neither /etc/my_init.d, /etc/rc.local nor the

@@ -40,6 +40,7 @@ class Daemon:
         self.again = False  # start right after the exit and finish: no back-off, no failure
         self.delay = 0  # the back-off chosen when run last exited
         self.exit_status = 0  # run's last wait status, for finish
+        self.out_of_memory = False  # run's last exit was the kernel's OOM killer
         self.stopper = Stopper(owner.system, owner.loop, self.deadline("stop"))
 
     def deadline(self, what: str) -> str:
@@ -132,6 +133,7 @@ class Daemon:
         finish = system.is_executable(self.finish)
         then = "stay down" if not self.wanted else f"restart in {self.delay}s" if self.delay else "restart now"
         oom_kill = self.owner.killed_by_oom(f"daemon {self.name} (pid {pid})", status)
+        self.out_of_memory = bool(oom_kill)
         (log.warn if oom_kill else log.info)(f"daemon {self.name} (pid {pid}) {describe_exit(status)}"
                                              f"{', ' + oom_kill if oom_kill else ''}; "
                                              f"{'finish, then ' if finish else ''}{then}")
@@ -184,7 +186,8 @@ class Daemon:
         now = self.owner.system.now()
         return {"name": self.name, "state": self.state, "pid": self.pid,
                 "uptime": round(now - self.started, 3) if self.pid is not None else None,
-                "last_exit": self.last_exit, "restarts": max(0, self.starts - 1), "down_file": self.down_file}
+                "last_exit": self.last_exit, "restarts": max(0, self.starts - 1), "down_file": self.down_file,
+                "out_of_memory": self.out_of_memory}
 
 
 class Daemons:

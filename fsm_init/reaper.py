@@ -50,9 +50,16 @@ def hand_over(engine) -> None:
     code = f"import sys; sys.path.insert(0, {package_parent!r}); from fsm_init.reaper import main; main()"
     try:
         # A SIGTERM sent during the exec stays pending until the reaper's handlers are in.
-        engine.system.execve([NAME, "-I", "-S", "-c", code], env, sys.executable, blocked=CAUGHT)
+        engine.system.execve([argv0(), "-I", "-S", "-c", code], env, sys.executable, blocked=CAUGHT)
     except OSError as e:
         log.error(f"cannot exec the thin reaper ({e.strerror}): the engine carries on")
+
+
+def argv0() -> str:
+    """fsm-init beside the interpreter: ps and pidof read the name, and the interpreter,
+    which finds its standard library from argv[0]'s directory, finds it there as it did
+    (a bare name would be looked up on the PATH: a relocatable Python would be lost)."""
+    return os.path.join(os.path.dirname(sys.executable), NAME) if sys.executable else NAME
 
 
 class Reaper:

@@ -68,7 +68,9 @@ def settle_dirs(settings: "Settings", system) -> list[str]:
     notes = []
     usable = True
     if not settings.run_dir_given:
-        why = system.writable_dir(RUN_DIR, 0o700)
+        # Also fsm-init's alone: under a world-writable /run (--tmpfs /run) another uid
+        # could have made it first, with links planted for root's journal writes.
+        why = system.writable_dir(RUN_DIR, 0o700) or system.private_dir(RUN_DIR)
         if why:
             tried = [f"{RUN_DIR} ({why})"]
             for directory in fallback_run_dirs(system.euid()):

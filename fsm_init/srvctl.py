@@ -102,7 +102,7 @@ def describe_daemon(daemon: dict) -> str:
     else:
         text = daemon["state"] + (" (down file)" if daemon.get("down_file") and daemon["state"] == "down" else "")
     if daemon.get("last_exit") is not None:
-        text += f", last exit {daemon['last_exit']}"
+        text += f", last exit {daemon['last_exit']}" + (" (out of memory)" if daemon.get("out_of_memory") else "")
     return text + (f", restarts {daemon['restarts']}" if daemon.get("restarts") else "")
 
 

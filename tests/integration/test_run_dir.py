@@ -30,6 +30,8 @@ while [ $# -gt 0 ]; do
     --) shift; break ;;
     --ro-tmp) mount -o remount,ro /tmp ;;
     --trap=*) uid=${1#--trap=}; mkdir /tmp/elsewhere; ln -s /tmp/elsewhere "/tmp/fsm-init-$uid" ;;
+    --foreign-run=*) mount -o remount,rw /run; chmod 1777 /run; mkdir -m 0700 /run/fsm-init
+                     chown "${1#--foreign-run=}" /run/fsm-init ;;
     esac
     shift
 done
@@ -105,6 +107,14 @@ def test_a_symlink_planted_in_tmp_is_refused_and_dev_shm_used(sandbox):
     assert "/tmp/fsm-init-0 (is a symbolic link)" in run.log, run.log
     assert "run directory /dev/shm/fsm-init-0" in run.log
     assert in_ns(run, "ls", "/tmp/elsewhere").split() == []
+
+
+@needs_nobody
+def test_a_run_fsm_init_another_uid_made_under_a_world_writable_run_is_refused(sandbox):
+    run = start(sandbox, f"--foreign-run={NOBODY[0]}")
+    answers(run)
+    assert f"run directory /tmp/fsm-init-0 (/run/fsm-init (is owned by uid {NOBODY[0]}, not 0))" in run.log, run.log
+    assert in_ns(run, "ls", "-A", "/run/fsm-init").split() == []
 
 
 def test_read_only_tmp_falls_back_to_dev_shm(sandbox):

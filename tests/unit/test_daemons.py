@@ -142,7 +142,8 @@ def test_discovery_spawns_in_name_order_in_the_service_directory(make, lines):
     assert not any("hidden" in line or "README" in line for line in lines)
     assert any("idle" in line and "down" in line for line in lines)
     assert rig.info("idle") | {"name": None} == {"name": None, "state": "down", "pid": None, "uptime": None,
-                                                  "last_exit": None, "restarts": 0, "down_file": True}
+                                                  "last_exit": None, "restarts": 0, "down_file": True,
+                                                  "out_of_memory": False}
     assert rig.info("app")["state"] == "running" and rig.info("app")["down_file"] is False
 
 
@@ -418,7 +419,7 @@ def test_status_fields(make):
     rig = make("cron:finish")
     rig.advance(2.5)
     assert rig.info("cron") == {"name": "cron", "state": "running", "pid": 100, "uptime": 2.5,
-                                "last_exit": None, "restarts": 0, "down_file": False}
+                                "last_exit": None, "restarts": 0, "down_file": False, "out_of_memory": False}
     finish = rig.finishing("cron", killed(signal.SIGSEGV)).pid
     assert rig.info("cron") | {"state": "finishing", "pid": None, "uptime": None,
                                "last_exit": 128 + signal.SIGSEGV} == rig.info("cron")

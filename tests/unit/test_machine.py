@@ -1086,7 +1086,8 @@ def test_handover_goes_through_the_system_boundary(make, monkeypatch):
     with pytest.raises(ProcessReplaced):
         h.advance(1.0)
     assert h.state == "handover"
-    assert h.system.execs[-1].argv[:3] == ["fsm-init", "-I", "-S"] and h.system.execs[-1].executable == sys.executable
+    assert h.system.execs[-1].argv[:3] == [os.path.join(os.path.dirname(sys.executable), "fsm-init"), "-I", "-S"]
+    assert h.system.execs[-1].executable == sys.executable
     assert attempts == [] and h.system.execs, \
         f"hand-over called os.execve directly ({len(attempts)} time(s)), not System.execve"
 

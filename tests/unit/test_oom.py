@@ -7,6 +7,7 @@ import signal
 import pytest
 
 from fsm_init import oom
+from fsm_init.srvctl import describe_daemon
 
 from .fakes import FakeSystem, Harness, exited, killed, make_settings
 
@@ -97,6 +98,8 @@ def test_a_daemon_killed_for_memory_is_named_in_its_log_line_and_why(capfd):
         fake.add_file(EVENTS, events(5))
         h.exit(daemon.pid, killed(signal.SIGKILL))
         assert "daemon hog (pid" in h.engine.why() and "out-of-memory killer" in h.engine.why()
+        [hog] = h.engine.snapshot()["daemons"]
+        assert hog["out_of_memory"] and "last exit 137 (out of memory)" in describe_daemon(hog)
         assert "daemon hog (pid" in capfd.readouterr().err
     finally:
         h.close()
@@ -137,3 +140,23 @@ def test_a_shell_reporting_its_commands_sigkill_as_137_counts_too():
     fake.add_file(EVENTS, events(3))
     assert watch.killed(exited(1)) == "" and watch.killed(killed(signal.SIGTERM)) == ""
     assert "out-of-memory killer" in watch.killed(exited(137))
+
+
+def test_the_thin_reaper_carries_the_count_and_names_the_kill():
+    from fsm_init import reaper
+
+    from .fakes import close_loop
+
+    fake = v2_system()
+    watch = oom.Watch.start(fake)
+    state = {"pid": 100, "by_session": True, "started": 0.0, "target": None, "run_count": 1, "control_fd": None,
+             "quiet": False, "supporting": {}, "proof": 5, "last_transition": {}, "oom": watch.state()}
+    thin = reaper.Reaper(fake, make_settings(), state)
+    try:
+        fake.add_file(EVENTS, events(3))
+        thin._on_exit(100, killed(signal.SIGKILL))
+        assert thin.last_oom.startswith("the service (pid 100), killed by the kernel's out-of-memory killer")
+        journal = [json.loads(line) for line in fake.files["/run/fsm-init/journal.jsonl"].splitlines()]
+        assert "memory limit 64 MiB" in journal[0]["cause"] and journal[0]["trigger"] == "service_exit"
+    finally:
+        close_loop(thin.loop)

@@ -48,6 +48,14 @@ def test_a_refused_tmp_directory_falls_back_to_dev_shm_then_to_an_error():
     assert s.state_dir == STATE_DIR
 
 
+def test_a_run_fsm_init_someone_else_made_is_not_used():
+    fake = FakeSystem()
+    fake.fail("private_dir", OSError(0, "is owned by uid 1001, not 0"), RUN_DIR)
+    s, notes = settle(fake)
+    assert s.run_dir == "/tmp/fsm-init-0"
+    assert "/run/fsm-init (is owned by uid 1001, not 0)" in notes[0][1]
+
+
 def test_explicit_directories_are_used_as_given():
     fake = FakeSystem()
     fake.fail("writable_dir", OSError(errno.EROFS, "Read-only file system"))
