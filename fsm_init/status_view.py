@@ -363,6 +363,8 @@ def supporting(status: dict) -> list[tuple[str, str, str]]:
     for daemon in status.get("daemons") or []:
         tone = "good" if daemon.get("state") == "running" else "dim" if daemon.get("state") == "down" else "warn"
         out.append((f"daemon {daemon.get('name')}", describe_daemon(daemon), tone))
+    for path, problem in (status.get("write_problems") or {}).items():  # a full or read-only disk
+        out.append(("cannot write", f"{path}: {problem}", "bad"))
     return out
 
 

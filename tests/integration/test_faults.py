@@ -301,3 +301,65 @@ def test_fd_exhaustion_is_said_once_backed_off_and_recovered(sandbox):
     assert _cpu_seconds(run.pid1) - cpu < 2.0
     run.signal(15)
     assert run.wait() == 143
+
+
+# -- 12.11: the wall clock jumps an hour forward, then back -----------------------------------
+
+FAKETIME = next(iter(sorted(Path("/usr/lib").glob("*/faketime/libfaketime.so.1"))), None)
+# libfaketime fakes the wall clock only (FAKETIME_DONT_FAKE_MONOTONIC), for fsm-init and its
+# children, from a file the test rewrites: the machine's clock is never touched.
+WALL_JUMP = {"initdelay": 0, "workstart": "./run.sh", "workwatch": 2, "workintvl": 1}
+
+
+def _uptime() -> float:
+    return float(Path("/proc/uptime").read_text().split()[0])
+
+
+def test_wall_clock_jumps_shift_no_timer_and_journal_times_follow(sandbox):
+    import time
+
+    if FAKETIME is None:
+        if os.environ.get("CI") == "true":
+            raise AssertionError("libfaketime is missing (scripts/setup installs it)")
+        pytest.skip("needs libfaketime (Debian package libfaketime; scripts/setup installs it)")
+    offset = sandbox.root / "faketime"
+    offset.write_text("+0\n")
+    d = sandbox.service("app", WALL_JUMP,
+                        # TERM ignored: the stop must wait exactly the grace time, then KILL
+                        run__sh="trap '' TERM\ncut -d' ' -f1 /proc/uptime >> starts\nexec sleep 600\n",
+                        # /proc/uptime: CLOCK_BOOTTIME, which libfaketime leaves alone
+                        PeriodicST_tick="cut -d' ' -f1 /proc/uptime >> ticks\n[ ! -e fail-once ] || "
+                                        "{ rm fail-once; exit 1; }\n")
+    run = sandbox.start(SRVNAME="app", LD_PRELOAD=FAKETIME, FAKETIME_TIMESTAMP_FILE=offset, FAKETIME_NO_CACHE=1,
+                        FAKETIME_DONT_FAKE_MONOTONIC=1, FSM_INIT_STOP_GRACE=3)
+
+    def ticks() -> list[float]:
+        try:
+            return [float(t) for t in (d / "ticks").read_text().split()]
+        except FileNotFoundError:
+            return []
+    wait_for(lambda: len(ticks()) >= 2, what="two check cycles")
+    began = time.time()
+    offset.write_text("+3600\n")  # an hour forward
+    wait_for(lambda: len(ticks()) >= 4, what="two more check cycles")
+    (d / "fail-once").touch()  # a failure: stop (grace 3 s, then KILL), workintvl 1 s, start again
+    wait_for(lambda: len((d / "starts").read_text().split()) >= 2, 30, f"a restart\n--- log:\n{run.log}")
+    offset.write_text("-3600\n")  # and back, two hours
+    n = len(ticks())
+    wait_for(lambda: len(ticks()) >= n + 3, 20, "three more check cycles")
+    # Fixed-rate cycles every 2 s throughout: no hour-long gap, no burst of catch-up checks
+    # (the restart's gap aside).
+    gaps = sorted(b - a for a, b in zip(ticks(), ticks()[1:]))
+    assert all(1.0 < g < 3.5 for g in gaps[:-1]) and gaps[-1] < 12, gaps
+    starts = [float(t) for t in (d / "starts").read_text().split()]
+    assert starts[1] - starts[0] < 15  # grace, workintvl: seconds, not an hour
+    journal = [json.loads(line) for line in (sandbox.run_dir / "journal.jsonl").read_text().splitlines()]
+    stamps = [e["time"] - began for e in journal]
+    assert any(3500 < s < 3700 for s in stamps), stamps  # journal times are wall time: they jumped
+    assert any(-3700 < s < -3500 for s in stamps), stamps
+    why = run.srvctl("why").stdout
+    assert why, run.log
+    stopping = _uptime()
+    run.signal(15)
+    assert run.wait(20) == 137  # the service ignored TERM: KILL after the 3 s grace
+    assert 2.5 < _uptime() - stopping < 10, "the grace timer ran on the monotonic clock"

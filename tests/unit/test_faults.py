@@ -421,3 +421,38 @@ def test_no_scheduling_reads_the_wall_clock():
             raise AssertionError(f"{module}:{function} sleeps: PID 1 never blocks")
         elif name != "time.sleep":
             assert (module, function) in allowed_wall or (module, "*") in allowed_wall, (module, function, name)
+
+
+def test_a_supporting_service_that_cannot_be_forked_is_said_once_per_episode(capfd):
+    from fsm_init.loop import EventLoop
+    from fsm_init.supporting import Spec, Supporting
+
+    from .fakes import FakeSystem, close_loop
+
+    fake = FakeSystem()
+    loop = EventLoop(fake, lambda signum: None, lambda pid, status: None)
+    try:
+        dropbear = Supporting("ssh", fake, loop, 5.0)
+        fake.fail("spawn", EAGAIN, "dropbear")
+        dropbear.apply(Spec(["dropbear", "-F"], {}, "port 8022", "port 8022"))
+        for _ in range(5):  # every check cycle keeps it alive
+            dropbear.keepalive()
+        err = capfd.readouterr().err
+        assert err.count("cannot start ssh (dropbear): Resource temporarily unavailable") == 1, err
+        assert "is not running: starting it again" not in err
+        fake.faults.clear()
+        dropbear.keepalive()
+        assert dropbear.pid is not None
+        err = capfd.readouterr().err
+        assert "ssh started (pid " in err and "port 8022 after 6 failed attempt(s)" in err, err
+    finally:
+        close_loop(loop)
+
+
+def test_fsm_init_status_shows_the_files_that_cannot_be_written():
+    from fsm_init import status_view
+
+    rows = status_view.supporting({"write_problems": {
+        "/run/fsm-init/status.json": "No space left on device since 12:00:03 (4 failed write(s))"}})
+    assert ("cannot write", "/run/fsm-init/status.json: No space left on device since 12:00:03 (4 failed write(s))",
+            "bad") in rows
