@@ -321,22 +321,35 @@ def extra_ca_certs() -> str:
     return "".join(p.read_text() for p in sorted(CA_DIR.glob("**/*.crt")) if "BEGIN CERTIFICATE" in p.read_text())
 
 
-def build(context: Path, tag: str, *build_args: str, timeout=1800, check=True) -> subprocess.CompletedProcess:
-    """`docker build` with the classic builder and the host's network."""
+def build(context: Path, tag: str, *build_args: str, timeout=1800, check=True,
+          buildkit=False) -> subprocess.CompletedProcess:
+    """`docker build` with the classic builder (or BuildKit) and the host's network."""
     argv = ["build", "--network", "host", "--label", f"{LABEL}=1", "-t", tag]
     for arg in build_args:
         argv += ["--build-arg", arg]
-    return docker(*argv, str(context), timeout=timeout, check=check)
+    argv.append(str(context))
+    if not buildkit:
+        return docker(*argv, timeout=timeout, check=check)
+    result = subprocess.run([DOCKER, *argv], env={**ENV, "DOCKER_BUILDKIT": "1"}, capture_output=True, text=True,
+                            timeout=timeout, stdin=subprocess.DEVNULL)
+    if check and result.returncode != 0:
+        raise AssertionError(f"DOCKER_BUILDKIT=1 docker build exited {result.returncode}:\n{result.stderr[-3000:]}")
+    return result
+
+
+def image_build_args() -> list[str]:
+    """The local base, and the machine's extra CA certificates for pip."""
+    args = [f"DEBIAN_IMAGE={base_image()}"]
+    certs = extra_ca_certs()
+    if certs:
+        args.append(f"EXTRA_CA_CERTS={certs}")
+    return args
 
 
 def build_image() -> tuple[str, float]:
     """The fsm-init image from the checkout: its tag and how long the build took."""
     started = time.monotonic()
-    args = [f"DEBIAN_IMAGE={base_image()}"]
-    certs = extra_ca_certs()
-    if certs:
-        args.append(f"EXTRA_CA_CERTS={certs}")
-    build(ROOT, IMAGE, *args)
+    build(ROOT, IMAGE, *image_build_args())
     return IMAGE, time.monotonic() - started
 
 
