@@ -337,6 +337,19 @@ def build(context: Path, tag: str, *build_args: str, timeout=1800, check=True,
     return result
 
 
+def start_buildkit_build(tag: str) -> tuple[subprocess.Popen, Path]:
+    """DOCKER_BUILDKIT=1 docker build of the checkout, in the background (its own cache);
+    the process and its log file."""
+    log = RUN_DIR / f"buildkit-{uuid.uuid4().hex[:8]}.log"
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    argv = [DOCKER, "build", "--network", "host", "--label", f"{LABEL}=1", "-t", tag]
+    for arg in image_build_args():
+        argv += ["--build-arg", arg]
+    proc = subprocess.Popen([*argv, str(ROOT)], env={**ENV, "DOCKER_BUILDKIT": "1"}, stdin=subprocess.DEVNULL,
+                            stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+    return proc, log
+
+
 def image_build_args() -> list[str]:
     """The local base, and the machine's extra CA certificates for pip."""
     args = [f"DEBIAN_IMAGE={base_image()}"]
