@@ -1,5 +1,3 @@
-# syntax=docker/dockerfile:1
-#
 # fsm-init, the base image: a container init (PID 1) that runs and supervises the service
 # directory /srv/$SRVNAME.  An application image needs only
 #
@@ -11,15 +9,20 @@
 #     docker build -t fsm-init .
 #     docker run --rm -e SRVNAME=web fsm-init
 #
-# Every RUN step is a subcommand of scripts/image-install; tests/integration/test_image.py
-# runs the same subcommands in a debootstrapped Debian bookworm, so the image is tested
-# without a Docker engine.  Pin the base for reproducible builds with
-# --build-arg DEBIAN_IMAGE=debian:bookworm-slim@sha256:...
+# Every RUN step is a subcommand of scripts/image-install; tests/integration/test_docker.py
+# builds this file with a real Docker engine (classic builder) and runs the image.  Pin the
+# base for reproducible builds with
+# --build-arg DEBIAN_IMAGE=debian:bookworm-slim@sha256:...  No `# syntax=` line: BuildKit
+# would fetch a frontend image from a registry, which an air-gapped builder cannot reach.
+# Behind a TLS-intercepting proxy, give pip the proxy's CA (the builder stage only):
+#     docker build --build-arg EXTRA_CA_CERTS="$(cat /usr/local/share/ca-certificates/*.crt)" .
 
 ARG DEBIAN_IMAGE=debian:bookworm-slim
 
 # -- builder: the wheel and the virtualenv; gcc, python3-dev and libcap-dev stay here ------
 FROM ${DEBIAN_IMAGE} AS builder
+# PEM certificates pip trusts besides its own bundle (a proxy's CA); never in the runtime.
+ARG EXTRA_CA_CERTS=""
 COPY scripts/image-install /usr/local/sbin/image-install
 RUN ["image-install", "builder-packages"]
 # The pinned dependencies first, in a layer that changes only with these two files.

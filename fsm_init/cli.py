@@ -39,8 +39,8 @@ environment: SRVNAME SRVCFG FSM_INIT_SRV_ROOT FSM_INIT_STATE_DIR FSM_INIT_RUN_DI
              FSM_INIT_EXEC_SERVICE FSM_INIT_STARTUP_TIMEOUT ENV_INIT_DIRECTORY
              FSM_INIT_PRE_SHUTDOWN_DIRECTORY FSM_INIT_POST_SHUTDOWN_DIRECTORY
              FSM_INIT_SERVICE_DIRECTORY FSM_INIT_SYSLOG_SOCKET
-             FSM_INIT_CONTAINER_ENVIRONMENT FSM_INIT_LOG_FORMAT (the README explains
-             each; graph and status have their own --help)
+             FSM_INIT_CONTAINER_ENVIRONMENT FSM_INIT_LOG_FORMAT (docs/environment.md
+             explains each; graph and status have their own --help)
 """
 
 
@@ -102,7 +102,7 @@ def run(args: list[str]) -> int:
             log.set_quiet(True)
         elif arg == "--enable-insecure-key":
             sys.stderr.write(f"fsm-init: {arg} is my_init's publicly known SSH key: not supported; "
-                             "use sshsrv.authkeys in workcfg.json (see the README)\n")
+                             "use sshsrv.authkeys in workcfg.json (see docs/network.md)\n")
             return 2
         elif arg.startswith("-"):
             sys.stderr.write(f"fsm-init: unknown option {arg}\n{USAGE}")
@@ -113,9 +113,8 @@ def run(args: list[str]) -> int:
     # PID 1's own writes to stdout and stderr never block, whatever the log reader does.
     log.go_nonblocking()
     from fsm_init.engine import Engine
-    from fsm_init.system import System
-
     from fsm_init.reaper import _exit
+    from fsm_init.system import System
 
     system = System()
     undo_locale_coercion(system, os.environ)
@@ -130,6 +129,7 @@ def run(args: list[str]) -> int:
         # The engine keeps $SRVCFG as given, for load_config and a custom init.sh.
         os.environ["SRVCFG"] = config.masked_text(environ["SRVCFG"])
     _exit(Engine(system, settings, environ, command or None).run())
+    return 0  # not reached: _exit leaves the process (the reaper imports no typing for NoReturn)
 
 
 def undo_locale_coercion(system, environ) -> None:

@@ -164,14 +164,15 @@ def export_env(environ: dict, system, directory: str = DIRECTORY, sh_path: str =
         for index, name in enumerate(names):
             path = os.path.join(directory, name)
             data = os.fsencode(environ[name])
-            if not attempt(path, lambda: system.write_atomic(path, data, FILE_MODE, durable=False, gid=gid)):
+            if not attempt(path, lambda path=path, data=data: system.write_atomic(
+                    path, data, FILE_MODE, durable=False, gid=gid)):
                 # One failure is almost always all of them (EACCES, EROFS, ENOSPC).
                 if len(names) > index + 1:
                     problems[-1] += f" and {len(names) - index - 1} more variables"
                 break
             written.add(name)
     for path, data in ((sh_path, render_sh(environ)), (json_path, render_json(environ))):
-        attempt(path, lambda: system.write_atomic(path, data, FILE_MODE, durable=False, gid=gid))
+        attempt(path, lambda path=path, data=data: system.write_atomic(path, data, FILE_MODE, durable=False, gid=gid))
     if warn and problems:
         who = "" if root else f" (running as uid {system.euid()})"
         log.warn(f"container environment: cannot write {'; '.join(problems)}{who}; skipped")

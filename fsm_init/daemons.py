@@ -103,11 +103,13 @@ class Daemon:
         self.started = system.now()
         self.starts += 1
         failed = self.owner.repeats.succeeded(self.name)
-        log.info(f"daemon {self.name} started (pid {self.pid})" + (f" after {failed} failed attempt(s)" if failed else ""))
+        log.info(f"daemon {self.name} started (pid {self.pid})"
+                 + (f" after {failed} failed attempt(s)" if failed else ""))
         return None
 
     def terminate(self) -> None:
         log.info(f"stopping daemon {self.name} (pid {self.pid})")
+        assert self.pid is not None  # only terminated while running
         self._clear_session(self.pid)
 
     def _clear_session(self, leader: int) -> None:
@@ -147,6 +149,7 @@ class Daemon:
     def _run_exited(self, status: int) -> None:
         system = self.owner.system
         pid, self.pid = self.pid, None
+        assert pid is not None  # called for run's own exit
         self.last_exit, self.exit_status = exit_code(status), status
         if self.wanted and not self.again:
             if system.now() - self.started >= self.owner.config()["workstable"]:
@@ -276,6 +279,7 @@ class Daemons:
     def _changed(self) -> None:
         """The directory (or a new one waiting for its run) changed: scan once it settles."""
         gone = False
+        assert self.watch_fd is not None  # the loop reads only a watch it was given
         for wd, mask, _name in self.system.watch_read(self.watch_fd):
             if mask & os_events.IN_IGNORED:
                 self.pending.pop(wd, None)
@@ -328,7 +332,7 @@ class Daemons:
         for name in [n for n in self.names if n not in present]:
             self._retire(self.services[name], done)
         for wd, name in list(self.pending.items()):
-            if name not in present:
+            if name not in present and self.watch_fd is not None:  # pending implies a watch
                 self.system.watch_remove(self.watch_fd, wd)
                 del self.pending[wd]
         return done
@@ -349,7 +353,7 @@ class Daemons:
 
     def _forget_pending(self, name: str) -> None:
         for wd, pending in list(self.pending.items()):
-            if pending == name:
+            if pending == name and self.watch_fd is not None:  # pending implies a watch
                 self.system.watch_remove(self.watch_fd, wd)
                 del self.pending[wd]
 
@@ -433,7 +437,9 @@ class Daemons:
         daemon.wanted, daemon.again = False, False
         self.loop.cancel(daemon.deadline("restart"))
         if daemon.state != "running":
-            return f"{daemon.name} is {daemon.state}; it stays down" if daemon.busy else f"{daemon.name} is already down"
+            if daemon.busy:
+                return f"{daemon.name} is {daemon.state}; it stays down"
+            return f"{daemon.name} is already down"
         if self.shutting_down:
             return f"{daemon.name} is stopped in its turn: shutting down"
         daemon.terminate()

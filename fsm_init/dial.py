@@ -95,7 +95,7 @@ def detect(system: System, interfaces: list[str] | None = None) -> tuple[list[st
         return probed, []
     with ThreadPoolExecutor(max_workers=min(16, len(probed))) as pool:
         answers = list(pool.map(lambda interface: probe(system, discovery, interface), probed))
-    return probed, [(interface, ac) for interface, ac in zip(probed, answers) if ac]
+    return probed, [(interface, ac) for interface, ac in zip(probed, answers, strict=True) if ac]
 
 
 # -- the link state ------------------------------------------------------------------------

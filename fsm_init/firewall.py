@@ -62,7 +62,7 @@ class Firewall:
         done, failures = [], []
         for family in families:
             try:
-                self._restore(family, lambda now: rules.restore_script(wanted[family.name], now))
+                self._restore(family, lambda now, family=family: rules.restore_script(wanted[family.name], now))
             except Unavailable as e:
                 if family is rules.IPV4:
                     raise

@@ -343,7 +343,7 @@ def write_atomic(path: str, data: bytes) -> None:
 
 def parse(args: list[str]) -> tuple[dict | None, str]:
     """Options, or None and the problem."""
-    options = {"format": None, "output": None, "live": False, "help": False}
+    options: dict = {"format": None, "output": None, "live": False, "help": False}
     args = list(args)
     while args:
         arg = args.pop(0)

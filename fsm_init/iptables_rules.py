@@ -151,7 +151,7 @@ class Tables(NamedTuple):
     def has_chain(self, table: str, chain: str) -> bool:
         return chain in self.chains.get(table, {})
 
-    def count(self, table: str, chain: str, rule: str) -> int:
+    def count(self, table: str, chain: str, rule: str) -> int:  # type: ignore[override]  # not tuple.count: never used
         return self.rules.get(table, []).count((chain, rule))
 
     def chain_rules(self, table: str, chain: str) -> list[str]:

@@ -77,12 +77,14 @@ class ConfigSource:
         if document is None:
             errors.append(f"$SRVCFG is {why}: ignored, {self.path or 'the built-in defaults'} kept")
             return None
-        if self.path is None or self.target.fallback:
+        directory = self.target.directory
+        if self.path is None or directory is None or self.target.fallback:
             self.memory = document
             return document
-        if trust.problem(self.target.directory, self.system):
+        if trust.problem(directory, self.system):
             # Root would refuse to read the file back: another user could replace it.
-            errors.append(f"$SRVCFG is not written to {self.path}: {trust.problem(self.target.directory, self.system)}; "
+            errors.append(f"$SRVCFG is not written to {self.path}: "
+                          f"{trust.problem(directory, self.system)}; "
                           "using it from memory for the restarts of this container start")
             self.memory = document
             return document
@@ -93,7 +95,9 @@ class ConfigSource:
     def _write_srvcfg(self, data: bytes) -> bool:
         """$SRVCFG to workcfg.json; on failure (a full or read-only disk) it serves from
         memory and is written at the next restart that finds room (said once, both ways)."""
-        written = self.writes.attempt(self.path, lambda: self.system.write_atomic(self.path, data, 0o600),
+        path = self.path
+        assert path is not None  # only called with a service directory
+        written = self.writes.attempt(path, lambda: self.system.write_atomic(path, data, 0o600),
                                       "$SRVCFG serves from memory")
         self.unwritten = None if written else data
         return written
@@ -101,15 +105,17 @@ class ConfigSource:
     def _read_file(self, errors: list[str]) -> dict | None:
         # Checked also when the file is not there: in a directory another user could
         # change, it could appear between this check and the read.
-        if not trust.trusted(self.path, self.system, "take fsm-init's configuration from"):
+        path = self.path
+        assert path is not None  # only called with a service directory
+        if not trust.trusted(path, self.system, "take fsm-init's configuration from"):
             return self.last_read
-        raw = self.system.read_bytes(self.path)
+        raw = self.system.read_bytes(path)
         document, why = config.parse_document(raw) if raw is not None else (None, "")
         if document is not None:
             document = self._private(document)
             self.last_read = document
             return document
-        problem = f"{self.path} is {why}" if raw is not None else f"no {self.path}"
+        problem = f"{path} is {why}" if raw is not None else f"no {path}"
         if self.last_read is not None:
             errors.append(f"{problem}: keeping the configuration read before (fix it, then srvctl restart)")
         else:
@@ -121,18 +127,20 @@ class ConfigSource:
         that no other user (the workuser) reads it; when that is impossible (a read-only
         file system, a file of another owner) its secrets are refused."""
         secrets = config.secrets_in(document)
-        found = self.system.owner_mode(self.path)
+        path = self.path
+        assert path is not None  # only called for a file read
+        found = self.system.owner_mode(path)
         if not secrets or found is None or (found[0] == self.system.euid() and not found[1] & 0o077):
             return document
         names = " and ".join(secrets)
         try:
-            self.system.make_private(self.path)
+            self.system.make_private(path)
         except OSError as e:
-            self._once(f"cannot make {self.path} readable by its owner only ({e.strerror}): it holds {names}, "
+            self._once(f"cannot make {path} readable by its owner only ({e.strerror}): it holds {names}, "
                        f"which other users can read; {names} refused (make the file 0600 root in the image)", log.error)
             return config.without_secrets(document)
         owner = "root" if self.system.euid() == 0 else f"uid {self.system.euid()}"
-        self._once(f"{self.path} holds {names}: made it mode 0600, owner {owner} (was {found[1] & 0o7777:04o}, "
+        self._once(f"{path} holds {names}: made it mode 0600, owner {owner} (was {found[1] & 0o7777:04o}, "
                    f"owner uid {found[0]})", log.info)
         return document
 

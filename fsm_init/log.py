@@ -211,6 +211,7 @@ class Outlet:
         if self.how == "send":
             import socket
 
+            assert self._sock is not None  # made in __init__ with how "send"
             return self._sock.send(chunk, socket.MSG_DONTWAIT)
         if self.how == "poll":
             import select

@@ -42,7 +42,7 @@ class CapturedOutput:
                 os.close(r)
                 os.close(w)
             raise
-        for target, (r, w) in zip((1, 2), pipes):
+        for target, (r, w) in zip((1, 2), pipes, strict=True):
             os.close(w)
             os.set_blocking(r, False)
             self.readers[r] = target

@@ -16,7 +16,7 @@ class Repeats:
     def __init__(self) -> None:
         self.failing: dict[str, list] = {}  # key -> [reason, failures]
 
-    def failed(self, key: str, reason: str, say) -> None:
+    def failed(self, key: str, reason: str | None, say) -> None:
         """say() unless key already failed for this same reason."""
         entry = self.failing.get(key)
         if entry is not None and entry[0] == reason:

@@ -14,7 +14,8 @@ def seconds(config: dict) -> int:
 
 def backoff(config: dict, failures: int) -> int:
     """The wait before the restart that the failures-th consecutive failure caused."""
-    return min(config["workintvl"] * 2 ** max(0, min(failures - 1, 32)), max(config["workbackoff"], config["workintvl"]))
+    return min(config["workintvl"] * 2 ** max(0, min(failures - 1, 32)),
+               max(config["workbackoff"], config["workintvl"]))
 
 
 def daemon_backoff(config: dict, failures: int) -> int:

@@ -61,7 +61,7 @@ def locate_run_dir() -> str:
     return RUN_DIR
 
 
-def settle_dirs(settings: "Settings", system) -> list[str]:
+def settle_dirs(settings: "Settings", system) -> list[tuple[str, str]]:
     """fsm-init's own choice of its run and state directories (through ``system``), the
     log lines that explain it.  An explicit FSM_INIT_RUN_DIR or FSM_INIT_STATE_DIR is
     used as given, unless another user could change it (then refused, said why)."""

@@ -127,7 +127,7 @@ def _group_id(group: str) -> int:
     raise Failure(f"unknown group {group!r} (not in the group database)", EXIT_IDENTITY)
 
 
-def environment(env: dict, identity: Identity) -> dict:
+def environment(env: "dict | os._Environ[str]", identity: Identity) -> dict:
     """env with the user's HOME, USER, LOGNAME and UID; everything else kept."""
     changed = dict(env)
     changed.update(HOME=identity.home, USER=identity.name, LOGNAME=identity.name, UID=str(identity.uid))

@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     count = 20
     if words[:1] == ["history"] and len(words) == 3 and words[1] == "-n" and words[2].isdigit():
         count, words = int(words[2]), words[:1]
-    fields = {}
+    fields: dict = {}
     if len(words) == 2 and words[0] in DAEMON_VERBS:
         fields["name"] = words.pop()
     if len(words) != 1 or words[0] not in (DAEMON_VERBS if fields else VERBS):
@@ -80,10 +80,11 @@ def history(run_dir: str, count: int, as_json: bool) -> int:
 
 def format_status(status: dict) -> str:
     lines = [
-        f"state:      {status['state']}" + (f" (for {status['since']:.0f}s)" if status.get("since") is not None else ""),
+        f"state:      {status['state']}"
+        + (f" (for {status['since']:.0f}s)" if status.get("since") is not None else ""),
         f"mode:       {status['mode']}" + (f", checks every {status['period']}s" if status.get("period") else ""),
         f"target:     {status['target'] or '(none: built-in defaults)'}",
-        f"service:    " + (f"pid {status['service_pid']}, up {status['uptime']:.0f}s"
+        "service:    " + (f"pid {status['service_pid']}, up {status['uptime']:.0f}s"
                            if status.get("service_pid") else "not running"),
         f"restarts:   {status['restarts']}",
         f"last exit:  {'-' if status['last_exit'] is None else status['last_exit']}",

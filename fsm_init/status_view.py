@@ -208,7 +208,8 @@ class _JournalCache:
     """journal.read, again only when journal.jsonl (or its rotation) changed."""
 
     def __init__(self) -> None:
-        self.key, self.entries = None, []
+        self.key: tuple | None = None
+        self.entries: list[dict] = []
 
     def read(self, run_dir: str, limit: int) -> list[dict]:
         key = tuple(_stamp(os.path.join(run_dir, name)) for name in (journal.JOURNAL, journal.JOURNAL + ".1"))
@@ -518,7 +519,7 @@ def render(frame: Frame):
     # Escaped, and every text from the snapshot handed to rich as Text, never as a str
     # rich would read markup in ("[reverse]", "[link=...]" in a check's or daemon's name).
     frame = shown(frame)
-    parts = []
+    parts: list = []
     if not frame.running:
         parts.append(Panel(Text(banner(frame), style="bold red"), border_style="red", box=box.HEAVY))
     if not frame.status:
@@ -529,7 +530,7 @@ def render(frame: Frame):
         head.add_column(style="bold cyan", no_wrap=True)
         head.add_column()
     rows = facts(frame)
-    for left, right in zip(rows[::2], rows[1::2]):
+    for left, right in zip(rows[::2], rows[1::2], strict=False):
         head.add_row(Text(left[0]), Text(left[1], style=TONES[left[2]]), Text(right[0]),
                      Text(right[1], style=TONES[right[2]]))
     services = Table.grid(padding=(0, 2))

@@ -10,6 +10,10 @@ import signal
 from fsm_init import log
 from fsm_init.system import System
 
+TYPE_CHECKING = False  # the thin reaper imports no typing; the type checker sees True
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 
 class Group:
     """The live processes of one spawned session or process group."""
@@ -76,7 +80,10 @@ class Stopper:
     def __init__(self, system: System, loop, name: str = "stop") -> None:
         self.system, self.loop = system, loop
         self.kill_deadline, self.poll_deadline = f"{name}-kill", f"{name}-poll"
-        self.find = self.send = self.then = None
+        # Set by _start while a group is being stopped.
+        self.find: Callable[[], object] | None = None
+        self.send: Callable[[int], int] | None = None
+        self.then: Callable[[], object] | None = None
         self.label = ""
 
     def stop_group(self, group: Group, sig: int, grace: float, then, label: str = "the service's session") -> None:
@@ -118,6 +125,7 @@ class Stopper:
             self._finish()
 
     def _kill(self) -> None:
+        assert self.send is not None  # only scheduled by _start
         count = self.send(signal.SIGKILL)
         if count:
             log.warn(f"{self.label} outlived the grace time: sent SIGKILL to {count} process(es)")

@@ -83,6 +83,7 @@ class Supporting:
         return f"running, pid {self.pid}, up {self.system.now() - self.started:.0f}s; {self.spec.summary}"
 
     def _start(self) -> None:
+        assert self.spec is not None  # only started with a spec
         try:
             self.pid = self.system.spawn(self.spec.argv, self.spec.env)
         except OSError as e:
@@ -97,6 +98,7 @@ class Supporting:
 
     def _stop(self, restart: bool) -> None:
         self.restart_when_gone = restart
+        assert self.pid is not None  # only stopped while running
         Group(self.pid).signal(self.system, signal.SIGTERM)
         self.loop.call_later(f"support-{self.name}", self.grace, self._kill)
 

@@ -267,6 +267,7 @@ class SyslogRelay:
         return message.line() + (" [truncated]" if truncated else "") + "\n"
 
     def _write(self, data: bytes, count: int) -> None:
+        assert self.out is not None  # only called with an output of its own
         view = memoryview(data)
         try:
             while view:

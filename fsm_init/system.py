@@ -122,7 +122,7 @@ class System:
         global _libc_spawn
         if _libc_spawn is None:
             _libc_spawn = _LibcSpawn.load()
-        if _libc_spawn:
+        if isinstance(_libc_spawn, _LibcSpawn):  # False where libc cannot be called
             pid = _libc_spawn(program, argv, env, dups, tty_fd is None, cwd)
         else:
             pid = _os_spawn(program, argv, env, dups, tty_fd is None, cwd)
@@ -417,7 +417,7 @@ class System:
         try:
             os.makedirs(path, mode=mode, exist_ok=True)
         except OSError as e:
-            return e.strerror
+            return e.strerror or str(e)
         if not os.access(path, os.W_OK | os.X_OK):
             return f"not writable by uid {os.geteuid()}" + (" (read-only)" if _read_only(path) else "")
         return ""
@@ -432,7 +432,7 @@ class System:
         except FileExistsError:
             pass
         except OSError as e:
-            return e.strerror
+            return e.strerror or str(e)
         return private_problem(path, os.geteuid())
 
     def euid(self) -> int:
@@ -506,7 +506,7 @@ class System:
         """Every event queued on the inotify fd, as (watch descriptor, mask, name); never blocks."""
         import struct
 
-        events = []
+        events: list[tuple[int, int, str]] = []
         while True:
             try:
                 data = os.read(fd, 65536)
@@ -715,7 +715,7 @@ def private_problem(path: str, uid: int) -> str:
     try:
         st = os.lstat(path)
     except OSError as e:
-        return e.strerror
+        return e.strerror or str(e)
     if stat.S_ISLNK(st.st_mode):
         return "is a symbolic link"
     if not stat.S_ISDIR(st.st_mode):

@@ -16,7 +16,8 @@ Guards (methods of the engine, named for what they ask):
   operator_request  the restart was asked for with ``srvctl restart``
   retries_exhausted one more failure restart would exceed workretry.max within workretry.window
   give_up_exits     workretry.action is "exit" (not "stay", which keeps the container up for debugging)
-  keeps_supervising /etc/service daemons, a watched /etc/service or shutdown scripts need the engine: the thin reaper cannot take over
+  keeps_supervising /etc/service daemons, a watched /etc/service or shutdown scripts need the engine:
+                    the thin reaper cannot take over
 """
 
 STATES = [
@@ -35,7 +36,8 @@ STATES = [
     ("start", "spawn the service in a session of its own"),
     ("foreground", "non-daemon: forward signals and reap until the service exits"),
     ("handover", "non-daemon, settled: the thin standard-library reaper carries on"),
-    ("restart_interval", "workintvl seconds: after a start before the first check, and before a restart a failure caused"),
+    ("restart_interval", "workintvl seconds: after a start before the first check, "
+                         "and before a restart a failure caused"),
     ("watch", "supervised: wait for the next check cycle (or, in daemon mode, the service's exit)"),
     ("check", "PeriodicRT-* in the background, PeriodicST-* in turn, PeriodicMT-* when all passed"),
     ("restart", "stop the previous instance's whole session: TERM, grace, KILL"),

@@ -505,6 +505,49 @@ def mib(kib):
     return None if kib is None else kib / 1024
 
 
+DOCKER_RUNS = [
+    ("image", "`docker run --rm IMAGE true` (fsm-init as PID 1)", []),
+    ("entrypoint", "`docker run --rm --entrypoint true IMAGE` (no init)", ["--entrypoint", "true"]),
+    ("init", "`docker run --rm --init --entrypoint true IMAGE` (Docker's tini)", ["--init", "--entrypoint", "true"]),
+]
+
+
+def bench_docker(b: Bench, results: dict) -> None:
+    """Whole `docker run` wall times, the image built from this checkout (tests/integration/
+    dockerhost.py starts dockerd when none answers and stops it again)."""
+    sys.path.insert(0, str(REPO))
+    from tests.integration import dockerhost
+
+    engine = dockerhost.Engine()
+    try:
+        engine.up()
+        image, _ = dockerhost.build_image()
+        times: dict[str, list[float]] = {key: [] for key, _, _ in DOCKER_RUNS}
+        for round_ in range(b.args.docker_runs + 1):  # round 0 warms up
+            order = list(DOCKER_RUNS)
+            random.shuffle(order)
+            for key, _, args in order:
+                argv = [dockerhost.DOCKER, "run", "--rm", *args, image]
+                if key == "image":
+                    argv.append("true")
+                started = now_ns()
+                done = subprocess.run(argv, capture_output=True, text=True, env=dockerhost.ENV, timeout=120)
+                took = (now_ns() - started) / 1e6
+                if done.returncode != 0:
+                    raise RuntimeError(f"{' '.join(argv)} exited {done.returncode}: {done.stderr.strip()}")
+                if round_:
+                    times[key].append(took)
+        results["docker"] = {key: {"median": median(v), "min": min(v), "max": max(v), "n": len(v)}
+                             for key, v in times.items()}
+        results["docker_version"] = dockerhost.out("version", "--format", "{{.Server.Version}}")
+    except BaseException as e:  # pytest's skip/fail outcomes are BaseExceptions
+        if isinstance(e, KeyboardInterrupt):
+            raise
+        results.setdefault("errors", []).append(f"docker: {e}")
+    finally:
+        engine.down()
+
+
 def report(b: Bench, results: dict, elapsed: float) -> str:
     a = b.args
     idle = results.get("idle", {})
@@ -555,6 +598,16 @@ def report(b: Bench, results: dict, elapsed: float) -> str:
         f"SIGTERM {a.term_runs} fresh instances each. Times are medians, CLOCK_MONOTONIC. "
         "1 MiB = 1024 KiB (smaps_rollup).",
     ]
+    dk = results.get("docker")
+    if dk:
+        notes.append("")
+        notes.append(f"| `docker run` wall time, Docker {results.get('docker_version')} "
+                     f"(median of {b.args.docker_runs}, min–max) | |")
+        notes.append("|---|---|")
+        for key, label, _ in DOCKER_RUNS:
+            d = dk[key]
+            notes.append(f"| {label} | {d['median']:.0f} ms ({d['min']:.0f}–{d['max']:.0f}) |")
+        notes.append("")
     sa = results.get("startup_abs")
     if sa:
         sp = results["startup_spread"]
@@ -659,8 +712,9 @@ def main() -> int:
     parser.add_argument("--zombies", type=int, default=10000)
     parser.add_argument("--zombie-runs", type=int, default=5)
     parser.add_argument("--term-runs", type=int, default=10)
-    parser.add_argument("--only", default="startup,idle,zombies,term,exit",
-                        help="comma-separated subset of startup,idle,zombies,term,exit")
+    parser.add_argument("--docker-runs", type=int, default=10)
+    parser.add_argument("--only", default="startup,idle,zombies,term,exit,docker",
+                        help="comma-separated subset of startup,idle,zombies,term,exit,docker")
     parser.add_argument("--json", help="also write the raw results to this file")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs of every init run)")
     args = parser.parse_args()
@@ -673,7 +727,7 @@ def main() -> int:
     b = Bench(args)
     results: dict = {"load_before": machine_load(), "n_zombies": args.zombies}
     steps = {"startup": bench_startup, "idle": bench_idle, "zombies": bench_zombies,
-             "term": bench_term, "exit": bench_exit_codes}
+             "term": bench_term, "exit": bench_exit_codes, "docker": bench_docker}
     try:
         for name in args.only.split(","):
             t = time.monotonic()
