@@ -43,6 +43,17 @@ SETTLE = 0.1
 MAX_SETTLE = 0.5
 
 
+# s6's convention: a finish script exiting 125 marks the service down for good (a permanent
+# failure, as after `s6-svc -O`); fsm-init also takes it from run itself when there is no
+# finish.  A run script that finds it cannot work here (cron in a container started with
+# --user) says so once and exits 125, instead of a restart loop logging every few seconds.
+PERMANENT_FAILURE = 125
+
+
+def _permanent(status: int) -> bool:
+    return os.WIFEXITED(status) and os.WEXITSTATUS(status) == PERMANENT_FAILURE
+
+
 class Daemon:
     """One service directory: its run process, its finish script and its restarts."""
 
@@ -140,7 +151,11 @@ class Daemon:
         elif pid == self.finish_pid:
             self.finish_pid = None
             self.owner.loop.cancel(self.deadline("finish"))
-            log.info(f"daemon {self.name}: finish (pid {pid}) {describe_exit(status)}")
+            log.info(f"daemon {self.name}: finish (pid {pid}) {describe_exit(status)}"
+                     + (f": it stays down (s6's permanent failure; `srvctl start {self.name}` tries again)"
+                        if _permanent(status) and self.wanted else ""))
+            if _permanent(status):
+                self.wanted = False
             self._after_finish()
         else:
             return False
@@ -159,7 +174,12 @@ class Daemon:
         else:
             self.delay = 0
         finish = system.is_executable(self.finish)
-        then = "stay down" if not self.wanted else f"restart in {self.delay}s" if self.delay else "restart now"
+        if self.wanted and not finish and _permanent(status):
+            self.wanted = False  # run says it cannot run here: no restart loop, no repeated lines
+            self.delay = 0
+        then = ("stay down" if not self.wanted else f"restart in {self.delay}s" if self.delay else "restart now") \
+            + (f" (exit {PERMANENT_FAILURE}: it cannot run here; `srvctl start {self.name}` tries again)"
+               if _permanent(status) and not finish else "")
         oom_kill = self.owner.killed_by_oom(f"daemon {self.name} (pid {pid})", status)
         self.out_of_memory = bool(oom_kill)
         (log.warn if oom_kill else log.info)(f"daemon {self.name} (pid {pid}) {describe_exit(status)}"

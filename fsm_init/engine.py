@@ -123,6 +123,7 @@ class Engine:
         self.exit_status = 0
         self.operator = False
         self.stop_signal = signal.SIGTERM
+        self.stopped_by_signal = False  # SIGTERM/SIGINT, not srvctl stop or an internal error
         self.stop_requested = False  # srvctl stop: exit 0 whatever the service's status
         self.in_turn: list[str] = []  # the foreground scripts still to run in this state
         self.script: Script | None = None
@@ -677,6 +678,10 @@ class Engine:
             self.exit_status = 0
         elif self.give_up_status is not None:
             self.exit_status = self.give_up_status
+        elif self.last_exit is None and self.stopped_by_signal:
+            # Stopped before any service ran (during a start-up script, the delay, the idle
+            # wait): the status the stop signal gives a process, as under tini (143 for TERM).
+            self.exit_status = 128 + self.stop_signal
         else:
             self.exit_status = self.last_exit or 0
         self.forwards.close()
@@ -699,6 +704,7 @@ class Engine:
             if self.state in STOPPABLE:
                 log.info(f"received {name}: stopping")
                 self.stop_signal = signum
+                self.stopped_by_signal = True
                 self.fire("stop", f"received {name}")
             return
         if self.service and self.service.group.signal(self.system, signum):

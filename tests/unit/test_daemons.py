@@ -226,6 +226,34 @@ def test_finish_gets_runit_arguments_and_the_restart_waits_for_it(make, lines):
     assert rig.info("cron")["last_exit"] == 128 + signal.SIGTERM
 
 
+def test_a_run_exiting_125_stays_down_until_started(make, lines):
+    """A run that cannot work here (cron under --user) exits 125 once: no restart loop."""
+    rig = make("cron")
+    first = rig.pid("cron")
+    rig.die(first, exited(125))
+    rig.advance(600)
+    assert len(rig.runs("cron")) == 1 and rig.info("cron")["state"] == "down"
+    assert (f"daemon cron (pid {first}) exited with status 125; stay down (exit 125: it cannot run here; "
+            "`srvctl start cron` tries again)") in lines
+    ok, _ = rig.request("start", "cron")
+    assert ok and len(rig.runs("cron")) == 2 and rig.info("cron")["state"] == "running"
+
+
+def test_a_finish_exiting_125_keeps_the_daemon_down(make, lines):
+    """s6's convention: finish exiting 125 is a permanent failure."""
+    rig = make("cron:finish")
+    finish = rig.finishing("cron", exited(1))
+    rig.die(finish.pid, exited(125))
+    rig.advance(600)
+    assert len(rig.runs("cron")) == 1 and rig.info("cron")["state"] == "down"
+    assert any("finish" in line and "it stays down (s6's permanent failure" in line for line in lines)
+    # Without finish, a plain failure still restarts.
+    other = make("app")
+    other.die(other.pid("app"), exited(1))
+    other.advance(1)
+    assert len(other.runs("app")) == 2
+
+
 def test_a_hung_finish_is_killed_after_the_grace_time(make, lines):
     rig = make("cron:finish")
     finish = rig.finishing("cron", exited(1))

@@ -912,6 +912,8 @@ STOPS = {
 # The exit status of each: 0 before any service and on srvctl stop, else the service's 128+S.
 STOP_STATUS = dict.fromkeys(STOPS, 0)
 STOP_STATUS.update(foreground=143, watch=143, check=143, restart=137)
+# Stopped by SIGTERM before any service ran: 128 + 15, as a process TERM ended (tini's 143).
+STOP_STATUS.update(dict.fromkeys(("boot", "startup_scripts", "env_resume", "delay"), 143), idle=130)  # idle: SIGINT
 # The states reached by an injected fault: an internal error exits 70, never 0.
 STOP_STATUS.update(dict.fromkeys(("resolve_target", "custom_init", "daemons", "load_config", "firewall", "ssh",
                                   "pppoe", "start"), 70))
@@ -979,10 +981,20 @@ def test_srvctl_stop_exits_0_whatever_the_service_status(make):
     assert h.state == "exited" and h.engine.exit_status == 0
 
 
-def test_stop_before_any_service_exits_0(make):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_before_any_service_ran_exits_128_plus_it(make, sig):
+    """`docker stop` right after `docker run` (a start-up script still running): the
+    command never ran, and the container must not look like it succeeded."""
     h = make({"initdelay": 0})
     h.begin()
-    h.signal(signal.SIGTERM)
+    h.signal(sig)
+    assert h.state == "exited" and h.engine.exit_status == 128 + sig
+
+
+def test_srvctl_stop_before_any_service_ran_exits_0(make):
+    h = make({"initdelay": 0})
+    h.begin()
+    assert h.request("stop")["ok"] is True
     assert h.state == "exited" and h.engine.exit_status == 0
 
 
