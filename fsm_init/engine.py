@@ -11,7 +11,6 @@ import signal
 import sys
 import time
 from typing import NamedTuple
-
 from functools import partial
 
 from transitions import Event, EventData, Machine, Transition
@@ -28,6 +27,7 @@ from fsm_init.repeats import Repeats, is_resource
 from fsm_init.writes import FileWrites
 from fsm_init.output import CapturedOutput
 from fsm_init.loop import STOP_SIGNALS, EventLoop
+from fsm_init.service import Service
 from fsm_init.settings import Settings
 from fsm_init.stop import Group, Stopper
 from fsm_init.supporting import Supporting
@@ -73,12 +73,6 @@ class _Machine(Machine):
     event_cls = _CausedEvent
 
 
-class Instance(NamedTuple):
-    pid: int
-    group: Group
-    started: float  # monotonic
-
-
 class Script(NamedTuple):
     """A script run in the foreground: a start-up or shutdown script, EnvResume-* or PeriodicST-*."""
     pid: int
@@ -98,7 +92,7 @@ class Engine:
         self.srvcfg = self.environ.get("SRVCFG", "")
         if self.srvcfg:
             self.environ["SRVCFG"] = config.masked_text(self.srvcfg)
-        self.override = command
+        self.command_line = command  # the command given to fsm-init, run instead of workstart
         # A command line runs where fsm-init was started (the image's WORKDIR), as under
         # tini; workstart and the target's scripts run in the target directory.
         self.caller_dir = system.getcwd()
@@ -113,26 +107,15 @@ class Engine:
         self.config = config.defaults()
         self.has_config = False
         self.mode = start.mode(self.config)
-        self.service: Instance | None = None
-        self.service_pid: int | None = None  # the leader of the latest instance, alive or not
-        self.leader_alive = False
-        self.run_count = 0
-        self.failures = 0  # consecutive failure restarts: the back-off exponent
-        self.failure_times: list[float] = []  # for workretry's window
-        self.last_exit: int | None = None
+        self.service = Service(system.now)
         self.exit_status = 0
-        self.operator = False
         self.stop_signal = signal.SIGTERM
-        self.stop_requested = False  # srvctl stop: exit 0 whatever the service's status
         self.in_turn: list[str] = []  # the foreground scripts still to run in this state
         self.script: Script | None = None
         self.background: dict[str, int] = {}
         self.cycle: watch.Cycle | None = None
         self.cycle_count = 0
         self.cycle_anchor: float | None = None
-        self.last_checks: list[watch.CheckResult] = []
-        self.checks_healthy = False  # the latest cycle of this instance passed
-        self.healthy_since: float | None = None  # this instance's first passed check cycle
         self.firewall = firewall.Firewall(system, settings)
         self.firewall_status = ""
         self.supporters = {name: Supporting(name, system, self.loop, settings.stop_grace) for name in SUPPORTING_STEPS}
@@ -154,10 +137,7 @@ class Engine:
         self.taking = ("", "boot", "")
         self.cause = ""  # why the transition being processed happens
         self.next_cause = ""  # taken by the next trigger called (see _CausedEvent)
-        self.restart_cause = ""  # what set off the restart in progress, for `srvctl why`
-        self.gave_up_reason = ""  # for `srvctl live` while in gave_up
         self.internal_error = ""  # the first internal error: the exit status is then never 0
-        self.give_up_status: int | None = None  # workretry.action exit: never 0
         self.last_transition: dict = {}
         self.entry_recorded = False
         self.machine = _Machine(
@@ -195,7 +175,7 @@ class Engine:
         source, dest, trigger = self.taking
         self.last_transition = {
             "time": round(self.system.wall(), 3), "from": source, "to": dest, "trigger": trigger,
-            "guards": self.guard_results, "cause": self.cause, "restarts": max(0, self.run_count - 1)}
+            "guards": self.guard_results, "cause": self.cause, "restarts": max(0, self.service.run_count - 1)}
         self.journal.record(self.last_transition, self.snapshot())
 
     def fire(self, trigger: str, cause: str) -> None:
@@ -220,10 +200,10 @@ class Engine:
     # -- guards --------------------------------------------------------------------
 
     def delay_due(self) -> bool:
-        return self.run_count == 0 and delay.seconds(self.config, self.target.first_start, self.has_config) > 0
+        return self.service.run_count == 0 and delay.seconds(self.config, self.target.first_start, self.has_config) > 0
 
     def has_command(self) -> bool:
-        return start.has_command(self.config, self.override)
+        return start.has_command(self.config, self.command_line)
 
     def non_daemon(self) -> bool:
         return self.mode.kind == start.NON_DAEMON
@@ -232,16 +212,16 @@ class Engine:
         return self.mode.kind == start.DAEMON
 
     def has_instance(self) -> bool:
-        return self.service is not None
+        return self.service.instance is not None
 
     def checks_passed(self) -> bool:
         return self.cycle is not None and self.cycle.passed
 
     def operator_request(self) -> bool:
-        return self.operator
+        return self.service.restart_requested
 
     def retries_exhausted(self) -> bool:
-        return restart_interval.exhausted(self.config, self.failure_times, self.system.now())
+        return self.service.retries_exhausted(self.config)
 
     def give_up_exits(self) -> bool:
         return self.config["workretry"]["action"] == "exit"
@@ -268,13 +248,13 @@ class Engine:
             return True
         cause = startup_scripts.describe_failure(path, status, timeout)
         log.error(f"{cause}: the start-up stops (exit {startup_scripts.FAILED_STATUS})")
-        self.last_exit = startup_scripts.FAILED_STATUS
+        self.service.last_exit = startup_scripts.FAILED_STATUS
         self.fire("script_failed", cause)
         return False
 
     def on_enter_resolve_target(self) -> None:
         self.target, notes = resolve_target.resolve(self.settings, self.environ, self.system,
-                                                    command=self.override is not None)
+                                                    command=self.command_line is not None)
         for note in notes:
             (log.error if isinstance(note, resolve_target.Error) else log.info)(note)
         if self.target.directory:
@@ -381,9 +361,9 @@ class Engine:
         return status
 
     def on_enter_idle(self) -> None:
-        self.run_count += 1
+        self.service.run_count += 1
         seconds = self.settings.idle_wait
-        self._write_count(start.idle_count_text(self.run_count, seconds))
+        self._write_count(start.idle_count_text(self.service.run_count, seconds))
         log.info(f"no workstart configured: reading the config again in {seconds:g}s (srvctl restart: now)")
         self.loop.call_later("state", seconds, lambda: self.fire("done", f"idle wait {seconds:g}s elapsed"))
 
@@ -401,37 +381,34 @@ class Engine:
         return env
 
     def on_enter_start(self) -> None:
-        self.run_count += 1
-        self.operator = False
+        self.service.starting()
         self.cycle_anchor = None
         self.cycle_count = 0  # $SMCNT counts the cycles of this instance, as in imginit
-        self.last_checks, self.checks_healthy = [], False
-        self.healthy_since: float | None = None  # this instance's first passed check cycle
-        self._write_count(start.count_text(self.run_count, self.mode, self.config))
-        cmd = start.command(self.config, self.override, self.target.directory, self.system)
+        self._write_count(start.count_text(self.service.run_count, self.mode, self.config))
+        cmd = start.command(self.config, self.command_line, self.target.directory, self.system)
         if cmd.note:
             log.warn(cmd.note)
         workuser = self.config["workuser"]
         problem = start.workuser_problem(workuser)
         if problem:
-            self.last_exit = 126
+            self.service.last_exit = 126
             cause = f"cannot start the service as workuser {workuser!r}: {problem} (status 126)"
             log.error(cause)
             self.fire("spawn_failed", cause)
             return
         if not workuser and cmd.executable is None:
-            program = start.program_path(cmd.argv[0], self.caller_dir if self.override else self.target.directory)
+            program = start.program_path(cmd.argv[0], self.caller_dir if self.command_line else self.target.directory)
             if program and not trust.trusted(program, self.system, "run"):
-                if not self.override:  # as a workstart that is not executable: stay up for debugging
+                if not self.command_line:  # as a workstart that is not executable: stay up for debugging
                     cmd = start.do_nothing()
                 else:
-                    self.last_exit = 126
+                    self.service.last_exit = 126
                     cause = f"cannot execute {start.shown([cmd.argv[0]])}: refused, another user could change it (status 126)"
                     log.error(cause)
                     self.fire("spawn_failed", cause)
                     return
         as_whom = f" as {workuser} (setuser, no_new_privs)" if workuser else ""
-        log.info(f"starting the service (run {self.run_count}, {self.mode.kind} mode){as_whom}: {start.shown(cmd.argv)}")
+        log.info(f"starting the service (run {self.service.run_count}, {self.mode.kind} mode){as_whom}: {start.shown(cmd.argv)}")
         if workuser:
             cmd = start.Command(start.as_user(cmd.argv, workuser, cmd.executable), None, cmd.note)
         env = self._service_env()
@@ -443,11 +420,11 @@ class Engine:
                              "need fsm-init to stay PID 1")
                 else:
                     self._exec_service(cmd, env)
-            pid = self.system.spawn(cmd.argv, env, cmd.executable, tty, cwd=self.caller_dir if self.override else None)
+            pid = self.system.spawn(cmd.argv, env, cmd.executable, tty, cwd=self.caller_dir if self.command_line else None)
         except OSError as e:
-            self.last_exit = spawn_error_code(e)
+            self.service.last_exit = spawn_error_code(e)
             hint = start.exec_hint(cmd.executable or cmd.argv[0], e, self.system)
-            cause = f"cannot execute {start.shown([cmd.argv[0]])}: {e.strerror}{hint} (status {self.last_exit})"
+            cause = f"cannot execute {start.shown([cmd.argv[0]])}: {e.strerror}{hint} (status {self.service.last_exit})"
             # Retried with the back-off; said once while it fails the same way (EAGAIN under
             # a pids limit can last), the journal has every attempt.
             self.repeats.failed("service", e.strerror, partial(log.error,
@@ -457,10 +434,9 @@ class Engine:
         failed = self.repeats.succeeded("service")
         if failed:
             log.info(f"the service started (pid {pid}) after {failed} failed attempt(s)")
-        self.service = Instance(pid, Group(pid, by_session=tty is None), self.system.now())
-        self.service_pid, self.leader_alive = pid, True
+        self.service.started(pid, Group(pid, by_session=tty is None))
         # The pid in the journal: each start the service records can be matched to its line.
-        self.fire("spawned", f"service started (pid {pid}, run {self.run_count})")
+        self.fire("spawned", f"service started (pid {pid}, run {self.service.run_count})")
 
     def _exec_service(self, cmd: start.Command, env: dict) -> None:
         """Opt-in imginit behaviour: the service replaces fsm-init as PID 1."""
@@ -469,7 +445,7 @@ class Engine:
             self.control.close()
             self.control = None
         self.syslog.close()
-        if self.override:
+        if self.command_line:
             self.system.chdir(self.caller_dir)
         self.system.execve(cmd.argv, env, cmd.executable or which(cmd.argv[0]) or cmd.argv[0])
 
@@ -497,19 +473,15 @@ class Engine:
             self.syslog.start()
 
     def on_enter_restart_interval(self) -> None:
-        if self.service:
+        if self.service.instance:
             seconds = restart_interval.seconds(self.config)
             log.info(f"workintvl: first check in {seconds}s")
         else:
             if self.taking[0] == "start":
-                self.restart_cause = self.cause
-            now = self.system.now()
-            self.failures += 1
-            window = self.config["workretry"]["window"]
-            self.failure_times = [t for t in self.failure_times if now - t < window] + [now]
-            seconds = restart_interval.backoff(self.config, self.failures)
-            log.info(f"restart in {seconds}s (failure {self.failures} in a row"
-                     f"{', backing off' if self.failures > 1 else ''})")
+                self.service.restart_cause = self.cause
+            seconds = self.service.failed(self.config)
+            failures = self.service.failures
+            log.info(f"restart in {seconds}s (failure {failures} in a row{', backing off' if failures > 1 else ''})")
         self.loop.call_later("state", seconds, lambda: self.fire("done", f"workintvl {seconds}s elapsed"))
 
     def on_enter_watch(self) -> None:
@@ -525,7 +497,7 @@ class Engine:
         for supporter in self.supporters.values():
             supporter.keepalive()
         self.cycle_count += 1
-        self._write_count(start.count_text(self.run_count, self.mode, self.config, self.cycle_count))
+        self._write_count(start.count_text(self.service.run_count, self.mode, self.config, self.cycle_count))
         self._start_background(watch.RT)
         self.cycle = watch.Cycle(self.cycle_count, self.target.directory, self.system)
         self._next_check()
@@ -543,11 +515,8 @@ class Engine:
             self._run_script(path, timeout, self._check_done, self._check_env(), capture=True,
                              workuser=self.config["workuser"], retries=0)
             return
-        self.last_checks = self.cycle.results
         failure = self.cycle.failure
-        self.checks_healthy = failure is None
-        if self.checks_healthy and self.healthy_since is None:
-            self.healthy_since = self.system.now()
+        self.service.checks_done(self.cycle.results, failure is None)
         if failure:
             cause = f"check failed: {failure.describe()}"
             log.warn(f"{cause}; restarting the service")
@@ -579,39 +548,19 @@ class Engine:
                 log.info(f"{name} started again")
 
     def on_enter_restart(self) -> None:
-        self.restart_cause = self.cause
+        self.service.restart_cause = self.cause
         self.loop.cancel("cycle")
-        stable = self.config["workstable"]
-        if self.failures and self._stable_for() >= stable:
-            log.info(f"the instance ran {stable}s or more: the restart back-off starts over")
-            self.failures = 0
+        if self.service.reset_if_stable(self.config, self.mode.kind == start.STATUS_CHECK):
+            log.info(f"the instance ran {self.config['workstable']}s or more: the restart back-off starts over")
         script = self._abandon_script()
         if script and script.output:
             script.output.close()
         self._stop_service(signal.SIGTERM)
 
-    def _stable_for(self) -> float:
-        """How long the instance has run well: in status-check mode since its first passed
-        cycle (a service whose checks hang never passed one), otherwise since its start."""
-        if self.service is None:
-            return 0.0
-        since = self.healthy_since if self.mode.kind == start.STATUS_CHECK else self.service.started
-        return 0.0 if since is None else self.system.now() - since
-
     def on_enter_gave_up(self) -> None:
-        retry = self.config["workretry"]
-        action = "staying up for debugging (srvctl restart tries again)"
-        if self.give_up_exits():
-            # A last status of 0 (a start script that daemonised, say) would tell the
-            # orchestrator that nothing failed.
-            self.give_up_status = self.last_exit or 1
-            action = f"exiting with status {self.give_up_status}" + ("" if self.last_exit else
-                                                                     " (the last instance's own status was 0)")
-        cause = f"{len(self.failure_times) + 1} failure restarts within {retry['window']}s (workretry.max {retry['max']})"
+        cause, action = self.service.give_up(self.config)
         log.error(f"gave up: {cause}; {action}")
-        self.gave_up_reason = cause
-        self.failure_times, self.failures = [], 0
-        self.fire("done", f"gave up ({retry['action']})")
+        self.fire("done", f"gave up ({self.config['workretry']['action']})")
 
     # -- stop path ---------------------------------------------------------------------
 
@@ -639,13 +588,13 @@ class Engine:
         self._stop_service(self.stop_signal)
 
     def _stop_service(self, sig: int) -> None:
-        if self.service is None:
+        if self.service.instance is None:
             self._instance_gone()
         else:
-            self.stopper.stop_group(self.service.group, sig, self.settings.stop_grace, self._instance_gone)
+            self.stopper.stop_group(self.service.instance.group, sig, self.settings.stop_grace, self._instance_gone)
 
     def _instance_gone(self) -> None:
-        self.service = None
+        self.service.gone()
         self.fire("group_gone", "the service's session is gone")
 
     def on_enter_stop_daemons(self) -> None:
@@ -673,12 +622,7 @@ class Engine:
     def on_enter_exited(self) -> None:
         # The service may be a zombie not reaped yet (it died while the stop path ran).
         self.loop.reap()
-        if self.stop_requested:
-            self.exit_status = 0
-        elif self.give_up_status is not None:
-            self.exit_status = self.give_up_status
-        else:
-            self.exit_status = self.last_exit or 0
+        self.exit_status = self.service.exit_status()
         self.forwards.close()
         if self.internal_error and self.exit_status == 0:
             self.exit_status = INTERNAL_ERROR_STATUS
@@ -701,20 +645,19 @@ class Engine:
                 self.stop_signal = signum
                 self.fire("stop", f"received {name}")
             return
-        if self.service and self.service.group.signal(self.system, signum):
+        if self.service.instance and self.service.instance.group.signal(self.system, signum):
             self.forwards.forwarded(name)
 
     def _on_exit(self, pid: int, status: int) -> None:
         code = exit_code(status)
         # leader_alive: once reaped, the leader's pid may be reused by a daemon or a script.
-        if pid == self.service_pid and self.leader_alive:
-            self.last_exit, self.leader_alive = code, False
+        if self.service.leader_exited(pid, code):
             cause = f"service (pid {pid}) {describe_exit(status)}"
             oom_kill = self.killed_by_oom(f"the service (pid {pid})", status)
             if oom_kill:
                 cause += f", {oom_kill}"
             (log.warn if oom_kill else log.info)(cause)
-            if self.service:
+            if self.service.instance:
                 self.fire("service_exit", cause)
         elif any(s.exited(pid, status) for s in self.supporters.values()) or self.daemons.exited(pid, status):
             pass
@@ -840,7 +783,7 @@ class Engine:
             return {"ok": healthy, "message": why}
         if verb == "live":
             if self.state == "gave_up":
-                return {"ok": False, "message": f"fsm-init gave up: {self.gave_up_reason}"}
+                return {"ok": False, "message": f"fsm-init gave up: {self.service.gave_up_reason}"}
             return {"ok": True, "message": f"fsm-init answers ({self.state})"}
         if verb == "why":
             return {"ok": True, "message": self.why()}
@@ -848,14 +791,14 @@ class Engine:
             if not self.may_restart_request():
                 return {"ok": False, "message": self._why_no_restart()}
             log.info("srvctl restart")
-            self.operator, was = True, self.state
+            self.service.restart_requested, was = True, self.state
             self.fire("restart_request", "srvctl restart")
             return {"ok": True, "message": f"restarting (was {was})"}
         if verb == "stop":
             if self.state not in STOPPABLE:
                 return {"ok": False, "message": f"already {self.state}"}
             log.info("srvctl stop: stopping the service, then exiting 0")
-            self.stop_requested = True
+            self.service.stop_requested = True
             self.stop_signal = signal.SIGTERM
             self.fire("stop", "srvctl stop")
             return {"ok": True, "message": "stopping"}
@@ -863,18 +806,10 @@ class Engine:
 
     def health(self) -> tuple[bool, str]:
         """Docker HEALTHCHECK / readiness: this instance runs and has proved itself."""
-        if not self.service:
+        if self.service.instance is None:
             return False, f"no service instance ({self.state})"
-        if self.mode.kind == start.STATUS_CHECK:
-            if self.checks_healthy:
-                return True, "the latest check cycle of this instance passed"
-            return False, "no check cycle of this instance has passed yet" if not self.last_checks \
-                else f"check failed: {self.cycle.failure.describe()}"
-        ran = self.system.now() - self.service.started
-        proof = restart_interval.seconds(self.config)
-        if ran >= proof:
-            return True, f"the service has run {ran:.0f}s"
-        return False, f"the service has run {ran:.1f}s of the {proof}s (workintvl) it needs to count as healthy"
+        failure = self.cycle.failure if self.cycle and self.service.last_checks else None
+        return self.service.health(self.mode, self.config, failure.describe() if failure else "")
 
     def why(self) -> str:
         """The current state as a causal chain, in one paragraph."""
@@ -882,14 +817,15 @@ class Engine:
         guards = ", ".join(f"{g} {'yes' if v else 'no'}" for g, v in t.get("guards", {}).items())
         reason = t.get("cause") or f"from {t.get('from') or 'boot'}" + (f" ({guards})" if guards else "")
         when = f" at {_clock(t['time'])}" if t.get("time") else ""
-        if self.state in ("restart", "gave_up") or (self.state == "restart_interval" and not self.service):
-            reason = self.restart_cause or reason
-        if self.state == "restart_interval" and self.service and self.restart_cause:
-            text = f"{self.state}: started again{when} after {self.restart_cause}"
+        service = self.service
+        if self.state in ("restart", "gave_up") or (self.state == "restart_interval" and not service.instance):
+            reason = service.restart_cause or reason
+        if self.state == "restart_interval" and service.instance and service.restart_cause:
+            text = f"{self.state}: started again{when} after {service.restart_cause}"
         else:
             text = f"{self.state}: {reason}{when}"
         # In a failure's restart interval, name the restart that is coming.
-        restart = self.run_count if self.state == "restart_interval" and not self.service else self.run_count - 1
+        restart = service.run_count - (0 if self.state == "restart_interval" and not service.instance else 1)
         if restart > 0:
             text += f"; restart {restart}"
         upcoming = self._upcoming()
@@ -899,7 +835,7 @@ class Engine:
     def _upcoming(self) -> str:
         when = {name: _clock(self.system.wall() + at - self.system.now())
                 for name, (at, _) in self.loop.deadlines.items()}
-        pid = self.service.pid if self.service else None
+        pid = self.service.instance.pid if self.service.instance else None
         running = f"running {self.script.name} (killed at {when.get('script')} if still running)" if self.script else ""
         phrases = {
             "startup_scripts": running, "env_resume": running, "post_shutdown": running,
@@ -926,7 +862,8 @@ class Engine:
         return f"cannot restart during {self.state}"
 
     def snapshot(self) -> dict:
-        now = self.system.now()
+        now, service = self.system.now(), self.service
+        instance = service.instance
         return {
             "state": self.state,
             "since": round(now - self.state_since, 3),
@@ -935,13 +872,13 @@ class Engine:
             "target": self.target.directory if self.target else None,
             # In status-check mode an instance outlives its leader (a start script may
             # daemonise): the pid is shown only while the leader lives.
-            "service_pid": self.service.pid if self.service and self.leader_alive else None,
-            "uptime": round(now - self.service.started, 3) if self.service and self.leader_alive else None,
-            "run_count": self.run_count,
-            "restarts": max(0, self.run_count - 1),
-            "failures": self.failures,
-            "last_exit": self.last_exit,
-            "checks": [r._asdict() for r in self.last_checks],
+            "service_pid": instance.pid if instance and service.leader_alive else None,
+            "uptime": round(now - instance.started, 3) if instance and service.leader_alive else None,
+            "run_count": service.run_count,
+            "restarts": max(0, service.run_count - 1),
+            "failures": service.failures,
+            "last_exit": service.last_exit,
+            "checks": [r._asdict() for r in service.last_checks],
             "healthy": self.health()[0],
             "last_transition": self.last_transition,
             "supporting": self.supporting(),

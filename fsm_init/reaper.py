@@ -31,11 +31,11 @@ NAME = "fsm-init"
 
 def hand_over(engine) -> None:
     """exec the reaper in place of the engine; returns only if the exec failed."""
-    service = engine.service
+    service = engine.service.instance
     state = {
         "pid": service.pid, "by_session": service.group.by_session,
         "started": service.started, "target": engine.target.directory,
-        "run_count": engine.run_count, "control_fd": engine.control.sock.fileno() if engine.control else None,
+        "run_count": engine.service.run_count, "control_fd": engine.control.sock.fileno() if engine.control else None,
         "quiet": log.is_quiet(), "supporting": engine.supporting(),
         "kill_all_on_exit": engine.settings.kill_all_on_exit,
         "proof": engine.config["workintvl"], "last_transition": engine.last_transition,
