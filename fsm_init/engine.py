@@ -10,22 +10,20 @@ import os
 import signal
 import sys
 import time
-from typing import NamedTuple
 from functools import partial
 
 from transitions import Event, EventData, Machine, Transition
 
-from fsm_init import (config, custom_init, delay, env_resume, firewall, load_config, log, oom, pppoe,
-                      resolve_target, restart_interval, shutdown_scripts, ssh, start, startup_scripts, trust,
-                      watch)
+from fsm_init import (config, custom_init, delay, firewall, foreground, load_config, log, oom, pppoe,
+                      resolve_target, restart_interval, ssh, start, trust, watch)
 from fsm_init.container_env import ContainerEnvironment
 from fsm_init.control import NOT_SUPERVISED, ControlServer
 from fsm_init.daemons import Daemons
+from fsm_init.foreground import Foreground, carry_on
 from fsm_init.forwarded import ForwardLog
 from fsm_init.journal import Journal
-from fsm_init.repeats import Repeats, is_resource
+from fsm_init.repeats import Repeats
 from fsm_init.writes import FileWrites
-from fsm_init.output import CapturedOutput
 from fsm_init.loop import STOP_SIGNALS, EventLoop
 from fsm_init.service import Service
 from fsm_init.settings import Settings
@@ -73,15 +71,6 @@ class _Machine(Machine):
     event_cls = _CausedEvent
 
 
-class Script(NamedTuple):
-    """A script run in the foreground: a start-up or shutdown script, EnvResume-* or PeriodicST-*."""
-    pid: int
-    name: str
-    started: float
-    on_done: object  # callable(name, exit | None, duration, output)
-    output: CapturedOutput | None
-
-
 class Engine:
     def __init__(self, system: System, settings: Settings, environ: dict,
                  command: list[str] | None = None) -> None:
@@ -100,7 +89,8 @@ class Engine:
         self.stopper = Stopper(system, self.loop)
         self.forwards = ForwardLog(self.loop, system)
         self.repeats = Repeats()  # spawn failures said once while they repeat
-        self.check_retry: tuple[str, str] | None = None  # a check that could not be started: (name, why)
+        self.foreground = Foreground(system, self.loop, self.repeats)  # one script at a time
+        self.checks = watch.Checks(system, self.loop, self.foreground, self.repeats)
         self.control: ControlServer | None = None
         self.target: resolve_target.Target | None = None
         self.source: load_config.ConfigSource | None = None
@@ -110,12 +100,6 @@ class Engine:
         self.service = Service(system.now)
         self.exit_status = 0
         self.stop_signal = signal.SIGTERM
-        self.in_turn: list[str] = []  # the foreground scripts still to run in this state
-        self.script: Script | None = None
-        self.background: dict[str, int] = {}
-        self.cycle: watch.Cycle | None = None
-        self.cycle_count = 0
-        self.cycle_anchor: float | None = None
         self.firewall = firewall.Firewall(system, settings)
         self.firewall_status = ""
         self.supporters = {name: Supporting(name, system, self.loop, settings.stop_grace) for name in SUPPORTING_STEPS}
@@ -215,7 +199,7 @@ class Engine:
         return self.service.instance is not None
 
     def checks_passed(self) -> bool:
-        return self.cycle is not None and self.cycle.passed
+        return self.checks.cycle is not None and self.checks.cycle.passed
 
     def operator_request(self) -> bool:
         return self.service.restart_requested
@@ -238,17 +222,18 @@ class Engine:
         # (the start-up scripts, SRVNAME, SRVCFG, a custom init, the service) sees it.
         self.environ = self.container_env.start(self.environ)
         timeout = self.settings.startup_timeout
-        self._run_in_turn(startup_scripts.pending(self.settings, self.system), timeout,
-                          partial(self._startup_script_done, timeout), self.done, "start-up script")
+        self.foreground.run_in_turn(foreground.startup_scripts(self.settings, self.system), timeout,
+                                    lambda: self.environ, partial(self._startup_script_done, timeout), self.done,
+                                    "start-up script")
 
     def _startup_script_done(self, timeout: float, path: str, status: int | None) -> bool:
         # What a script wrote to /etc/container_environment reaches the next one and the services.
         self.environ = self.container_env.after_script(self.environ)
         if status == 0:
             return True
-        cause = startup_scripts.describe_failure(path, status, timeout)
-        log.error(f"{cause}: the start-up stops (exit {startup_scripts.FAILED_STATUS})")
-        self.service.last_exit = startup_scripts.FAILED_STATUS
+        cause = foreground.startup_failure(path, status, timeout)
+        log.error(f"{cause}: the start-up stops (exit {foreground.STARTUP_FAILED_STATUS})")
+        self.service.last_exit = foreground.STARTUP_FAILED_STATUS
         self.fire("script_failed", cause)
         return False
 
@@ -280,8 +265,9 @@ class Engine:
         self.done()
 
     def on_enter_env_resume(self) -> None:
-        self._run_in_turn(env_resume.pending(self.target.directory, self.system), env_resume.TIMEOUT,
-                          partial(_carry_on, env_resume.TIMEOUT), self.done)
+        timeout = foreground.ENV_RESUME_TIMEOUT
+        self.foreground.run_in_turn(foreground.env_resume_scripts(self.target.directory, self.system), timeout,
+                                    lambda: self.environ, partial(carry_on, timeout), self.done)
 
     def on_enter_daemons(self) -> None:
         if self.settings.skip_runit:
@@ -382,8 +368,7 @@ class Engine:
 
     def on_enter_start(self) -> None:
         self.service.starting()
-        self.cycle_anchor = None
-        self.cycle_count = 0  # $SMCNT counts the cycles of this instance, as in imginit
+        self.checks.new_instance()
         self._write_count(start.count_text(self.service.run_count, self.mode, self.config))
         cmd = start.command(self.config, self.command_line, self.target.directory, self.system)
         if cmd.note:
@@ -487,72 +472,31 @@ class Engine:
     def on_enter_watch(self) -> None:
         if self.mode.kind != start.STATUS_CHECK:
             return
-        now = self.system.now()
-        if self.cycle_anchor is None:
-            self.cycle_anchor = now
-        self.loop.call_at("cycle", watch.next_cycle_at(self.cycle_anchor, self.mode.period, now),
-                          lambda: self.fire("cycle_due", f"check cycle {self.cycle_count + 1} due"))
+        self.checks.schedule(self.mode.period, partial(self.fire, "cycle_due"))
 
     def on_enter_check(self) -> None:
         for supporter in self.supporters.values():
             supporter.keepalive()
-        self.cycle_count += 1
-        self._write_count(start.count_text(self.service.run_count, self.mode, self.config, self.cycle_count))
-        self._start_background(watch.RT)
-        self.cycle = watch.Cycle(self.cycle_count, self.target.directory, self.system)
-        self._next_check()
+        self.checks.cycle_count += 1
+        self._write_count(start.count_text(self.service.run_count, self.mode, self.config, self.checks.cycle_count))
+        self.checks.begin(self.target.directory, self.config, self.mode.period, self._service_env(), self._checks_done)
 
-    def _check_env(self) -> dict:
-        env = self._service_env()
-        env["SMCNT"] = str(self.cycle_count)
-        env["PERDC"] = str(self.mode.period)
-        return env
-
-    def _next_check(self) -> None:
-        path = self.cycle.next_check()
-        if path:
-            timeout = start.check_timeout(self.config, self.mode.period)
-            self._run_script(path, timeout, self._check_done, self._check_env(), capture=True,
-                             workuser=self.config["workuser"], retries=0)
-            return
-        failure = self.cycle.failure
-        self.service.checks_done(self.cycle.results, failure is None)
+    def _checks_done(self, cycle: watch.Cycle) -> None:
+        failure = cycle.failure
+        self.service.checks_done(cycle.results, failure is None)
         if failure:
             cause = f"check failed: {failure.describe()}"
             log.warn(f"{cause}; restarting the service")
         else:
-            cause = "every check passed" if self.cycle.results else "no PeriodicST-* scripts: healthy"
-            self._start_background(watch.MT)
+            cause = "every check passed" if cycle.results else "no PeriodicST-* scripts: healthy"
         self.fire("checks_done", cause)
-
-    def _check_done(self, name: str, status: int | None, duration: float, output: str) -> None:
-        self.cycle.record(watch.CheckResult(name, status, duration, self.system.wall(), output))
-        self._next_check()
-
-    def _start_background(self, prefix: str) -> None:
-        env = self._check_env()
-        for path in watch.scripts(self.target.directory, prefix, self.system):
-            name = watch.name(path)
-            if name in self.background:
-                log.info(f"{name} is still running from an earlier cycle: not started again")
-                continue
-            if not self.config["workuser"] and not trust.trusted(path, self.system, "run"):
-                continue
-            try:
-                self.background[name] = self.system.spawn(start.as_user([path], self.config["workuser"]), env)
-            except OSError as e:
-                self.repeats.failed(name, e.strerror, partial(log.error,
-                    f"cannot execute {name}: {e.strerror} (tried again next cycle, said once while it fails)"))
-                continue
-            if self.repeats.succeeded(name):
-                log.info(f"{name} started again")
 
     def on_enter_restart(self) -> None:
         self.service.restart_cause = self.cause
         self.loop.cancel("cycle")
         if self.service.reset_if_stable(self.config, self.mode.kind == start.STATUS_CHECK):
             log.info(f"the instance ran {self.config['workstable']}s or more: the restart back-off starts over")
-        script = self._abandon_script()
+        script = self.foreground.abandon()
         if script and script.output:
             script.output.close()
         self._stop_service(signal.SIGTERM)
@@ -570,8 +514,7 @@ class Engine:
         # SIGTERM now (teardown kills what is left), and its exit must not start the next one.
         # As my_init does, the script gets one SIGTERM and the stop grace to finish (what its
         # handler starts included) before the shutdown scripts run and anything is swept.
-        script, self.script, self.in_turn, self.check_retry = self.script, None, [], None
-        self.loop.cancel("script")
+        script = self.foreground.interrupt()
         run_scripts = partial(self._run_shutdown_scripts, self.settings.pre_shutdown_dir)
         if script:
             def scripts_after_it() -> None:
@@ -604,12 +547,13 @@ class Engine:
         self._run_shutdown_scripts(self.settings.post_shutdown_dir)
 
     def _shutdown_scripts(self, directory: str) -> list[str]:
-        return shutdown_scripts.pending(directory, self.settings, self.system)
+        return foreground.shutdown_scripts(directory, self.settings, self.system)
 
     def _run_shutdown_scripts(self, directory: str) -> None:
         paths, grace = self._shutdown_scripts(directory), self.settings.stop_grace
         cause = f"{len(paths)} script(s) of {directory} run" if paths else f"no script in {directory}"
-        self._run_in_turn(paths, grace, partial(_carry_on, grace), lambda: self.fire("done", cause), "shutdown script")
+        self.foreground.run_in_turn(paths, grace, lambda: self.environ, partial(carry_on, grace),
+                                    lambda: self.fire("done", cause), "shutdown script")
 
     def on_enter_teardown(self) -> None:
         self.loop.cancel("cycle")
@@ -661,14 +605,8 @@ class Engine:
                 self.fire("service_exit", cause)
         elif any(s.exited(pid, status) for s in self.supporters.values()) or self.daemons.exited(pid, status):
             pass
-        elif self.script and pid == self.script.pid:
-            script, self.script = self.script, None
-            self.loop.cancel("script")
-            self._finish_script(script, code)
-        else:
-            for name, bg_pid in list(self.background.items()):
-                if bg_pid == pid:
-                    del self.background[name]
+        elif not self.foreground.exited(pid, code):
+            self.checks.exited(pid)
         self.stopper.check_soon()
 
     def killed_by_oom(self, who: str, status: int) -> str:
@@ -678,90 +616,6 @@ class Engine:
         if words:
             self.last_oom = f"{who} at {_clock(self.system.wall())}, {words}"
         return words
-
-    # -- foreground scripts -----------------------------------------------------------------
-
-    def _run_in_turn(self, paths: list[str], timeout: float, after_each, after_all, what: str = "") -> None:
-        """Run paths one at a time in the foreground; ``after_each(path, status)`` (status
-        None: timed out and killed) returns False to stop there, without ``after_all``.
-        ``what`` ("start-up script"): each is logged as it starts, and when it succeeds with
-        its duration, as my_init's "Running /etc/my_init.d/..." lines."""
-        self.in_turn = list(paths)
-
-        def done(path: str, _name: str, status: int | None, duration: float, *_) -> None:
-            if what and status == 0:
-                log.info(f"{what} {path} finished in {duration:.2f}s")
-            if after_each(path, status):
-                next_one()
-
-        def next_one() -> None:
-            if not self.in_turn:
-                after_all()
-                return
-            path = self.in_turn.pop(0)
-            if what:
-                log.info(f"running {what} {path}")
-            self._run_script(path, timeout, partial(done, path), self.environ)
-
-        next_one()
-
-    def _run_script(self, path: str, timeout: float, on_done, env: dict, capture: bool = False,
-                    workuser: str | None = None, retries: int | None = None) -> None:
-        """retries: a check (PeriodicST-*), whose start failing for lack of resources
-        (EAGAIN, EMFILE, ...) is no verdict on the service: it is tried again with a
-        back-off (1 s, doubling, at most its timeout), said once while it fails."""
-        name = watch.name(path)
-        if not workuser and not trust.trusted(path, self.system, "run"):
-            # Refused like a file that is not executable: a start-up script fails the
-            # start-up, a PeriodicST-* check fails its cycle.
-            on_done(name, 126, 0.0, "refused: another user could change it")
-            return
-        argv = start.as_user([path], workuser)
-        output = CapturedOutput(self.loop, self.system, name) if capture else None
-        try:
-            pid = output.spawn(argv, env) if output else self.system.spawn(argv, env)
-        except OSError as e:
-            if retries is not None and is_resource(e):
-                wait = min(2.0 ** min(retries, 16), timeout)
-                self.repeats.failed(name, e.strerror, partial(log.error,
-                    f"cannot start {name}: {e.strerror}; no verdict on the service: trying again in {wait:g}s, "
-                    "backing off while it fails (said once)"))
-                self.check_retry = (name, e.strerror)
-                self.loop.call_later("script", wait, lambda: self._run_script(
-                    path, timeout, on_done, env, capture, workuser, retries + 1))
-                return
-            log.error(f"cannot execute {name}: {e.strerror}")
-            on_done(name, spawn_error_code(e), 0.0, e.strerror)
-            return
-        self.check_retry = None
-        failed = self.repeats.succeeded(name)
-        if failed:
-            log.info(f"{name} started after {failed} failed attempt(s)")
-        self.script = Script(pid, name, self.system.now(), on_done, output)
-        self.loop.call_later("script", timeout, self._script_timed_out)
-
-    def _finish_script(self, script: Script, status: int | None) -> None:
-        words = ""
-        if script.output:
-            # A check is done when its leader exits: what it left running in its session
-            # (a background child holding its stdout, say) goes with it, passed or not, and
-            # its pipes are read once and closed, or they would pile up in PID 1.
-            words = script.output.finish()
-            Group(script.pid).signal(self.system, signal.SIGKILL)
-        script.on_done(script.name, status, self.system.now() - script.started, words)
-
-    def _script_timed_out(self) -> None:
-        script = self._abandon_script()
-        if script:
-            self._finish_script(script, None)
-
-    def _abandon_script(self) -> Script | None:
-        """Kill the running foreground script with everything it started."""
-        script, self.script, self.check_retry = self.script, None, None
-        self.loop.cancel("script")
-        if script:
-            Group(script.pid).signal(self.system, signal.SIGKILL)
-        return script
 
     # -- control requests ---------------------------------------------------------------
 
@@ -808,7 +662,7 @@ class Engine:
         """Docker HEALTHCHECK / readiness: this instance runs and has proved itself."""
         if self.service.instance is None:
             return False, f"no service instance ({self.state})"
-        failure = self.cycle.failure if self.cycle and self.service.last_checks else None
+        failure = self.checks.cycle.failure if self.checks.cycle and self.service.last_checks else None
         return self.service.health(self.mode, self.config, failure.describe() if failure else "")
 
     def why(self) -> str:
@@ -836,7 +690,8 @@ class Engine:
         when = {name: _clock(self.system.wall() + at - self.system.now())
                 for name, (at, _) in self.loop.deadlines.items()}
         pid = self.service.instance.pid if self.service.instance else None
-        running = f"running {self.script.name} (killed at {when.get('script')} if still running)" if self.script else ""
+        script, retry = self.foreground.script, self.foreground.retry
+        running = f"running {script.name} (killed at {when.get('script')} if still running)" if script else ""
         phrases = {
             "startup_scripts": running, "env_resume": running, "post_shutdown": running,
             "pre_shutdown": running or (f"waiting for the interrupted script's session to end (SIGKILL at "
@@ -846,9 +701,9 @@ class Engine:
             "idle": f"the config is read again at {when.get('state')}",
             "restart_interval": (f"first check at {when.get('state')}" if pid else f"next start at {when.get('state')}"),
             "watch": (f"next check at {when.get('cycle')}" if "cycle" in when else f"waiting for the service (pid {pid}) to exit"),
-            "check": f"running {self.script.name}" if self.script else
-                     (f"{self.check_retry[0]} cannot be started ({self.check_retry[1]}): trying again at "
-                      f"{when.get('script')}" if self.check_retry and "script" in when else ""),
+            "check": f"running {script.name}" if script else
+                     (f"{retry[0]} cannot be started ({retry[1]}): trying again at "
+                      f"{when.get('script')}" if retry and "script" in when else ""),
             "foreground": f"the service (pid {pid}) runs; fsm-init exits with its status",
             "restart": f"SIGKILL at {when.get('stop-kill')} if it is still there",
             "stopping": f"SIGKILL at {when.get('stop-kill')} if it is still there",
@@ -894,15 +749,6 @@ class Engine:
             return
         path = os.path.join(self.target.directory, "service.run.count")
         self.writes.attempt(path, lambda: self.system.write_atomic(path, text.encode()))
-
-
-def _carry_on(timeout: float, path: str, status: int | None) -> bool:
-    """A script whose failure is reported, not fatal (EnvResume-*, shutdown scripts)."""
-    if status is None:
-        log.error(f"{path} timed out after {timeout:g}s and was killed; carrying on")
-    elif status:
-        log.error(f"{path} exited with status {status}; carrying on")
-    return True
 
 
 def _clock(wall: float) -> str:

@@ -38,9 +38,9 @@ def test_unwritable_files_are_reported_once_supervision_goes_on_and_recovery_is_
     h.system.add_dir(RUN)
     for path in (JOURNAL, STATUS, COUNT):
         h.system.fail("append_line" if path == JOURNAL else "write_atomic", error, path)
-    first = h.engine.cycle_count
+    first = h.engine.checks.cycle_count
     cycles(h, 5)
-    assert h.engine.cycle_count == first + 5  # supervision went on
+    assert h.engine.checks.cycle_count == first + 5  # supervision went on
     reply = h.request("status")  # srvctl answers from memory
     problems = reply["status"]["write_problems"]
     assert sorted(problems) == sorted([JOURNAL, STATUS, COUNT])
@@ -205,7 +205,7 @@ def test_a_check_that_cannot_be_started_is_no_verdict_and_is_retried_with_a_back
     h.advance(5)
     waits = []
     for _ in range(6):
-        assert h.state == "check" and h.engine.script is None
+        assert h.state == "check" and h.engine.foreground.script is None
         waits.append(h.deadline("script") - h.system.clock)
         h.advance(waits[-1])
     assert waits == [1, 2, 4, 8, 10, 10]  # backing off up to the check's timeout
@@ -215,7 +215,7 @@ def test_a_check_that_cannot_be_started_is_no_verdict_and_is_retried_with_a_back
     assert err.count(f"cannot start PeriodicST-a: {error.strerror}") == 1, err
     h.system.faults.clear()
     h.advance(10)
-    assert h.engine.script is not None and "PeriodicST-a started after 7 failed attempt(s)" in capfd.readouterr().err
+    assert h.engine.foreground.script is not None and "PeriodicST-a started after 7 failed attempt(s)" in capfd.readouterr().err
     pass_check(h)
     assert h.state == "watch" and h.engine.service.checks_healthy
 
@@ -392,7 +392,7 @@ def test_no_scheduling_reads_the_wall_clock():
     package = pathlib.Path(__file__).resolve().parents[2] / "fsm_init"
     allowed_wall = {
         ("dial.py", "*"),  # the link's up/down time in link.json
-        ("engine.py", "_entered_state"), ("engine.py", "_check_done"),  # journal and check records
+        ("engine.py", "_entered_state"), ("watch.py", "_done"),  # journal and check records
         ("engine.py", "_upcoming"),  # `srvctl why`: a monotonic deadline shown as a clock time
         ("engine.py", "killed_by_oom"),  # `srvctl why`: when the out-of-memory kill was seen
         ("log.py", "_emit"), ("syslog_relay.py", "_format"), ("output.py", "_pass"),  # JSON log lines' "time"

@@ -688,7 +688,7 @@ def test_passing_checks_return_to_watch(make):
     checks = h.engine.snapshot()["checks"]
     assert [(c["name"], c["exit"]) for c in checks] == [("PeriodicST-a", 0), ("PeriodicST-b", 0)]
     h.advance(30 - 2)
-    assert h.state == "check" and h.engine.cycle_count == 2
+    assert h.state == "check" and h.engine.checks.cycle_count == 2
 
 
 def test_failed_check_restarts_the_service(make):
@@ -774,12 +774,12 @@ def test_background_script_is_not_started_twice(make):
     assert spawned(h).count([f"{SRV}/PeriodicRT-r"]) == 1
     pass_check(h)
     h.advance(29)
-    assert h.state == "check" and h.engine.cycle_count == 2
+    assert h.state == "check" and h.engine.checks.cycle_count == 2
     assert spawned(h).count([f"{SRV}/PeriodicRT-r"]) == 1  # still running: not started again
     pass_check(h)
     h.exit(script_pid(h, "PeriodicRT-r"), exited(0))
     h.advance(29)
-    assert h.engine.cycle_count == 3
+    assert h.engine.checks.cycle_count == 3
     assert spawned(h).count([f"{SRV}/PeriodicRT-r"]) == 2
 
 
@@ -1553,7 +1553,7 @@ def test_a_passing_checks_leftovers_are_killed_and_its_pipes_closed(make):
     the check ends, passed or not; the check's pipes are closed in PID 1 at once."""
     h = in_check(make)
     pid = script_pid(h, "PeriodicST-a")
-    output = h.engine.script.output
+    output = h.engine.foreground.script.output
     pipes = list(output.readers)
     leftover = h.system.add_process(pid, sid=pid, pgid=pid)
     pass_check(h)
