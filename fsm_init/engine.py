@@ -7,15 +7,17 @@ the small predicates named in the table.  Nothing here sleeps or waits.
 """
 
 import os
+from collections import deque
 import signal
 import sys
 import time
 from functools import partial
 
-from transitions import Event, EventData, Machine, Transition
+from transitions import Machine, Transition
+from transitions.core import Condition
 
 from fsm_init import (config, custom_init, delay, firewall, foreground, load_config, log, oom, pppoe,
-                      resolve_target, restart_interval, ssh, start, trust, watch)
+                      resolve_target, restart_interval, ssh, start, status, trust, watch)
 from fsm_init.container_env import ContainerEnvironment
 from fsm_init.control import NOT_SUPERVISED, ControlServer
 from fsm_init.daemons import Daemons
@@ -37,38 +39,23 @@ SUPPORTING_STEPS = {"ssh": ssh, "pppoe": pppoe}
 INTERNAL_ERROR_STATUS = 70  # EX_SOFTWARE: fsm-init itself failed; never reported as 0
 
 
+class _RecordingCondition(Condition):
+    """Records on the model each guard's value for a real trigger (a may_<trigger>() probe
+    builds an Event of its own and is not recorded), for the journal."""
+
+    def check(self, event_data):
+        passed = super().check(event_data)
+        if event_data.machine.events.get(event_data.event.name) is event_data.event:
+            event_data.model.guard_results[self.func] = passed if self.target else not passed
+        return passed
+
+
 class _RecordingTransition(Transition):
-    """Records on the model each guard's value and the transition taken, for the journal."""
-
-    def _eval_conditions(self, event_data):
-        model = event_data.model
-        for condition in self.conditions:
-            passed = condition.check(event_data)
-            model.guard_results[condition.func] = passed if condition.target else not passed
-            if not passed:
-                return False
-        model.taking = (self.source, self.dest, event_data.event.name)
-        return True
-
-
-class _CausedEvent(Event):
-    """Carries the cause given to ``Engine.fire`` with the queued trigger: with
-    queued=True a trigger fired while another transition runs is processed later,
-    and must not lend its cause to the transition still being recorded."""
-
-    def trigger(self, model, *args, **kwargs):
-        data = EventData(None, self, self.machine, model, args=args, kwargs=kwargs)
-        data.cause, model.next_cause = model.next_cause, ""
-        return self.machine._process(partial(self._trigger, data))
-
-    def _trigger(self, event_data):
-        event_data.model.cause = event_data.cause
-        return super()._trigger(event_data)
+    condition_cls = _RecordingCondition  # transitions' documented way to change how guards are checked
 
 
 class _Machine(Machine):
     transition_cls = _RecordingTransition
-    event_cls = _CausedEvent
 
 
 class Engine:
@@ -120,15 +107,18 @@ class Engine:
         self.guard_results: dict[str, bool] = {}
         self.taking = ("", "boot", "")
         self.cause = ""  # why the transition being processed happens
-        self.next_cause = ""  # taken by the next trigger called (see _CausedEvent)
+        # The causes of the triggers fired and not yet processed, in order (see fire).
+        self.causes: deque[str] = deque()
         self.internal_error = ""  # the first internal error: the exit status is then never 0
         self.last_transition: dict = {}
         self.entry_recorded = False
         self.machine = _Machine(
-            model=self, states=[name for name, _ in STATES], transitions=TRANSITIONS,
+            model=self, states=[name for name, _ in STATES],
+            # Each transition's own "before" callbacks run once its guards passed: the one taken.
+            transitions=[dict(row, before=partial(self._taking, row["trigger"], row["dest"])) for row in TRANSITIONS],
             initial="boot", auto_transitions=False, queued=True, ignore_invalid_triggers=True,
             prepare_event="_new_event", before_state_change="_leaving_state",
-            after_state_change="_entered_state", on_exception="_on_error")
+            after_state_change="_entered_state", on_exception="_on_error", finalize_event="_event_done")
 
     # -- running -----------------------------------------------------------------
 
@@ -141,12 +131,21 @@ class Engine:
         self.control = ControlServer.listen(self.settings.control_socket, self.loop, self.handle_request)
         if self.syslog_path != "off":
             self.syslog.start()
-        self.begin()
+        self.fire("begin")
         self.loop.run()
         return self.exit_status
 
     def _new_event(self) -> None:
         self.guard_results = {}
+        if self.causes:  # not for a may_<trigger>() probe between events
+            self.cause = self.causes[0]
+
+    def _event_done(self) -> None:
+        if self.causes:
+            self.causes.popleft()
+
+    def _taking(self, trigger: str, dest: str) -> None:
+        self.taking = (self.state, dest, trigger)
 
     def _leaving_state(self) -> None:
         self.loop.cancel("state")
@@ -157,15 +156,22 @@ class Engine:
             return
         self.state_since = self.system.now()
         source, dest, trigger = self.taking
-        self.last_transition = {
-            "time": round(self.system.wall(), 3), "from": source, "to": dest, "trigger": trigger,
-            "guards": self.guard_results, "cause": self.cause, "restarts": max(0, self.service.run_count - 1)}
+        self.last_transition = status.transition(self.system.wall(), source, dest, trigger, self.guard_results,
+                                                 self.cause, self.service.run_count)
         self.journal.record(self.last_transition, self.snapshot())
 
-    def fire(self, trigger: str, cause: str) -> None:
-        """Fire a trigger, saying why (for the journal and `srvctl why`)."""
-        self.next_cause = cause
-        self.trigger(trigger)
+    def fire(self, trigger: str, cause: str = "") -> None:
+        """Fire a trigger, saying why (for the journal and `srvctl why`).  Every trigger
+        goes through here: with queued=True one fired while another transition runs is
+        processed later, in order, so its cause waits in self.causes, is taken when its
+        processing begins (prepare_event) and dropped when it ends (finalize_event, called
+        for every trigger, an ignored one too)."""
+        self.causes.append(cause)
+        try:
+            self.trigger(trigger)
+        except BaseException:
+            self.causes.clear()  # transitions dropped the triggers still queued
+            raise
 
     def _on_error(self, *_args) -> None:
         # transitions calls this from inside its except block (with the trigger's own
@@ -223,7 +229,7 @@ class Engine:
         self.environ = self.container_env.start(self.environ)
         timeout = self.settings.startup_timeout
         self.foreground.run_in_turn(foreground.startup_scripts(self.settings, self.system), timeout,
-                                    lambda: self.environ, partial(self._startup_script_done, timeout), self.done,
+                                    lambda: self.environ, partial(self._startup_script_done, timeout), partial(self.fire, "done"),
                                     "start-up script")
 
     def _startup_script_done(self, timeout: float, path: str, status: int | None) -> bool:
@@ -245,7 +251,7 @@ class Engine:
         if self.target.directory:
             self.system.chdir(self.target.directory)
         self.source = load_config.ConfigSource(self.target, self.srvcfg, self.system, self.writes)
-        self.done()
+        self.fire("done")
 
     def on_enter_custom_init(self) -> None:
         path = custom_init.find(self.target.directory, self.system)
@@ -262,19 +268,19 @@ class Engine:
                 self.control = ControlServer.listen(self.settings.control_socket, self.loop, self.handle_request)
                 if self.syslog.tried:
                     self.syslog.start()
-        self.done()
+        self.fire("done")
 
     def on_enter_env_resume(self) -> None:
         timeout = foreground.ENV_RESUME_TIMEOUT
         self.foreground.run_in_turn(foreground.env_resume_scripts(self.target.directory, self.system), timeout,
-                                    lambda: self.environ, partial(carry_on, timeout), self.done)
+                                    lambda: self.environ, partial(carry_on, timeout), partial(self.fire, "done"))
 
     def on_enter_daemons(self) -> None:
         if self.settings.skip_runit:
             log.info(f"--skip-runit: {self.settings.service_dir} is not read")
         else:
             self.daemons.start_all(self.settings.service_dir, self.environ)
-        self.done()
+        self.fire("done")
 
     def on_enter_load_config(self) -> None:
         loaded = self.source.load()
@@ -284,7 +290,7 @@ class Engine:
             log.warn(problem.describe())
         self.config, self.has_config = loaded.config, loaded.has_config
         self.mode = start.mode(self.config)
-        self.done()
+        self.fire("done")
 
     def on_enter_delay(self) -> None:
         seconds = delay.seconds(self.config, self.target.first_start, self.has_config)
@@ -297,7 +303,7 @@ class Engine:
             self.firewall_status = self._unless_unavailable(lambda: self.firewall.apply(self.config, self._ssh_up()))
         elif self.firewall.families:  # switched off after fsm-init applied its rules
             self._unless_unavailable(self.firewall.withdraw)
-        self.done()
+        self.fire("done")
 
     def _supporting_step(self) -> None:
         step = SUPPORTING_STEPS[self.state]
@@ -305,7 +311,7 @@ class Engine:
         if step.enabled(self.config, self.has_config):
             spec = self._unless_unavailable(lambda: step.spec(self.config, self.system, self.settings))
         self.supporters[self.state].apply(spec or None)
-        self.done()
+        self.fire("done")
 
     on_enter_ssh = on_enter_pppoe = _supporting_step
 
@@ -450,7 +456,14 @@ class Engine:
         self._entered_state()
         self.entry_recorded = True
         self.forwards.close()
-        reaper.hand_over(self)
+        instance = self.service.instance
+        reaper.hand_over(self.system, self.loop, {
+            "pid": instance.pid, "by_session": instance.group.by_session, "started": instance.started,
+            "target": self.target.directory, "run_count": self.service.run_count,
+            "control_fd": self.control.sock.fileno() if self.control else None, "quiet": log.is_quiet(),
+            "supporting": self.supporting(), "kill_all_on_exit": self.settings.kill_all_on_exit,
+            "proof": self.config["workintvl"], "last_transition": self.last_transition,
+            "run_dir": self.settings.run_dir, "state_dir": self.settings.state_dir, "oom": self.oom.state()})
         # Only reached when the exec failed: this engine carries on reaping.
         if self.control:
             self.control.sock.set_inheritable(False)
@@ -620,43 +633,42 @@ class Engine:
     # -- control requests ---------------------------------------------------------------
 
     def handle_request(self, request: dict) -> dict:
-        verb = request.get("verb")
-        if "name" in request:  # one /etc/service daemon
-            if verb not in ("start", "stop", "restart"):
-                return {"ok": False, "message": f"{verb} does not take a service name"}
-            ok, message = self.daemons.request(verb, str(request["name"]))
-            return {"ok": ok, "message": message}
-        if verb == "status":
-            return {"ok": True, "status": self.snapshot()}
-        if verb == "rescan":
-            ok, message = self.daemons.rescan()
-            log.info(f"srvctl rescan: {message}")
-            return {"ok": ok, "message": message}
-        if verb == "health":
-            healthy, why = self.health()
-            return {"ok": healthy, "message": why}
-        if verb == "live":
-            if self.state == "gave_up":
-                return {"ok": False, "message": f"fsm-init gave up: {self.service.gave_up_reason}"}
-            return {"ok": True, "message": f"fsm-init answers ({self.state})"}
-        if verb == "why":
-            return {"ok": True, "message": self.why()}
-        if verb == "restart":
-            if not self.may_restart_request():
-                return {"ok": False, "message": self._why_no_restart()}
-            log.info("srvctl restart")
-            self.service.restart_requested, was = True, self.state
-            self.fire("restart_request", "srvctl restart")
-            return {"ok": True, "message": f"restarting (was {was})"}
-        if verb == "stop":
-            if self.state not in STOPPABLE:
-                return {"ok": False, "message": f"already {self.state}"}
-            log.info("srvctl stop: stopping the service, then exiting 0")
-            self.service.stop_requested = True
-            self.stop_signal = signal.SIGTERM
-            self.fire("stop", "srvctl stop")
-            return {"ok": True, "message": "stopping"}
-        return {"ok": False, "message": f"unknown verb {verb!r}"}
+        return status.answer(self, request)
+
+    def request_daemon(self, verb: str, name) -> tuple[bool, str]:
+        if verb not in ("start", "stop", "restart"):
+            return False, f"{verb} does not take a service name"
+        return self.daemons.request(verb, str(name))
+
+    def request_rescan(self) -> tuple[bool, str]:
+        ok, message = self.daemons.rescan()
+        log.info(f"srvctl rescan: {message}")
+        return ok, message
+
+    def request_live(self) -> tuple[bool, str]:
+        if self.state == "gave_up":
+            return False, f"fsm-init gave up: {self.service.gave_up_reason}"
+        return True, f"fsm-init answers ({self.state})"
+
+    def request_restart(self) -> tuple[bool, str]:
+        if not self.may_restart_request():
+            return False, self._why_no_restart()
+        log.info("srvctl restart")
+        self.service.restart_requested, was = True, self.state
+        self.fire("restart_request", "srvctl restart")
+        return True, f"restarting (was {was})"
+
+    def request_stop(self) -> tuple[bool, str]:
+        if self.state not in STOPPABLE:
+            return False, f"already {self.state}"
+        log.info("srvctl stop: stopping the service, then exiting 0")
+        self.service.stop_requested = True
+        self.stop_signal = signal.SIGTERM
+        self.fire("stop", "srvctl stop")
+        return True, "stopping"
+
+    def refused(self, verb) -> str:
+        return f"unknown verb {verb!r}"
 
     def health(self) -> tuple[bool, str]:
         """Docker HEALTHCHECK / readiness: this instance runs and has proved itself."""
@@ -718,31 +730,17 @@ class Engine:
 
     def snapshot(self) -> dict:
         now, service = self.system.now(), self.service
-        instance = service.instance
-        return {
-            "state": self.state,
-            "since": round(now - self.state_since, 3),
-            "mode": self.mode.kind,
-            "period": self.mode.period,
-            "target": self.target.directory if self.target else None,
-            # In status-check mode an instance outlives its leader (a start script may
-            # daemonise): the pid is shown only while the leader lives.
-            "service_pid": instance.pid if instance and service.leader_alive else None,
-            "uptime": round(now - instance.started, 3) if instance and service.leader_alive else None,
-            "run_count": service.run_count,
-            "restarts": max(0, service.run_count - 1),
-            "failures": service.failures,
-            "last_exit": service.last_exit,
-            "checks": [r._asdict() for r in service.last_checks],
-            "healthy": self.health()[0],
-            "last_transition": self.last_transition,
-            "supporting": self.supporting(),
-            "daemons": self.daemons.status(),
-            "pid": self.system.getpid(),
-            "log_dropped": log.dropped(),
-            # files fsm-init cannot write (a full or read-only disk): path -> the problem
-            "write_problems": self.writes.status(),
-        }
+        # In status-check mode an instance outlives its leader (a start script may
+        # daemonise): the pid is shown only while the leader lives.
+        running = service.instance if service.leader_alive else None
+        return status.snapshot(
+            state=self.state, since=now - self.state_since, mode=self.mode.kind, period=self.mode.period,
+            target=self.target.directory if self.target else None,
+            service_pid=running.pid if running else None, uptime=now - running.started if running else None,
+            run_count=service.run_count, failures=service.failures, last_exit=service.last_exit,
+            checks=[r._asdict() for r in service.last_checks], healthy=self.health()[0],
+            last_transition=self.last_transition, supporting=self.supporting(), daemons=self.daemons.status(),
+            pid=self.system.getpid(), write_problems=self.writes.status())
 
     def _write_count(self, text: str) -> None:
         if not self.target.directory:

@@ -650,7 +650,7 @@ class Harness:
         return self.engine.state
 
     def begin(self) -> None:
-        self.engine.begin()
+        self.engine.fire("begin")
         pump(self.engine)
 
     def advance(self, seconds: float) -> None:

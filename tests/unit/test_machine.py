@@ -49,7 +49,7 @@ def no_real_exec(monkeypatch):
 def handovers(monkeypatch):
     """reaper.hand_over execs the thin reaper with os.execve: stand in for a failed exec."""
     calls = []
-    monkeypatch.setattr(reaper, "hand_over", lambda engine: calls.append(engine.service.instance.pid))
+    monkeypatch.setattr(reaper, "hand_over", lambda system, loop, state: calls.append(state["pid"]))
     return calls
 
 
