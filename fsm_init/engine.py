@@ -106,6 +106,10 @@ class Engine:
         self.journal = Journal(settings.run_dir, system, self.writes)
         self.guard_results: dict[str, bool] = {}
         self.taking = ("", "boot", "")
+        self.took: tuple[str, str, str] | None = None  # the transition the trigger being processed took
+        # Told, after each trigger, the transition it took (or None) and the guards it
+        # evaluated: how the unit tests' Harness follows the machine.
+        self.observer = None
         self.cause = ""  # why the transition being processed happens
         # The causes of the triggers fired and not yet processed, in order (see fire).
         self.causes: deque[str] = deque()
@@ -143,9 +147,12 @@ class Engine:
     def _event_done(self) -> None:
         if self.causes:
             self.causes.popleft()
+        took, self.took = self.took, None
+        if self.observer:
+            self.observer(took, self.guard_results)
 
     def _taking(self, trigger: str, dest: str) -> None:
-        self.taking = (self.state, dest, trigger)
+        self.taking = self.took = (self.state, dest, trigger)
 
     def _leaving_state(self) -> None:
         self.loop.cancel("state")
