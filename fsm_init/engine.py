@@ -8,6 +8,7 @@ the small predicates named in the table.  Nothing here sleeps or waits.
 
 import os
 from collections import deque
+from collections.abc import Callable
 import signal
 import sys
 import time
@@ -109,7 +110,7 @@ class Engine:
         self.took: tuple[str, str, str] | None = None  # the transition the trigger being processed took
         # Told, after each trigger, the transition it took (or None) and the guards it
         # evaluated: how the unit tests' Harness follows the machine.
-        self.observer = None
+        self.observer: Callable[[tuple[str, str, str] | None, dict[str, bool]], None] | None = None
         self.cause = ""  # why the transition being processed happens
         # The causes of the triggers fired and not yet processed, in order (see fire).
         self.causes: deque[str] = deque()
