@@ -7,18 +7,18 @@ the small predicates named in the table.  Nothing here sleeps or waits.
 """
 
 import os
-from collections import deque
-from collections.abc import Callable
 import signal
 import sys
 import time
+from collections import deque
+from collections.abc import Callable
 from functools import partial
 
 from transitions import Machine, Transition
 from transitions.core import Condition
 
-from fsm_init import (config, custom_init, delay, firewall, foreground, load_config, log, oom, pppoe,
-                      resolve_target, restart_interval, ssh, start, status, trust, watch)
+from fsm_init import (config, custom_init, delay, foreground, load_config, log, oom, resolve_target, restart_interval,
+                      start, status, trust, watch)
 from fsm_init.container_env import ContainerEnvironment
 from fsm_init.control import NOT_SUPERVISED, ControlServer
 from fsm_init.daemons import Daemons
@@ -28,15 +28,14 @@ from fsm_init.journal import Journal
 from fsm_init.repeats import Repeats
 from fsm_init.writes import FileWrites
 from fsm_init.loop import STOP_SIGNALS, EventLoop
+from fsm_init.network import Network
 from fsm_init.service import Service
 from fsm_init.settings import Settings
 from fsm_init.stop import Group, Stopper
-from fsm_init.supporting import Supporting
 from fsm_init.syslog_relay import SyslogRelay
-from fsm_init.system import System, Unavailable, describe_exit, exit_code, spawn_error_code, which
+from fsm_init.system import System, describe_exit, exit_code, spawn_error_code, which
 from fsm_init.table import STATES, STOPPABLE, TRANSITIONS
 
-SUPPORTING_STEPS = {"ssh": ssh, "pppoe": pppoe}
 INTERNAL_ERROR_STATUS = 70  # EX_SOFTWARE: fsm-init itself failed; never reported as 0
 
 
@@ -88,16 +87,13 @@ class Engine:
         self.service = Service(system.now)
         self.exit_status = 0
         self.stop_signal = signal.SIGTERM
-        self.firewall = firewall.Firewall(system, settings)
-        self.firewall_status = ""
-        self.supporters = {name: Supporting(name, system, self.loop, settings.stop_grace) for name in SUPPORTING_STEPS}
-        self.supporters["ssh"].on_change = self._sync_ssh_permit
+        self.network = Network(system, self.loop, settings)  # steps firewall, ssh, pppoe
+        self.network.supporters["ssh"].on_change = self._sync_ssh_permit
         self.daemons = Daemons(system, self.loop, settings.stop_grace, lambda: self.config)
         # The OOM kill count of fsm-init's memory cgroup, read now and on a SIGKILL death.
         self.oom = oom.Watch.start(system)
         self.last_oom = ""  # the latest out-of-memory kill, for `srvctl why`
         self.daemons.killed_by_oom = self.killed_by_oom
-        self.unavailable: dict[str, str] = {}
         self.container_env = ContainerEnvironment.from_environ(system, self.environ)
         # FSM_INIT_SYSLOG_SOCKET moves /dev/log (tests), "off" disables the relay.
         self.syslog_path = self.environ.get("FSM_INIT_SYSLOG_SOCKET") or "/dev/log"
@@ -306,59 +302,21 @@ class Engine:
         self.loop.call_later("state", seconds, lambda: self.fire("done", f"initdelay {seconds}s elapsed"))
 
     def on_enter_firewall(self) -> None:
-        self.firewall_status = ""
-        if firewall.enabled(self.config, self.has_config):
-            self.firewall_status = self._unless_unavailable(lambda: self.firewall.apply(self.config, self._ssh_up()))
-        elif self.firewall.families:  # switched off after fsm-init applied its rules
-            self._unless_unavailable(self.firewall.withdraw)
+        self.network.apply_firewall(self.config, self.has_config)
         self.fire("done")
 
-    def _supporting_step(self) -> None:
-        step = SUPPORTING_STEPS[self.state]
-        spec = None
-        if step.enabled(self.config, self.has_config):
-            spec = self._unless_unavailable(lambda: step.spec(self.config, self.system, self.settings))
-        self.supporters[self.state].apply(spec or None)
+    def _network_step(self) -> None:
+        self.network.apply(self.state, self.config, self.has_config)
         self.fire("done")
 
-    on_enter_ssh = on_enter_pppoe = _supporting_step
-
-    def _ssh_up(self) -> bool:
-        return self.supporters["ssh"].pid is not None
+    on_enter_ssh = on_enter_pppoe = _network_step
 
     def _sync_ssh_permit(self) -> None:
-        """dropbear started or exited: its port is permitted exactly while it runs."""
-        if not self.firewall.families or not firewall.enabled(self.config, self.has_config) \
-                or self.state not in STOPPABLE:
-            return
-        try:
-            self.firewall_status = self.firewall.apply(self.config, self._ssh_up(), quiet=True)
-        except Unavailable as e:
-            log.error(f"firewall: cannot update the SSH port's permit: {e}")
-
-    def _unless_unavailable(self, work):
-        """The step's work; if it cannot be done here, one clear line and the machine goes on."""
-        self.unavailable.pop(self.state, None)
-        try:
-            return work()
-        except Unavailable as e:
-            self.unavailable[self.state] = str(e)
-            log.error(f"{self.state} unavailable: {e}")
-            return ""
+        if self.state in STOPPABLE:
+            self.network.sync_ssh_permit(self.config, self.has_config)
 
     def supporting(self) -> dict[str, str]:
-        status = {name: f"unavailable: {why}" for name, why in self.unavailable.items()}
-        if self.firewall_status:
-            status["firewall"] = self.firewall_status
-        if self.syslog.tried:
-            status["syslog"] = self.syslog.status()
-        for name, supporter in self.supporters.items():
-            if supporter.spec or supporter.pid:
-                status[name] = supporter.status()
-                describe = getattr(SUPPORTING_STEPS[name], "describe", None)  # pppoe: the link
-                if describe and supporter.pid:
-                    status[name] += f"; {describe(self.system, self.settings)}"
-        return status
+        return self.network.status(self.syslog.status() if self.syslog.tried else None)
 
     def on_enter_idle(self) -> None:
         self.service.run_count += 1
@@ -496,8 +454,7 @@ class Engine:
         self.checks.schedule(self.mode.period, partial(self.fire, "cycle_due"))
 
     def on_enter_check(self) -> None:
-        for supporter in self.supporters.values():
-            supporter.keepalive()
+        self.network.keepalive()
         self.checks.cycle_count += 1
         self._write_count(start.count_text(self.service.run_count, self.mode, self.config, self.checks.cycle_count))
         self.checks.begin(self.target.directory, self.config, self.mode.period, self._service_env(), self._checks_done)
@@ -624,7 +581,7 @@ class Engine:
             (log.warn if oom_kill else log.info)(cause)
             if self.service.instance:
                 self.fire("service_exit", cause)
-        elif any(s.exited(pid, status) for s in self.supporters.values()) or self.daemons.exited(pid, status):
+        elif self.network.exited(pid, status) or self.daemons.exited(pid, status):
             pass
         elif not self.foreground.exited(pid, code):
             self.checks.exited(pid)
