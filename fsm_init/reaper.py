@@ -14,7 +14,7 @@ import signal
 import socket
 import sys
 
-from fsm_init import log
+from fsm_init import log, status
 from fsm_init.control import NOT_SUPERVISED, ControlServer
 from fsm_init.forwarded import ForwardLog
 from fsm_init.journal import Journal
@@ -29,19 +29,9 @@ HANDOVER_ENV = "FSM_INIT_HANDOVER"
 NAME = "fsm-init"
 
 
-def hand_over(engine) -> None:
-    """exec the reaper in place of the engine; returns only if the exec failed."""
-    service = engine.service
-    state = {
-        "pid": service.pid, "by_session": service.group.by_session,
-        "started": service.started, "target": engine.target.directory,
-        "run_count": engine.run_count, "control_fd": engine.control.sock.fileno() if engine.control else None,
-        "quiet": log.is_quiet(), "supporting": engine.supporting(),
-        "kill_all_on_exit": engine.settings.kill_all_on_exit,
-        "proof": engine.config["workintvl"], "last_transition": engine.last_transition,
-        "run_dir": engine.settings.run_dir, "state_dir": engine.settings.state_dir,
-        "oom": engine.oom.state(),
-    }
+def hand_over(system: System, loop: EventLoop, state: dict) -> None:
+    """exec the reaper in place of the engine, giving it state (what ``Reaper`` reads);
+    returns only if the exec failed."""
     env = dict(os.environ, **{HANDOVER_ENV: json.dumps(state)})
     log.info("init steps done: handing PID duties to the thin reaper")
     # -I -S: no site-packages scan and no .pth files (about 2 MB of RSS); the package's
@@ -51,14 +41,14 @@ def hand_over(engine) -> None:
     # From here a signal stays pending, blocked, across the exec until the reaper's handlers
     # are in.  One caught a moment before (its number waiting in the wake-up pipe, which the
     # exec would close unread) is sent again to this process: pending too, for the reaper.
-    engine.system.block_signals(CAUGHT)
-    for signum in engine.loop.take_signals():
-        engine.system.kill(engine.system.getpid(), signum)
+    system.block_signals(CAUGHT)
+    for signum in loop.take_signals():
+        system.kill(system.getpid(), signum)
     try:
-        engine.system.execve([argv0(), "-I", "-S", "-c", code], env, sys.executable, blocked=CAUGHT)
+        system.execve([argv0(), "-I", "-S", "-c", code], env, sys.executable, blocked=CAUGHT)
     except OSError as e:
         log.error(f"cannot exec the thin reaper ({e.strerror}): the engine carries on")
-        engine.system.unblock_signals(CAUGHT)  # what is pending reaches the engine's handlers
+        system.unblock_signals(CAUGHT)  # what is pending reaches the engine's handlers
 
 
 def argv0() -> str:
@@ -112,9 +102,8 @@ class Reaper:
         previous, self.state, self.since = self.state, state, self.system.now()
         log.set_state(state)
         if trigger:
-            self.last_transition = {"time": round(self.system.wall(), 3), "from": previous, "to": state,
-                                    "trigger": trigger, "guards": {}, "cause": cause,
-                                    "restarts": max(0, self.run_count - 1)}
+            self.last_transition = status.transition(self.system.wall(), previous, state, trigger, {}, cause,
+                                                     self.run_count)
             self.journal.record(self.last_transition, self.snapshot())
 
     def _on_signal(self, signum: int) -> None:
@@ -164,52 +153,59 @@ class Reaper:
         self.loop.stop()
 
     def handle_request(self, request: dict) -> dict:
-        verb = request.get("verb")
-        if "name" in request:  # the engine hands over only when there is no /etc/service daemon
-            return {"ok": False, "message": f"no /etc/service daemon named {request['name']!r}: there are none"}
-        if verb == "status":
-            return {"ok": True, "status": self.snapshot()}
-        if verb == "stop" and self.state == "handover":
-            log.info("srvctl stop: stopping the service, then exiting 0")
-            self.stop_requested = True
-            self._stop(signal.SIGTERM, "srvctl stop")
-            return {"ok": True, "message": "stopping"}
-        if verb == "restart":
-            return {"ok": False, "message": NOT_SUPERVISED}
-        if verb == "rescan":  # the engine hands over only when there is no service directory to watch
-            return {"ok": False, "message": f"the thin reaper does not read {self.settings.service_dir}: fsm-init "
-                                            "hands over to it only when that directory did not exist (or with "
-                                            "--skip-runit); restart the container to supervise services there"}
-        if verb == "health":
-            ran = self.system.now() - self.started
-            healthy = self.last_exit is None and ran >= self.proof
-            return {"ok": healthy, "message": f"the service has run {ran:.0f}s" if healthy else
-                    f"the service has run {ran:.1f}s of the {self.proof}s it needs" if self.last_exit is None
-                    else f"the service exited with status {self.last_exit}"}
-        if verb == "live":
-            return {"ok": True, "message": f"fsm-init answers ({self.state})"}
-        if verb == "why":
-            if self.state != "handover":
-                cause = self.last_transition.get("cause", "")
-                return {"ok": True, "message": f"{self.state}: {cause}" + (
-                    f"; last out-of-memory kill: {self.last_oom}" if self.last_oom else "")}
-            return {"ok": True, "message": f"{self.state}: the service (pid {self.pid}) runs in non-daemon mode; "
-                                           "the thin reaper forwards signals, reaps, and exits with its status"}
-        return {"ok": False, "message": f"cannot {verb} during {self.state}"}
+        return status.answer(self, request)
+
+    def request_daemon(self, verb: str, name) -> tuple:
+        # The engine hands over only when there is no /etc/service daemon.
+        return False, f"no /etc/service daemon named {name!r}: there are none"
+
+    def request_stop(self) -> tuple:
+        if self.state != "handover":
+            return False, self.refused("stop")
+        log.info("srvctl stop: stopping the service, then exiting 0")
+        self.stop_requested = True
+        self._stop(signal.SIGTERM, "srvctl stop")
+        return True, "stopping"
+
+    def request_restart(self) -> tuple:
+        return False, NOT_SUPERVISED
+
+    def request_rescan(self) -> tuple:
+        # The engine hands over only when there is no service directory to watch.
+        return False, (f"the thin reaper does not read {self.settings.service_dir}: fsm-init hands over to it "
+                       "only when that directory did not exist (or with --skip-runit); restart the container "
+                       "to supervise services there")
+
+    def health(self) -> tuple:
+        ran = self.system.now() - self.started
+        if self.last_exit is not None:
+            return False, f"the service exited with status {self.last_exit}"
+        if ran >= self.proof:
+            return True, f"the service has run {ran:.0f}s"
+        return False, f"the service has run {ran:.1f}s of the {self.proof}s it needs"
+
+    def request_live(self) -> tuple:
+        return True, f"fsm-init answers ({self.state})"
+
+    def why(self) -> str:
+        if self.state != "handover":
+            cause = self.last_transition.get("cause", "")
+            return f"{self.state}: {cause}" + (f"; last out-of-memory kill: {self.last_oom}" if self.last_oom else "")
+        return (f"{self.state}: the service (pid {self.pid}) runs in non-daemon mode; "
+                "the thin reaper forwards signals, reaps, and exits with its status")
+
+    def refused(self, verb) -> str:
+        return f"cannot {verb} during {self.state}"
 
     def snapshot(self) -> dict:
         alive = self.last_exit is None
-        return {
-            "state": self.state, "since": round(self.system.now() - self.since, 3), "mode": "non-daemon",
-            "period": None, "target": self.target, "failures": 0, "daemons": [],
-            "service_pid": self.pid if alive else None,
-            "uptime": round(self.system.now() - self.started, 3) if alive else None,
-            "run_count": self.run_count, "restarts": 0, "last_exit": self.last_exit,
-            "checks": [], "supporting": self.supporting, "pid": self.system.getpid(),
-            "healthy": self.handle_request({"verb": "health"})["ok"], "last_transition": self.last_transition,
-            "log_dropped": log.dropped(),
-            "write_problems": self.journal.writes.status(),
-        }
+        return status.snapshot(
+            state=self.state, since=self.system.now() - self.since, mode="non-daemon", period=None,
+            target=self.target, service_pid=self.pid if alive else None,
+            uptime=self.system.now() - self.started if alive else None, run_count=self.run_count, failures=0,
+            last_exit=self.last_exit, checks=[], healthy=self.health()[0], last_transition=self.last_transition,
+            supporting=self.supporting, daemons=[], pid=self.system.getpid(),
+            write_problems=self.journal.writes.status())
 
 
 def main() -> None:

@@ -17,7 +17,6 @@ import os
 import posixpath
 import signal
 import stat
-from functools import partial
 from typing import NamedTuple
 
 from fsm_init import table
@@ -592,6 +591,9 @@ def table_rows() -> list[tuple[int, str, str, str]]:
     return rows
 
 
+ROWS = {(source, trigger, dest): index for index, source, trigger, dest in table_rows()}
+
+
 class Harness:
     """An Engine on a FakeSystem, with the recordings tests assert on.
 
@@ -610,8 +612,10 @@ class Harness:
         self._instrument()
 
     def _instrument(self) -> None:
+        """Check that the machine holds exactly the table's transitions, then follow what
+        the engine itself records after each trigger (Engine.observer): the transition
+        taken and the guards evaluated."""
         machine = self.engine.machine
-        pending: dict = {}
         remaining = {}
         for index, source, trigger, dest in table_rows():
             queue = remaining.setdefault((trigger, source), list(machine.events[trigger].transitions[source]))
@@ -619,29 +623,15 @@ class Harness:
             row = table.TRANSITIONS[index]
             assert transition.dest == dest, (index, transition.dest, dest)
             assert [c.func for c in transition.conditions] == row["conditions"] + row["unless"]
-            # Chosen: every guard passed and the state is about to change.
-            transition.before.append(partial(pending.__setitem__, "row", (index, source, trigger, dest)))
-            for condition in transition.conditions:
-                condition.check = partial(self._check, condition, condition.check)
         assert all(not queue for queue in remaining.values()), "the machine has transitions the table lacks"
+        self.engine.observer = self._observed
 
-        def entered(name: str) -> None:
-            self.states.append(name)
-            row = pending.pop("row", None)
-            if row is not None and row[3] == name:
-                self.taken.append(row)
-
-        for state in machine.states.values():
-            # First of the on_enter callbacks: recorded even if on_enter_<state> raises.
-            state.on_enter.insert(0, partial(entered, state.name))
-
-    def _check(self, condition, check, event_data) -> bool:
-        passed = check(event_data)
-        machine = self.engine.machine
-        # may_<trigger>() builds an Event of its own: only record real triggers.
-        if machine.events.get(event_data.event.name) is event_data.event:
-            self.guards.append((condition.func, passed == condition.target))
-        return passed
+    def _observed(self, took, guards: dict) -> None:
+        self.guards.extend(guards.items())
+        if took:
+            source, dest, trigger = took
+            self.states.append(dest)
+            self.taken.append((ROWS[(source, trigger, dest)], source, trigger, dest))
 
     # -- driving -------------------------------------------------------------------------------
 
@@ -650,7 +640,7 @@ class Harness:
         return self.engine.state
 
     def begin(self) -> None:
-        self.engine.begin()
+        self.engine.fire("begin")
         pump(self.engine)
 
     def advance(self, seconds: float) -> None:

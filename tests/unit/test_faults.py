@@ -38,9 +38,9 @@ def test_unwritable_files_are_reported_once_supervision_goes_on_and_recovery_is_
     h.system.add_dir(RUN)
     for path in (JOURNAL, STATUS, COUNT):
         h.system.fail("append_line" if path == JOURNAL else "write_atomic", error, path)
-    first = h.engine.cycle_count
+    first = h.engine.checks.cycle_count
     cycles(h, 5)
-    assert h.engine.cycle_count == first + 5  # supervision went on
+    assert h.engine.checks.cycle_count == first + 5  # supervision went on
     reply = h.request("status")  # srvctl answers from memory
     problems = reply["status"]["write_problems"]
     assert sorted(problems) == sorted([JOURNAL, STATUS, COUNT])
@@ -123,7 +123,7 @@ def test_a_flood_of_forwarded_signals_is_summarised_once_a_second_and_idle_needs
     assert err.count("forwarded") == 1
     h.advance(1)  # a quiet second ends the summary: no deadline left, no wake-up when idle
     assert not h.engine.loop.deadlines and "forwarded" not in capfd.readouterr().err
-    assert len(h.system.signals_to(h.engine.service.pid)) == 203  # every signal forwarded
+    assert len(h.system.signals_to(h.engine.service.instance.pid)) == 203  # every signal forwarded
     h.signal(signal.SIGWINCH)  # after the quiet second: said at once again
     assert "forwarded SIGWINCH to the service's session" in capfd.readouterr().err
 
@@ -182,7 +182,7 @@ def test_a_service_that_cannot_be_forked_is_retried_with_the_back_off_and_said_o
     h.begin()
     waits = []
     for _ in range(5):
-        assert h.state == "restart_interval" and h.engine.service is None
+        assert h.state == "restart_interval" and h.engine.service.instance is None
         waits.append(h.deadline("state") - h.system.clock)
         h.advance(waits[-1])
     assert waits == [1, 2, 4, 8, 8]  # the back-off, not a spin
@@ -190,7 +190,7 @@ def test_a_service_that_cannot_be_forked_is_retried_with_the_back_off_and_said_o
     assert err.count("cannot execute ./run.sh: Resource temporarily unavailable") == 1, err
     h.system.faults.clear()  # the pids limit is lifted
     h.advance(8)
-    assert h.state == "watch" and h.engine.service is not None
+    assert h.state == "watch" and h.engine.service.instance is not None
     assert "the service started (pid " in capfd.readouterr().err
 
 
@@ -201,23 +201,23 @@ def test_a_check_that_cannot_be_started_is_no_verdict_and_is_retried_with_a_back
     h = make(cfg(workwatch=30, workintvl=5, worktimeout=10), scripts=("run.sh", "PeriodicST-a"))
     h.system.fail("spawn", error, f"{SRV}/PeriodicST-a")
     h.begin()
-    pid = h.engine.service.pid
+    pid = h.engine.service.instance.pid
     h.advance(5)
     waits = []
     for _ in range(6):
-        assert h.state == "check" and h.engine.script is None
+        assert h.state == "check" and h.engine.foreground.script is None
         waits.append(h.deadline("script") - h.system.clock)
         h.advance(waits[-1])
     assert waits == [1, 2, 4, 8, 10, 10]  # backing off up to the check's timeout
-    assert h.engine.service.pid == pid and h.system.signals_to(pid) == []  # not restarted
+    assert h.engine.service.instance.pid == pid and h.system.signals_to(pid) == []  # not restarted
     assert "PeriodicST-a cannot be started" in h.request("why")["message"]
     err = capfd.readouterr().err
     assert err.count(f"cannot start PeriodicST-a: {error.strerror}") == 1, err
     h.system.faults.clear()
     h.advance(10)
-    assert h.engine.script is not None and "PeriodicST-a started after 7 failed attempt(s)" in capfd.readouterr().err
+    assert h.engine.foreground.script is not None and "PeriodicST-a started after 7 failed attempt(s)" in capfd.readouterr().err
     pass_check(h)
-    assert h.state == "watch" and h.engine.checks_healthy
+    assert h.state == "watch" and h.engine.service.checks_healthy
 
 
 def test_rt_and_mt_scripts_that_cannot_be_started_are_said_once(make, capfd):
@@ -355,7 +355,7 @@ def _scenario(make, jumps: dict) -> tuple[list, list]:
     step(1, lambda: h.advance(5))  # workintvl: the first check
     step(2, lambda: pass_check(h))
     step(3, lambda: h.advance(29))  # the next cycle, at its fixed rate
-    step(4, lambda: h.system.stubborn(h.engine.service.pid))
+    step(4, lambda: h.system.stubborn(h.engine.service.instance.pid))
     step(5, lambda: h.exit(script_pid(h, "PeriodicST-a"), exited(1)))  # failed: restart, grace
     step(6, lambda: h.advance(5))  # the grace ran out: KILL
     step(7, lambda: h.advance(10))  # the settle time, the back-off, a new start, workintvl
@@ -392,7 +392,7 @@ def test_no_scheduling_reads_the_wall_clock():
     package = pathlib.Path(__file__).resolve().parents[2] / "fsm_init"
     allowed_wall = {
         ("dial.py", "*"),  # the link's up/down time in link.json
-        ("engine.py", "_entered_state"), ("engine.py", "_check_done"),  # journal and check records
+        ("engine.py", "_entered_state"), ("watch.py", "_done"),  # journal and check records
         ("engine.py", "_upcoming"),  # `srvctl why`: a monotonic deadline shown as a clock time
         ("engine.py", "killed_by_oom"),  # `srvctl why`: when the out-of-memory kill was seen
         ("log.py", "_emit"), ("syslog_relay.py", "_format"), ("output.py", "_pass"),  # JSON log lines' "time"

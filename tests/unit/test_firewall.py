@@ -649,7 +649,7 @@ def test_engine_shows_the_summary_and_reapplies_only_on_change(system, v4):
         assert h.engine.supporting()["firewall"] == "tcp 80,443 udp - icmp; ipv4"
         assert h.request("restart")["ok"]
         h.advance(10)
-        assert h.engine.run_count >= 2 and len(v4.restores) == 1
+        assert h.engine.service.run_count >= 2 and len(v4.restores) == 1
         doc["firewall"]["tcpportpmt"] = "8080"
         system.add_file("/srv/app/workcfg.json", json.dumps(doc))
         assert h.request("restart")["ok"]

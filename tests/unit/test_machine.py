@@ -49,7 +49,7 @@ def no_real_exec(monkeypatch):
 def handovers(monkeypatch):
     """reaper.hand_over execs the thin reaper with os.execve: stand in for a failed exec."""
     calls = []
-    monkeypatch.setattr(reaper, "hand_over", lambda engine: calls.append(engine.service.pid))
+    monkeypatch.setattr(reaper, "hand_over", lambda system, loop, state: calls.append(state["pid"]))
     return calls
 
 
@@ -101,8 +101,8 @@ def cfg(**values) -> dict:
 
 
 def service_pid(h: Harness) -> int:
-    assert h.engine.service is not None, f"no service instance in state {h.state}"
-    return h.engine.service.pid
+    assert h.engine.service.instance is not None, f"no service instance in state {h.state}"
+    return h.engine.service.instance.pid
 
 
 def spawned(h: Harness) -> list[list[str]]:
@@ -325,7 +325,7 @@ def test_restart_request_cuts_the_delay_short(make):
     assert h.state == "delay"
     reply = h.request("restart")
     assert reply["ok"] is True
-    assert h.state == "foreground" and h.engine.operator is False
+    assert h.state == "foreground" and h.engine.service.restart_requested is False
     assert ("delay", "restart_request", "firewall") in taken_rows(h)
 
 
@@ -377,7 +377,7 @@ def test_idle_without_workstart_reads_the_config_again(make):
     assert h.state == "idle" and h.system.spawns == []
     assert h.system.files[COUNT] == b"RestartCount: 1\nInternal-Delay( 600 )\n"
     h.advance(600)
-    assert h.state == "idle" and h.engine.run_count == 2
+    assert h.state == "idle" and h.engine.service.run_count == 2
     assert h.states[-6:] == ["idle", "load_config", "firewall", "ssh", "pppoe", "idle"]
     h.system.add_file(f"{SRV}/workcfg.json", json.dumps(cfg()))
     h.advance(600)
@@ -406,7 +406,7 @@ def test_non_daemon_service_owns_the_terminal(make):
     assert h.state == "foreground"
     assert h.system.spawns[0].tty_fd == 0
     assert h.system.terminal_grants == [(0, pid)]
-    assert h.engine.service.group.by_session is False
+    assert h.engine.service.instance.group.by_session is False
     assert h.engine.mode.kind == "non-daemon"
 
 
@@ -417,7 +417,7 @@ def test_daemon_mode_watches_without_check_cycles(make):
     h.begin()
     assert h.state == "watch"
     assert "cycle" not in h.engine.loop.deadlines
-    assert h.system.spawns[0].tty_fd is None and h.engine.service.group.by_session is True
+    assert h.system.spawns[0].tty_fd is None and h.engine.service.instance.group.by_session is True
     assert h.system.files[COUNT] == b"RestartCount: 1\nWith-Daemoned( Delay: 5 )\n"
     h.advance(3600)
     assert h.state == "watch" and len(h.system.spawns) == 1
@@ -488,10 +488,10 @@ def test_supervised_spawn_failure_retries_after_workintvl(make):
     h = make(cfg(workwatch=0, workintvl=4))
     h.system.spawn_errors["./run.sh"] = errno.ENOENT
     h.begin()
-    assert h.state == "restart_interval" and h.engine.service is None
-    assert h.engine.last_exit == 127
+    assert h.state == "restart_interval" and h.engine.service.instance is None
+    assert h.engine.service.last_exit == 127
     h.advance(4)
-    assert h.state == "restart_interval" and h.engine.run_count == 2
+    assert h.state == "restart_interval" and h.engine.service.run_count == 2
     del h.system.spawn_errors["./run.sh"]
     h.advance(7.9)
     assert h.state == "restart_interval", "the second failure in a row waits twice as long"
@@ -605,7 +605,7 @@ def test_daemon_exit_restarts_after_workintvl(make):
     first = service_pid(h)
     h.exit(first, exited(1))
     assert h.states[-3:] == ["watch", "restart", "restart_interval"]
-    assert h.engine.service is None and h.engine.last_exit == 1
+    assert h.engine.service.instance is None and h.engine.service.last_exit == 1
     h.advance(4.9)
     assert len(h.system.spawns) == 1
     h.advance(0.1)
@@ -641,7 +641,7 @@ def test_operator_restart_rereads_the_config_at_once(make):
     assert spawned(h) == [RUN, ["./run2.sh"]]
     assert "restart_interval" not in h.states
     assert ("restart", "group_gone", "load_config") in taken_rows(h)
-    assert h.engine.operator is False
+    assert h.engine.service.restart_requested is False
 
 
 def test_restart_kills_a_service_that_ignores_sigterm(make):
@@ -688,7 +688,7 @@ def test_passing_checks_return_to_watch(make):
     checks = h.engine.snapshot()["checks"]
     assert [(c["name"], c["exit"]) for c in checks] == [("PeriodicST-a", 0), ("PeriodicST-b", 0)]
     h.advance(30 - 2)
-    assert h.state == "check" and h.engine.cycle_count == 2
+    assert h.state == "check" and h.engine.checks.cycle_count == 2
 
 
 def test_failed_check_restarts_the_service(make):
@@ -699,10 +699,10 @@ def test_failed_check_restarts_the_service(make):
     assert h.system.signals_to(pid) == [signal.SIGTERM]
     assert f"{SRV}/PeriodicST-b" not in sum(spawned(h), [])
     assert f"{SRV}/PeriodicMT-m" not in sum(spawned(h), [])
-    assert h.engine.last_checks[-1].exit == 2
+    assert h.engine.service.last_checks[-1].exit == 2
     assert ("check", "checks_done", "restart") in taken_rows(h)
     h.advance(5)  # workintvl, then a fresh start and another workintvl
-    assert h.state == "restart_interval" and h.engine.service is not None and h.engine.run_count == 2
+    assert h.state == "restart_interval" and h.engine.service.instance is not None and h.engine.service.run_count == 2
 
 
 @pytest.mark.parametrize("worktimeout, timeout", [(10, 10), (None, 30)], ids=["worktimeout", "period"])
@@ -717,7 +717,7 @@ def test_timed_out_check_is_killed_with_its_session(make, worktimeout, timeout):
     h.advance(0.1)
     assert h.system.signals_to(script) == [signal.SIGKILL]
     assert h.system.signals_to(grandchild) == [signal.SIGKILL]
-    assert h.engine.last_checks[-1].exit is None
+    assert h.engine.service.last_checks[-1].exit is None
     assert "restart" in h.states[-3:]
 
 
@@ -729,7 +729,7 @@ def test_restart_request_during_a_check_abandons_the_script(make):
     assert h.system.signals_to(script) == [signal.SIGKILL]
     assert "script" not in h.engine.loop.deadlines
     assert ("check", "restart_request", "restart") in taken_rows(h)
-    assert h.state == "restart_interval" and h.engine.service is not None  # started again at once
+    assert h.state == "restart_interval" and h.engine.service.instance is not None  # started again at once
     assert h.states.count("start") == 2
 
 
@@ -746,10 +746,10 @@ def test_restart_request_while_waiting_for_the_first_check(make):
 def test_restart_request_while_waiting_to_restart(make):
     h = in_check(make)
     h.exit(script_pid(h, "PeriodicST-a"), exited(1))
-    assert h.state == "restart_interval" and h.engine.service is None
+    assert h.state == "restart_interval" and h.engine.service.instance is None
     assert h.request("restart")["ok"] is True
     assert ("restart_interval", "restart_request", "load_config") in taken_rows(h)
-    assert h.state == "restart_interval" and h.engine.service is not None
+    assert h.state == "restart_interval" and h.engine.service.instance is not None
 
 
 def test_restart_request_in_watch(make):
@@ -774,12 +774,12 @@ def test_background_script_is_not_started_twice(make):
     assert spawned(h).count([f"{SRV}/PeriodicRT-r"]) == 1
     pass_check(h)
     h.advance(29)
-    assert h.state == "check" and h.engine.cycle_count == 2
+    assert h.state == "check" and h.engine.checks.cycle_count == 2
     assert spawned(h).count([f"{SRV}/PeriodicRT-r"]) == 1  # still running: not started again
     pass_check(h)
     h.exit(script_pid(h, "PeriodicRT-r"), exited(0))
     h.advance(29)
-    assert h.engine.cycle_count == 3
+    assert h.engine.checks.cycle_count == 3
     assert spawned(h).count([f"{SRV}/PeriodicRT-r"]) == 2
 
 
@@ -977,7 +977,7 @@ def test_srvctl_stop_exits_0_whatever_the_service_status(make):
     h.begin()
     reply = h.request("stop")
     assert reply == {"ok": True, "message": "stopping"}
-    assert h.engine.last_exit == 143
+    assert h.engine.service.last_exit == 143
     assert h.state == "exited" and h.engine.exit_status == 0
 
 
@@ -1167,10 +1167,10 @@ def test_back_off_starts_over_after_a_stable_instance(make):
     for wait in (2, 4):
         h.exit(service_pid(h), exited(1))
         h.advance(wait)
-    assert h.engine.failures == 2
+    assert h.engine.service.failures == 2
     h.advance(30)  # the third instance stays up for workstable
     h.exit(service_pid(h), exited(1))
-    assert h.engine.failures == 1
+    assert h.engine.service.failures == 1
     assert h.engine.loop.deadlines["state"][0] - h.system.now() == 2
 
 
@@ -1188,7 +1188,7 @@ def test_a_service_whose_checks_never_pass_keeps_backing_off(make):
     h.begin()
     for _ in range(60):
         h.advance(1)
-    assert h.engine.failures >= 4, h.engine.failures
+    assert h.engine.service.failures >= 4, h.engine.service.failures
 
 
 def test_giving_up_never_exits_0_even_when_the_last_status_was(make, capfd):
@@ -1203,7 +1203,7 @@ def test_giving_up_never_exits_0_even_when_the_last_status_was(make, capfd):
         h.exit(script_pid(h, "PeriodicST-a"), exited(1))
         h.advance(5)
     assert "gave_up" in h.states and h.state == "exited", h.states
-    assert h.engine.last_exit == 0 and h.engine.exit_status == 1
+    assert h.engine.service.last_exit == 0 and h.engine.exit_status == 1
     assert "exiting with status 1 (the last instance's own status was 0)" in capfd.readouterr().err
 
 
@@ -1214,7 +1214,7 @@ def test_give_up_and_stay_up_for_debugging_until_srvctl_restart(make):
     assert h.request("health")["ok"] is False
     assert "srvctl restart" in h.request("why")["message"]
     assert h.request("restart")["ok"] is True
-    assert h.state == "watch" and h.engine.failures == 0
+    assert h.state == "watch" and h.engine.service.failures == 0
 
 
 def test_a_spawn_failure_loop_gives_up_too(make):
@@ -1242,7 +1242,7 @@ def test_why_after_a_failure_restart_says_when_it_started_again_and_why(make):
     h = in_check(make)
     h.exit(script_pid(h, "PeriodicST-a"), exited(1))
     h.advance(5)
-    assert h.state == "restart_interval" and h.engine.service is not None, h.states
+    assert h.state == "restart_interval" and h.engine.service.instance is not None, h.states
     text = h.engine.why()
     assert re.match(r"restart_interval: started again at \d\d:\d\d:\d\d after check failed: PeriodicST-a "
                     r"exited 1", text), text
@@ -1456,7 +1456,7 @@ def test_a_daemons_exit_is_not_the_services(make):
     h.begin()
     cron = spawned_path(h, "/etc/service/cron/run")
     h.exit(cron, exited(1))
-    assert h.state == "foreground" and h.engine.last_exit is None
+    assert h.state == "foreground" and h.engine.service.last_exit is None
     h.advance(1)
     assert spawned(h)[-1] == ["/etc/service/cron/run"]
 
@@ -1474,7 +1474,7 @@ def test_srvctl_verbs_with_a_name_act_on_one_daemon(make):
     h.begin()
     cron = spawned_path(h, "/etc/service/cron/run")
     assert h.request("stop", name="cron")["ok"] is True
-    assert not h.system.alive(cron) and h.state == "watch" and h.engine.service is not None
+    assert not h.system.alive(cron) and h.state == "watch" and h.engine.service.instance is not None
     assert h.engine.snapshot()["daemons"][0]["state"] == "down"
     assert h.request("start", name="cron")["ok"] is True
     assert h.engine.snapshot()["daemons"][0]["state"] == "running"
@@ -1503,12 +1503,12 @@ def test_a_reused_pid_of_the_services_leader_is_not_the_service(make):
     h.begin()
     leader = service_pid(h)
     h.exit(leader, exited(0))
-    assert h.engine.last_exit == 0 and h.engine.service is not None
+    assert h.engine.service.last_exit == 0 and h.engine.service.instance is not None
     h.system.next_pid = leader  # the kernel hands the number out again
     assert h.request("restart", name="cron")["ok"] is True
     assert h.engine.daemons.status()[0]["pid"] == leader
     h.exit(leader, exited(7))
-    assert h.engine.last_exit == 0 and h.engine.daemons.status()[0]["last_exit"] == 7
+    assert h.engine.service.last_exit == 0 and h.engine.daemons.status()[0]["last_exit"] == 7
 
 
 def test_the_thin_reaper_refuses_a_daemon_request():
@@ -1565,10 +1565,10 @@ def test_a_passing_checks_leftovers_are_killed_and_its_pipes_closed(make):
     the check ends, passed or not; the check's pipes are closed in PID 1 at once."""
     h = in_check(make)
     pid = script_pid(h, "PeriodicST-a")
-    output = h.engine.script.output
+    output = h.engine.foreground.script.output
     pipes = list(output.readers)
     leftover = h.system.add_process(pid, sid=pid, pgid=pid)
     pass_check(h)
-    assert h.state == "watch" and h.engine.last_checks[0].passed
+    assert h.state == "watch" and h.engine.service.last_checks[0].passed
     assert signal.SIGKILL in h.system.signals_to(leftover) or (-pid, signal.SIGKILL) in h.system.kills
     assert output.readers == {} and all(fd not in h.engine.loop.selector.get_map() for fd in pipes)

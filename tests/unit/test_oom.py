@@ -52,7 +52,7 @@ def test_a_sigkill_with_a_new_oom_kill_is_named_in_the_log_the_journal_and_why(c
         cause = next(e["cause"] for e in journal if e["trigger"] == "service_exit")
         assert "killed by SIGKILL" in cause and "the kernel's out-of-memory killer (memory limit 64 MiB" in cause
         assert "out-of-memory killer" in h.engine.why()
-        assert "out-of-memory killer" in h.engine.restart_cause
+        assert "out-of-memory killer" in h.engine.service.restart_cause
         err = capfd.readouterr().err
         assert "warning: service (pid" in err and "out-of-memory killer (memory limit 64 MiB; oom_kill 3" in err
     finally:

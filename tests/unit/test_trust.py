@@ -163,7 +163,7 @@ def test_a_refused_check_fails_its_cycle_and_a_refused_env_resume_is_not_run(mak
     h.advance(5)
     ran = [s.argv for s in h.system.spawns]
     assert [f"{SRV}/EnvResume-a"] not in ran and [f"{SRV}/PeriodicST-a"] not in ran
-    assert h.engine.last_checks[0].exit == 126 and h.state in ("restart", "restart_interval")
+    assert h.engine.service.last_checks[0].exit == 126 and h.state in ("restart", "restart_interval")
     assert capfd.readouterr().err.count(f"refusing to run {SRV}/PeriodicST-a") == 1
 
 
