@@ -62,6 +62,44 @@ def _new_temporary(directory: str, name: str, mode: int) -> tuple[str, int]:
     raise FileExistsError(errno.EEXIST, "no free temporary name", os.path.join(directory, name))
 
 
+def write_atomic(path: str, data: bytes, mode: int = 0o644, durable: bool = True,
+                 gid: int | None = None) -> None:
+    """Temporary file, fsync, rename: a reader sees the old file or the new one, never half.
+    The one implementation: ``System.write_atomic`` and the client tools (graph) use it.
+
+    durable=False skips the fsyncs, for files in /run that need not outlive a crash.
+    gid: the file's group, set before the rename (so it never appears with the wrong one).
+    """
+    directory = os.path.dirname(path) or "."
+    tmp, fd = _new_temporary(directory, os.path.basename(path), mode)
+    try:
+        if gid is not None:
+            os.fchown(fd, -1, gid)
+        os.fchmod(fd, mode)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        if durable:
+            os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
+    os.close(fd)
+    try:
+        os.rename(tmp, path)
+    except OSError:
+        os.unlink(tmp)
+        raise
+    if not durable:
+        return
+    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
 # Descriptors held back for fd exhaustion (EMFILE under a low RLIMIT_NOFILE): the /proc
 # scan that tells whether a stopped session is gone needs two (the directory, one stat
 # file), and PID 1 must still be able to stop what it started.
@@ -327,39 +365,7 @@ class System:
 
     def write_atomic(self, path: str, data: bytes, mode: int = 0o644, durable: bool = True,
                      gid: int | None = None) -> None:
-        """Temporary file, fsync, rename: a reader sees the old file or the new one, never half.
-
-        durable=False skips the fsyncs, for files in /run that need not outlive a crash.
-        gid: the file's group, set before the rename (so it never appears with the wrong one).
-        """
-        directory = os.path.dirname(path) or "."
-        tmp, fd = _new_temporary(directory, os.path.basename(path), mode)
-        try:
-            if gid is not None:
-                os.fchown(fd, -1, gid)
-            os.fchmod(fd, mode)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            if durable:
-                os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            os.unlink(tmp)
-            raise
-        os.close(fd)
-        try:
-            os.rename(tmp, path)
-        except OSError:
-            os.unlink(tmp)
-            raise
-        if not durable:
-            return
-        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        write_atomic(path, data, mode, durable, gid)
 
     def append_line(self, path: str, line: bytes, max_bytes: int) -> None:
         """Append one line (one write, O_APPEND); past max_bytes the file moves to path.1 first."""
