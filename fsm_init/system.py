@@ -710,6 +710,39 @@ class Unavailable(Exception):
     """A step that is enabled but cannot do its work here; the message says why."""
 
 
+# Where programs are looked for besides $PATH (a container's PATH may lack the sbin dirs).
+SEARCH_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def find_program(system, name: str) -> str | None:
+    """name in $PATH, then in SEARCH_PATH: the first executable found (system.is_executable)."""
+    seen = set()
+    for directory in os.environ.get("PATH", "").split(os.pathsep) + SEARCH_PATH.split(":"):
+        if directory and directory not in seen:
+            seen.add(directory)
+            if system.is_executable(os.path.join(directory, name)):
+                return os.path.join(directory, name)
+    return None
+
+
+# The inode numbers the kernel gives its initial namespaces (include/linux/proc_ns.h);
+# the initial mount and network namespaces have one only on recent kernels (6.x).
+INIT_NAMESPACE_INO = {"pid": 0xEFFFFFFC, "mnt": 0xEFFFFFF8, "net": 0xEFFFFFF9}
+
+
+def refuse_host_namespace(system, kind: str, message: str) -> None:
+    """Unavailable(message) when this is the host's namespace of that kind ("mnt",
+    "net"): fsm-init was started on the host, or the container shares the host's.
+    Only fsm-init as the init of the whole machine (PID 1 of the initial PID namespace)
+    may touch it.  The initial PID namespace has had its fixed inode number since Linux
+    3.8: a process in it other than PID 1 runs on the host, whatever the kernel."""
+    in_initial_pid_ns = system.namespace("pid") == INIT_NAMESPACE_INO["pid"]
+    if in_initial_pid_ns and system.getpid() == 1:
+        return
+    if system.namespace(kind) == INIT_NAMESPACE_INO[kind] or in_initial_pid_ns:
+        raise Unavailable(message)
+
+
 def which(name: str, path: str | None = None) -> str | None:
     """An executable named name on PATH (shutil.which costs imports PID 1 does not need)."""
     for directory in (path if path is not None else os.environ.get("PATH", os.defpath)).split(os.pathsep):
