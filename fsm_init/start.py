@@ -12,8 +12,7 @@ import sys
 from typing import NamedTuple
 
 from fsm_init.system import System, which
-
-NON_DAEMON, DAEMON, STATUS_CHECK = "non-daemon", "daemon", "status-check"
+from fsm_init.table import DAEMON, NON_DAEMON, STATUS_CHECK
 DO_NOTHING = "DoNothing"
 DO_NOTHING_SECONDS = "600"
 

@@ -64,7 +64,7 @@ READ_TRANSITIONS = 60  # journal entries read for them
 JSON_HISTORY = 20
 SUPPORTING = ("firewall", "ssh", "pppoe")  # shown as "off" when the snapshot has no line
 
-NON_DAEMON, DAEMON, STATUS_CHECK = "non-daemon", "daemon", "status-check"  # fsm_init.start's modes
+NON_DAEMON, DAEMON, STATUS_CHECK = table.NON_DAEMON, table.DAEMON, table.STATUS_CHECK  # the modes, named once
 
 # How the lifecycle path reads the table (kept in step with it by tests/unit/test_status_view.py):
 # each guard's value in the normal course: True, False, or None for "either way".
