@@ -9,7 +9,6 @@ the small predicates named in the table.  Nothing here sleeps or waits.
 import os
 import signal
 import sys
-import time
 from typing import NamedTuple
 
 from functools import partial
@@ -733,7 +732,7 @@ class Engine:
         the cgroup); remembered for `srvctl why`."""
         words = self.oom.killed(status)
         if words:
-            self.last_oom = f"{who} at {_clock(self.system.wall())}, {words}"
+            self.last_oom = f"{who} at {log.clock(self.system.wall())}, {words}"
         return words
 
     # -- foreground scripts -----------------------------------------------------------------
@@ -881,7 +880,7 @@ class Engine:
         t = self.last_transition
         guards = ", ".join(f"{g} {'yes' if v else 'no'}" for g, v in t.get("guards", {}).items())
         reason = t.get("cause") or f"from {t.get('from') or 'boot'}" + (f" ({guards})" if guards else "")
-        when = f" at {_clock(t['time'])}" if t.get("time") else ""
+        when = f" at {log.clock(t['time'])}" if t.get("time") else ""
         if self.state in ("restart", "gave_up") or (self.state == "restart_interval" and not self.service):
             reason = self.restart_cause or reason
         if self.state == "restart_interval" and self.service and self.restart_cause:
@@ -897,7 +896,7 @@ class Engine:
         return f"{text}; last out-of-memory kill: {self.last_oom}" if self.last_oom else text
 
     def _upcoming(self) -> str:
-        when = {name: _clock(self.system.wall() + at - self.system.now())
+        when = {name: log.clock(self.system.wall() + at - self.system.now())
                 for name, (at, _) in self.loop.deadlines.items()}
         pid = self.service.pid if self.service else None
         running = f"running {self.script.name} (killed at {when.get('script')} if still running)" if self.script else ""
@@ -966,7 +965,3 @@ def _carry_on(timeout: float, path: str, status: int | None) -> bool:
     elif status:
         log.error(f"{path} exited with status {status}; carrying on")
     return True
-
-
-def _clock(wall: float) -> str:
-    return time.strftime("%H:%M:%S", time.localtime(wall))

@@ -36,6 +36,17 @@ def escape_bytes(raw: bytes) -> str:
     return raw.decode("utf-8", "replace").translate(_CONTROL)
 
 
+def clock(wall) -> str:
+    """A wall-clock time as people read it in a log, srvctl or the status view: 14:03:07
+    (local time); "?" for a value that is not one (a damaged journal line)."""
+    import time
+
+    try:
+        return time.strftime("%H:%M:%S", time.localtime(float(wall)))
+    except (TypeError, ValueError, OverflowError, OSError):
+        return "?"
+
+
 def set_state(state) -> None:
     """A state name, or a callable returning the current one."""
     global _state

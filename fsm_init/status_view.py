@@ -39,7 +39,7 @@ import time
 from collections import namedtuple
 
 from fsm_init import control, journal, table
-from fsm_init.log import escape
+from fsm_init.log import clock, escape
 from fsm_init.srvctl import describe_daemon
 
 USAGE = "usage: fsm-init status [--json] [--once] [--interval S]\n"
@@ -268,18 +268,11 @@ def recorded(run_dir: str, history: list[dict]) -> Frame | None:
     last = status.get("last_transition") or {}
     why = f"{status['state']}: {last.get('cause') or 'from ' + str(last.get('from') or 'boot')}"
     if last.get("time"):
-        why += f" at {_clock(last['time'])}"
+        why += f" at {clock(last['time'])}"
     return Frame(status, why + " (as last recorded)", history, False, last_seen, status_path, time.time())
 
 
 # -- plain text and JSON ---------------------------------------------------------------------
-
-
-def _clock(wall) -> str:
-    try:
-        return time.strftime("%H:%M:%S", time.localtime(float(wall)))
-    except (TypeError, ValueError, OverflowError, OSError):
-        return "?"
 
 
 def span(seconds) -> str:
@@ -304,7 +297,7 @@ def banner(frame: Frame) -> str:
     head = "fsm-init does not answer" if "timed out" in frame.error else "fsm-init is not running"
     if frame.last_seen is None:
         return f"{head}: {frame.error or 'nothing is recorded'}"
-    return (f"{head} (last seen {_clock(frame.last_seen)}, "
+    return (f"{head} (last seen {clock(frame.last_seen)}, "
             f"{span(frame.now - frame.last_seen)} ago): the last recorded state, from {frame.source}")
 
 
@@ -318,7 +311,7 @@ def facts(frame: Frame) -> list[tuple[str, str, str]]:
     elif frame.running and last.get("time"):
         when = f"for {span(frame.now - last['time'])}"
     else:
-        when = f"since {_clock(last['time'])}" if last.get("time") else ""
+        when = f"since {clock(last['time'])}" if last.get("time") else ""
     healthy = s.get("healthy")
     state_tone = "bad" if state in _finals() or state == "gave_up" else ("good" if healthy else "warn")
     mode = str(s.get("mode") or "?") + (f", checks every {s['period']}s" if s.get("period") else "")
@@ -398,7 +391,7 @@ def transition_rows(history: list[dict], limit: int = SHOWN_TRANSITIONS) -> list
             else:
                 row[2].append([trigger, {}, 1])
             continue
-        rows.append([_clock(entry.get("time")), [entry.get("from") or "-", entry.get("to")],
+        rows.append([clock(entry.get("time")), [entry.get("from") or "-", entry.get("to")],
                      [[trigger, guards, 1]], str(entry.get("cause") or "")])
     rows = _fold_repeats(rows)
     return [(when, " → ".join(str(s) for s in states), [tuple(t) for t in triggers], cause)
@@ -481,7 +474,7 @@ def plain(frame: Frame) -> str:
     for check in frame.status.get("checks") or []:
         result, passed = check_result(check)
         line = (f"check:      {check.get('name')}: {result} in {check.get('duration', 0):.2f}s "
-                f"at {_clock(check.get('at'))}")
+                f"at {clock(check.get('at'))}")
         lines.append(line + (f": {check['output']}" if check.get("output") and not passed else ""))
     lines.append(f"why:        {frame.why or '-'}")
     for label, parts in path_lines(frame.status):
@@ -569,7 +562,7 @@ def render(frame: Frame):
         for check in checks:
             result, passed = check_result(check)
             table_.add_row(Text(str(check.get("name"))), Text(result, style="green" if passed else "bold red"),
-                           Text(f"{check.get('duration', 0):.2f}s"), Text(_clock(check.get("at"))),
+                           Text(f"{check.get('duration', 0):.2f}s"), Text(clock(check.get("at"))),
                            Text("" if passed else str(check.get("output") or ""), style="red"))
         parts.append(table_)
     elif frame.status.get("mode") == STATUS_CHECK:
