@@ -159,7 +159,7 @@ def validate(args: list[str]) -> int:
         sys.stderr.write(USAGE)
         return 2
     path = paths[0] if paths else "workcfg.json"
-    from fsm_init import config
+    from fsm_init import config, config_schema
 
     try:
         raw = sys.stdin.buffer.read() if path == "-" else open(path, "rb").read()
@@ -168,7 +168,7 @@ def validate(args: list[str]) -> int:
     document, why = config.parse_document(raw)
     if document is None:
         return _report_validation(as_json, path, None, [], f"{path} is {why}")
-    effective, problems = config.validate(document)
+    effective, problems = config_schema.validate(document)
     return _report_validation(as_json, path, effective, problems, "", sorted(set(document) - set(config.defaults())))
 
 
