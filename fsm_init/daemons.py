@@ -81,7 +81,7 @@ class Daemon:
             return "running"
         if self.finish_pid is not None:
             return "finishing"
-        return "backoff" if self.deadline("restart") in self.owner.loop.deadlines else "down"
+        return "backoff" if self.owner.loop.due(self.deadline("restart")) is not None else "down"
 
     def start(self) -> str | None:
         """Spawn run now; on failure the error (already logged), with a retry scheduled."""

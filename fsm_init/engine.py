@@ -897,13 +897,13 @@ class Engine:
 
     def _upcoming(self) -> str:
         when = {name: log.clock(self.system.wall() + at - self.system.now())
-                for name, (at, _) in self.loop.deadlines.items()}
+                for name, at in self.loop.pending().items()}
         pid = self.service.pid if self.service else None
         running = f"running {self.script.name} (killed at {when.get('script')} if still running)" if self.script else ""
         phrases = {
             "startup_scripts": running, "env_resume": running, "post_shutdown": running,
             "pre_shutdown": running or (f"waiting for the interrupted script's session to end (SIGKILL at "
-                                        f"{when['stop-kill']})" if "stop-kill" in when else ""),
+                                        f"{when[self.stopper.kill_deadline]})" if self.stopper.kill_deadline in when else ""),
             "stop_daemons": "stopping the /etc/service daemons one by one, in reverse order",
             "delay": f"the start goes on at {when.get('state')}",
             "idle": f"the config is read again at {when.get('state')}",
@@ -913,8 +913,8 @@ class Engine:
                      (f"{self.check_retry[0]} cannot be started ({self.check_retry[1]}): trying again at "
                       f"{when.get('script')}" if self.check_retry and "script" in when else ""),
             "foreground": f"the service (pid {pid}) runs; fsm-init exits with its status",
-            "restart": f"SIGKILL at {when.get('stop-kill')} if it is still there",
-            "stopping": f"SIGKILL at {when.get('stop-kill')} if it is still there",
+            "restart": f"SIGKILL at {when.get(self.stopper.kill_deadline)} if it is still there",
+            "stopping": f"SIGKILL at {when.get(self.stopper.kill_deadline)} if it is still there",
             "gave_up": "srvctl restart tries again",
         }
         return phrases.get(self.state, "")

@@ -289,7 +289,7 @@ class SyslogRelay:
         self._summary_soon()
 
     def _summary_soon(self) -> None:
-        if "syslog-summary" not in self.loop.deadlines:
+        if self.loop.due("syslog-summary") is None:
             self.loop.call_later("syslog-summary", self.summary_every, self._summary)
 
     def _summary(self) -> None:

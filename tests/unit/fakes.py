@@ -8,7 +8,7 @@ forks, signals, sleeps or touches the real file system.
 ``Harness`` builds an ``Engine`` on a ``FakeSystem`` without calling ``run()`` (no
 signal handlers, no control socket, no select loop) and drives it the way the
 event loop would: child exits through ``loop.reap()`` / ``engine._on_exit``,
-deadlines through ``loop._fire_due()``.  It also records every state entered, every
+deadlines through ``loop.fire_due()``.  It also records every state entered, every
 transition taken (as its row of ``table.TRANSITIONS``) and every guard outcome.
 """
 
@@ -517,12 +517,7 @@ def make_engine(system: FakeSystem | None = None, settings: Settings | None = No
 
 def close_loop(loop) -> None:
     """Release the wake-up pipe and selector each EventLoop opens."""
-    loop.selector.close()
-    for fd in (loop._wake_r, loop._wake_w):
-        try:
-            os.close(fd)
-        except OSError:
-            pass
+    loop.close()
 
 
 def close_engine(engine: Engine) -> None:
@@ -543,10 +538,10 @@ def pump(engine: Engine, limit: int = 1000) -> None:
         now = engine.system.now()
         if engine.system.pending_exits:
             continue
-        if not any(when <= now for when, _ in engine.loop.deadlines.values()):
+        if not any(when <= now for when in engine.loop.pending().values()):
             return
-        engine.loop._fire_due()
-    raise AssertionError(f"deadlines keep firing at t={engine.system.now()}: {sorted(engine.loop.deadlines)}")
+        engine.loop.fire_due()
+    raise AssertionError(f"deadlines keep firing at t={engine.system.now()}: {sorted(engine.loop.pending())}")
 
 
 def advance(engine: Engine, seconds: float, limit: int = 10000) -> None:
@@ -557,7 +552,7 @@ def advance(engine: Engine, seconds: float, limit: int = 10000) -> None:
     for _ in range(limit):
         if engine.loop.stopped:
             break
-        due = [when for when, _ in engine.loop.deadlines.values() if when <= end]
+        due = [when for when in engine.loop.pending().values() if when <= end]
         if not due:
             break
         system.clock = max(system.clock, min(due))
@@ -672,8 +667,7 @@ class Harness:
         return reply
 
     def deadline(self, name: str) -> float | None:
-        entry = self.engine.loop.deadlines.get(name)
-        return entry[0] if entry else None
+        return self.engine.loop.due(name)
 
     def close(self) -> None:
         close_engine(self.engine)

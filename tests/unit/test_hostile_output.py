@@ -357,7 +357,7 @@ def test_the_relay_budgets_bytes_with_8_kib_datagrams(tmp_path, capfd):
         relay._readable()
         assert os.read(out_r, 1 << 20).count(b"\n") == 2 and relay.dropped == 7
         system.clock += 10
-        loop._fire_due()
+        loop.fire_due()
         err = capfd.readouterr().err
         assert "7 messages dropped (more than 16 KiB a second)" in err and err.count("warning: syslog relay:") == 1
     finally:

@@ -126,7 +126,7 @@ def test_a_long_message_is_cut_and_counted(relay, capfd):
     assert line.endswith(" [truncated]") and len(line) < sr.MAX_MESSAGE + 100
     assert relay.relay.truncated == 1 and "1 truncated" in relay.relay.status()
     relay.system.clock += sr.SUMMARY_EVERY
-    relay.loop._fire_due()
+    relay.loop.fire_due()
     assert "1 messages cut at 8192 bytes" in capfd.readouterr().err
 
 
@@ -146,22 +146,22 @@ def test_rate_limit_drops_and_summarises_only_when_non_zero(tmp_path, capfd):
     r = Relay(tmp_path, rate=10, burst=5, summary_every=10)
     try:
         r.relay.start()
-        assert "syslog-summary" not in r.loop.deadlines
+        assert "syslog-summary" not in r.loop.pending()
         r.send(*[b"<14>p: %d" % i for i in range(9)])
         r.relay._readable()
         r.send(*[b"<14>p: %d" % i for i in range(6)])
         r.relay._readable()
         assert len(r.output()) == 5 and r.relay.dropped == 10
-        assert "syslog-summary" in r.loop.deadlines
+        assert "syslog-summary" in r.loop.pending()
         r.system.clock += 10  # refills 100 tokens, capped at the burst (5)
-        r.loop._fire_due()
+        r.loop.fire_due()
         err = capfd.readouterr().err
         assert "10 messages dropped" in err and err.count("warning: syslog relay:") == 1
         r.send(*[b"<14>p: %d" % i for i in range(3)])
         r.relay._readable()
         assert len(r.output()) == 3
         # no drop since the summary: no new summary scheduled
-        assert "syslog-summary" not in r.loop.deadlines
+        assert "syslog-summary" not in r.loop.pending()
         assert r.relay.status() == f"listening on {r.path}; 8 relayed, 10 dropped"
     finally:
         r.close()
