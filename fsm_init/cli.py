@@ -115,7 +115,7 @@ def run(args: list[str]) -> int:
     from fsm_init.engine import Engine
     from fsm_init.system import System
 
-    from fsm_init.reaper import _exit
+    from fsm_init.reaper import exit_now
 
     system = System()
     undo_locale_coercion(system, os.environ)
@@ -129,7 +129,7 @@ def run(args: list[str]) -> int:
         # dropbearkey, iptables-restore, pppd's probes): the passwords masked there too.
         # The engine keeps $SRVCFG as given, for load_config and a custom init.sh.
         os.environ["SRVCFG"] = config.masked_text(environ["SRVCFG"])
-    _exit(Engine(system, settings, environ, command or None).run())
+    exit_now(Engine(system, settings, environ, command or None).run())
 
 
 def undo_locale_coercion(system, environ) -> None:

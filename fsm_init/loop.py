@@ -114,14 +114,21 @@ class EventLoop:
                 # epoll refuses a time-out past ~24.8 days (OverflowError); a deadline
                 # further away (workwatch of a month) is reached by waking once a day.
                 timeout = min(MAX_WAIT, max(0.0, first - self.system.now()))
-            for key, _ in self.selector.select(timeout):
-                # An earlier callback of this batch may have unwatched (and closed) this fd,
-                # and its number may already belong to a new file.
-                if self.selector.get_map().get(key.fileobj) is key:
-                    self._call(key.data)
-                if self.stopped:
-                    return
+            self.poll(timeout)
+            if self.stopped:
+                return
             self.fire_due()
+
+    def poll(self, timeout: float | None = 0) -> None:
+        """One wait in select (at most timeout seconds; 0: none) and the callbacks of every
+        file found ready (what run does between deadlines; tests call it directly)."""
+        for key, _ in self.selector.select(timeout):
+            # An earlier callback of this batch may have unwatched (and closed) this fd,
+            # and its number may already belong to a new file.
+            if self.selector.get_map().get(key.fileobj) is key:
+                self._call(key.data)
+            if self.stopped:
+                return
 
     def stop(self) -> None:
         self.stopped = True

@@ -68,10 +68,10 @@ class CapturedOutput:
         while len(self.partial[fd]) > MAX_LINE:
             lines.append(self.partial[fd][:MAX_LINE])
             self.partial[fd] = self.partial[fd][MAX_LINE:]
-        self._pass(fd, lines)
+        self.pass_lines(fd, lines)
         return True
 
-    def _pass(self, fd: int, lines: list[bytes]) -> None:
+    def pass_lines(self, fd: int, lines: list[bytes]) -> None:
         out = []
         for line in lines:
             for start in range(0, max(1, len(line)), MAX_LINE):
@@ -90,7 +90,7 @@ class CapturedOutput:
 
     def _close(self, fd: int) -> None:
         if self.partial.get(fd):
-            self._pass(fd, [self.partial[fd]])
+            self.pass_lines(fd, [self.partial[fd]])
         self.loop.unwatch(fd)
         os.close(fd)
         del self.readers[fd]

@@ -150,12 +150,12 @@ def kernel_problem(system: System) -> str | None:
     return f"cannot open /dev/ppp: {reason}"
 
 
-_warned: set[str] = set()
+said_once: set[str] = set()
 
 
 def _warn_once(message: str) -> None:
-    if message not in _warned:
-        _warned.add(message)
+    if message not in said_once:
+        said_once.add(message)
         log.warn(message)
 
 

@@ -222,10 +222,10 @@ def main() -> None:
     # The engine's choice (settings.settle_dirs), not a reader's guess.
     settings.run_dir = state.get("run_dir", settings.run_dir)
     settings.state_dir = state.get("state_dir", settings.state_dir)
-    _exit(Reaper(system, settings, state).run())
+    exit_now(Reaper(system, settings, state).run())
 
 
-def _exit(status: int) -> None:
+def exit_now(status: int) -> None:
     """Leave at once: interpreter shutdown would add milliseconds to every container stop,
     and PID 1 has nothing left to clean up (a stalled log reader gets half a second for
     the last lines, "exiting with status N")."""

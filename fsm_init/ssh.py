@@ -42,7 +42,7 @@ PBKDF2_ROUNDS = 100_000
 GENERATED_FILE = "root-password"  # the generated root password, mode 0600, in the state dir
 # Digests that only need to be compared within this process's lifetime (fingerprints).
 _PROCESS_KEY = os.urandom(32)
-_noted: set[str] = set()
+said_once: set[str] = set()
 
 
 def enabled(config: dict, has_config: bool) -> bool:
@@ -148,8 +148,8 @@ def sftp_server(system: System, dropbear: str) -> bool:
 
 def _note(message: str) -> None:
     """An information line that is worth saying once per process, not on every restart."""
-    if message not in _noted:
-        _noted.add(message)
+    if message not in said_once:
+        said_once.add(message)
         log.info(message)
 
 

@@ -204,7 +204,7 @@ class BadAnswer(Exception):
     pass
 
 
-class _JournalCache:
+class JournalCache:
     """journal.read, again only when journal.jsonl (or its rotation) changed."""
 
     def __init__(self) -> None:
@@ -226,9 +226,9 @@ def _stamp(path: str):
     return st.st_mtime_ns, st.st_size
 
 
-def take(settings, limit: int = READ_TRANSITIONS, cache: _JournalCache | None = None) -> Frame:
+def take(settings, limit: int = READ_TRANSITIONS, cache: JournalCache | None = None) -> Frame:
     """A frame from the engine, or the last recorded one (running False; status {}: nothing recorded)."""
-    read = (cache or _JournalCache()).read
+    read = (cache or JournalCache()).read
     path = settings.control_socket
     try:
         reply = control.request(path, "status", timeout=TIMEOUT)
@@ -652,7 +652,7 @@ def main(args: list[str]) -> int:
     from fsm_init.settings import Settings
 
     settings = Settings()
-    cache = _JournalCache()
+    cache = JournalCache()
     limit = JSON_HISTORY if options["json"] else READ_TRANSITIONS
     try:
         frame = take(settings, limit, cache)
@@ -683,7 +683,7 @@ def fingerprint(frame: Frame, size) -> str:
     return plain(frame) + repr(tuple(size))
 
 
-def watch(settings, interval: float, console, frame: Frame, cache: _JournalCache,
+def watch(settings, interval: float, console, frame: Frame, cache: JournalCache,
           sleep=time.sleep, polls: int | None = None) -> int:
     """The live view: poll, compare, redraw; until Ctrl-C (or ``polls`` polls, for tests)."""
     import signal

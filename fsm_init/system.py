@@ -163,7 +163,7 @@ class System:
         if _libc_spawn:
             pid = _libc_spawn(program, argv, env, dups, tty_fd is None, cwd)
         else:
-            pid = _os_spawn(program, argv, env, dups, tty_fd is None, cwd)
+            pid = os_spawn(program, argv, env, dups, tty_fd is None, cwd)
         if tty_fd is not None:
             self.give_terminal(tty_fd, pid)
         return pid
@@ -555,7 +555,7 @@ def _inotify_call(name: str, *args) -> int:
         code = ctypes.get_errno()
         raise OSError(code, os.strerror(code))
     return result
-def _os_spawn(program: str, argv: list[str], env: dict[str, str], dups, setsid: bool, cwd: str | None) -> int:
+def os_spawn(program: str, argv: list[str], env: dict[str, str], dups, setsid: bool, cwd: str | None) -> int:
     """os.posix_spawn: the fall-back where libc cannot be called directly.  It cannot reset
     glibc's two internal signals (32 and 33; its posix_spawn leaves them ignored)."""
     spawn = os.posix_spawn if "/" in program else os.posix_spawnp

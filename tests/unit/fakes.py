@@ -7,7 +7,7 @@ forks, signals, sleeps or touches the real file system.
 
 ``Harness`` builds an ``Engine`` on a ``FakeSystem`` without calling ``run()`` (no
 signal handlers, no control socket, no select loop) and drives it the way the
-event loop would: child exits through ``loop.reap()`` / ``engine._on_exit``,
+event loop would: child exits through ``loop.reap()`` / ``loop.on_exit``,
 deadlines through ``loop.fire_due()``.  It also records every state entered, every
 transition taken (as its row of ``table.TRANSITIONS``) and every guard outcome.
 """
@@ -571,7 +571,7 @@ def child_exit(engine: Engine, pid: int, status: int) -> None:
         for child in list(system.procs.values()):
             if child.ppid == pid:
                 system.procs[child.pid] = child._replace(ppid=system.pid)
-    engine._on_exit(pid, status)
+    engine.loop.on_exit(pid, status)
     pump(engine)
 
 
@@ -658,7 +658,7 @@ class Harness:
         child_exit(self.engine, pid, status)
 
     def signal(self, signum: int) -> None:
-        self.engine._on_signal(signum)
+        self.engine.loop.on_signal(signum)
         pump(self.engine)
 
     def request(self, verb: str, **fields) -> dict:

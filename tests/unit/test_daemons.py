@@ -89,9 +89,7 @@ class Rig:
     def changed(self, directory: str, name: str, mask: int) -> None:
         """The kernel reports a change; the loop runs what watches it (as select would)."""
         self.system.notify(directory, name, mask)
-        for key, _ in self.loop.selector.select(0):
-            if key.fileobj != self.loop._wake_r:
-                key.data()
+        self.loop.poll(0)
         self.pump()
 
     def request(self, verb: str, name: str) -> tuple[bool, str]:
@@ -128,7 +126,9 @@ def make():
 def lines(monkeypatch) -> list[str]:
     """Every log line, "warning: "/"error: " prefixed as on stderr."""
     recorded: list[str] = []
-    monkeypatch.setattr(log, "_emit", lambda level, message: recorded.append(level + message))
+    monkeypatch.setattr(log, "info", lambda message: recorded.append(message))
+    monkeypatch.setattr(log, "warn", lambda message: recorded.append("warning: " + message))
+    monkeypatch.setattr(log, "error", lambda message: recorded.append("error: " + message))
     return recorded
 
 

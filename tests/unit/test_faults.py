@@ -156,7 +156,7 @@ def test_the_thin_reaper_summarises_forwarded_signals_too(capfd):
     thin = reaper.Reaper(fake, make_settings(), state)
     try:
         for _ in range(50):
-            thin._on_signal(signal.SIGHUP)
+            thin.loop.on_signal(signal.SIGHUP)
         fake.clock += 1
         thin.loop.fire_due()
         err = capfd.readouterr().err
@@ -395,7 +395,7 @@ def test_no_scheduling_reads_the_wall_clock():
         ("engine.py", "_entered_state"), ("engine.py", "_check_done"),  # journal and check records
         ("engine.py", "_upcoming"),  # `srvctl why`: a monotonic deadline shown as a clock time
         ("engine.py", "killed_by_oom"),  # `srvctl why`: when the out-of-memory kill was seen
-        ("log.py", "_emit"), ("syslog_relay.py", "_format"), ("output.py", "_pass"),  # JSON log lines' "time"
+        ("log.py", "_emit"), ("syslog_relay.py", "_format"), ("output.py", "pass_lines"),  # JSON log lines' "time"
         ("reaper.py", "_enter"),  # the thin reaper's journal lines
         ("status_view.py", "*"),  # the viewer's own "last seen" display
         ("system.py", "wall"),

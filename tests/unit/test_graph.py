@@ -31,6 +31,12 @@ DESCRIPTIONS = dict(table.STATES)
 HAS_DOT = shutil.which("dot") is not None
 
 
+def transition(trigger, source, dest, conditions=(), unless=()) -> dict:
+    """A row of table.TRANSITIONS, written as the table writes its rows."""
+    return {"trigger": trigger, "source": source, "dest": dest,
+            "conditions": list(conditions), "unless": list(unless)}
+
+
 def state_names() -> list[str]:
     """The table's states now (some tests draw a table of their own)."""
     return [name for name, _ in table.STATES]
@@ -192,12 +198,12 @@ class GraphChecks:
     def test_guards_and_unless_are_labelled_as_transitions_does(self, monkeypatch):
         monkeypatch.setattr(table, "STATES", [(name, f"state {name}") for name in "abcde"])
         monkeypatch.setattr(table, "TRANSITIONS", [
-            table._t("go", "a", "b", ["ready"]),
-            table._t("go", "a", "c", unless=["blocked"]),
-            table._t("go", "a", "a", ["ready", "late"], ["blocked"]),
-            table._t("go", "a", "d"),
-            table._t("back", ["b", "c"], "a"),
-            table._t("halt", ["a", "b", "c", "d"], "e"),
+            transition("go", "a", "b", ["ready"]),
+            transition("go", "a", "c", unless=["blocked"]),
+            transition("go", "a", "a", ["ready", "late"], ["blocked"]),
+            transition("go", "a", "d"),
+            transition("back", ["b", "c"], "a"),
+            transition("halt", ["a", "b", "c", "d"], "e"),
         ])
         parsed = self.drawn()
         labels = {(s, d): label for s, d, label, _ in parsed.edges}
@@ -304,7 +310,7 @@ class TestMermaid(GraphChecks):
 
     def test_text_with_colons_and_semicolons_is_made_safe(self, monkeypatch):
         monkeypatch.setattr(table, "STATES", [("a", 'one: two; "three"'), ("b", "x")])
-        monkeypatch.setattr(table, "TRANSITIONS", [table._t("go", "a", "b")])
+        monkeypatch.setattr(table, "TRANSITIONS", [transition("go", "a", "b")])
         parsed = self.drawn()
         assert parsed.nodes["a"][1] == "one - two, \"three\""
 
@@ -338,7 +344,7 @@ class TestDot(GraphChecks):
 
     def test_text_is_escaped(self, monkeypatch):
         monkeypatch.setattr(table, "STATES", [("a", 'say "hi" <b>&</b> \\ back'), ("b", "x")])
-        monkeypatch.setattr(table, "TRANSITIONS", [table._t("go", "a", "b")])
+        monkeypatch.setattr(table, "TRANSITIONS", [transition("go", "a", "b")])
         text = self.render()
         assert parse_dot(text).nodes["a"][1] == 'say "hi" <b>&</b> \\ back'
         assert "&lt;b&gt;&amp;&lt;/b&gt;" in text

@@ -61,7 +61,7 @@ class Machine:
 
 @pytest.fixture(autouse=True)
 def fresh_notes(monkeypatch):
-    monkeypatch.setattr(ssh, "_noted", set())
+    monkeypatch.setattr(ssh, "said_once", set())
 
 
 def every_argv(system) -> str:

@@ -8,6 +8,7 @@
 """
 
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -75,3 +76,73 @@ def test_the_cycle_finder_sees_a_cycle_hidden_in_a_function(tmp_path):
 
 def test_no_import_cycle_between_fsm_init_modules():
     assert cycles(import_graph()) == []
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def private_names_defined_in(paths) -> set[str]:
+    """Every leading-underscore name the files define: functions, classes, attributes
+    assigned (``self._x = ...``) and module-level or local variables."""
+    names = set()
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                name = node.name
+            elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+                name = node.attr
+            elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                name = node.id
+            else:
+                continue
+            if _private(name):
+                names.add(name)
+    return names
+
+
+def private_uses(source: str, filename: str, private: set[str]) -> list[str]:
+    """Where source (a test) touches one of fsm_init's private names: ``x._name`` (not on
+    its own ``self``/``cls``), ``from fsm_init... import _name``, ``setattr(x, "_name", ...)``
+    and its kin (monkeypatch's too), and the name inside a string of code it runs."""
+    found = []
+    for node in ast.walk(ast.parse(source, filename)):
+        where = f"{filename}:{getattr(node, 'lineno', '?')}"
+        if isinstance(node, ast.Attribute) and node.attr in private:
+            if not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")):
+                found.append(f"{where}: .{node.attr}")
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("fsm_init"):
+            found.extend(f"{where}: import {a.name}" for a in node.names if _private(a.name))
+        elif isinstance(node, ast.Call) and isinstance(node.func, (ast.Name, ast.Attribute)):
+            called = node.func.id if isinstance(node.func, ast.Name) else node.func.attr
+            if called in ("setattr", "getattr", "delattr", "hasattr") and len(node.args) >= 2:
+                name = node.args[1]
+                if isinstance(name, ast.Constant) and isinstance(name.value, str) and name.value in private:
+                    found.append(f"{where}: {called} {name.value}")
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and "fsm_init" in node.value:
+            # code run in a subprocess: "from fsm_init import log ... log._outlets"
+            found.extend(f"{where}: .{name} in code" for name in re.findall(r"\.(_[A-Za-z]\w*)", node.value)
+                         if name in private)
+    return found
+
+
+def test_the_private_name_scan_sees_each_kind_of_use():
+    private = {"_fire_due", "_json", "_helper"}
+    source = ("from fsm_init.loop import _helper\n"
+              "def t(loop, monkeypatch, log):\n"
+              "    loop._fire_due()\n"
+              "    monkeypatch.setattr(log, '_json', True)\n"
+              "    self._fire_due()\n"
+              "    run('from fsm_init import log; log._json')\n")
+    assert sorted(use.split(": ", 1)[1] for use in private_uses(source, "t.py", private)) == [
+        "._fire_due", "._json in code", "import _helper", "setattr _json"]
+
+
+def test_tests_touch_no_private_name_of_fsm_init():
+    private = private_names_defined_in(PACKAGE.glob("*.py"))
+    found = []
+    for path in sorted(TESTS.rglob("*.py")):
+        if path == Path(__file__).resolve():
+            continue  # this file names private names on purpose, to show what is refused
+        found.extend(private_uses(path.read_text(), str(path.relative_to(ROOT)), private))
+    assert found == []
