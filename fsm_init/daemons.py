@@ -27,7 +27,7 @@ from functools import partial
 from fsm_init import log, restart_interval, trust
 from fsm_init import system as os_events
 from fsm_init.repeats import Repeats
-from fsm_init.stop import KILL_SETTLE, Group, Stopper
+from fsm_init.kill import KILL_SETTLE, Group, Stopper
 from fsm_init.system import System, describe_exit, exit_code
 
 # What changes the list of services: entries made, removed or renamed in the directory.

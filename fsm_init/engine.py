@@ -28,7 +28,7 @@ from fsm_init.writes import FileWrites
 from fsm_init.output import CapturedOutput
 from fsm_init.loop import STOP_SIGNALS, EventLoop
 from fsm_init.settings import Settings
-from fsm_init.stop import Group, Stopper
+from fsm_init.kill import Group, Stopper
 from fsm_init.supporting import Supporting
 from fsm_init.syslog_relay import SyslogRelay
 from fsm_init.system import System, Unavailable, describe_exit, exit_code, spawn_error_code, which

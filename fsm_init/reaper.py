@@ -20,7 +20,7 @@ from fsm_init.forwarded import ForwardLog
 from fsm_init.journal import Journal
 from fsm_init.loop import CAUGHT, STOP_SIGNALS, EventLoop
 from fsm_init.settings import Settings
-from fsm_init.stop import Group, Stopper
+from fsm_init.kill import Group, Stopper
 from fsm_init.system import System, exit_code
 
 HANDOVER_ENV = "FSM_INIT_HANDOVER"
