@@ -315,7 +315,7 @@ def render(dot_source: str, fmt: str) -> bytes:
     return result.stdout
 
 
-def write_atomic(path: str, data: bytes) -> None:
+def save(path: str, data: bytes) -> None:
     """The drawing, written atomically (system.write_atomic) with the mode a new file gets."""
     umask = os.umask(0)
     os.umask(umask)
@@ -411,7 +411,7 @@ def main(args: list[str]) -> int:
             sys.stdout.buffer.flush()
         return OK
     try:
-        write_atomic(options["output"], data)
+        save(options["output"], data)
     except OSError as e:
         sys.stderr.write(f"fsm-init graph: cannot write {options['output']}: {e.strerror or e}\n")
         return FAILED

@@ -104,6 +104,19 @@ class Stopper:
         self.loop.call_later(self.kill_deadline, grace, self._kill)
         self.loop.call_later(self.poll_deadline, POLL, self.check)
 
+    def time_limit(self, group: Group, grace: float, then, label: str) -> None:
+        """No signal now: SIGKILL to the group if it is still there after grace, then()
+        once the kernel has had KILL_SETTLE to finish the kill.  For a process that is
+        waited for by its exit (a daemon's finish script): cancel() when it exits in time."""
+        self.find, self.send, self.then, self.label = None, lambda s: group.signal(self.system, s), then, label
+        self.loop.call_later(self.kill_deadline, grace, self._kill)
+
+    def cancel(self) -> None:
+        """Drop the stop or time limit under way; then() is not called."""
+        self.loop.cancel(self.kill_deadline)
+        self.loop.cancel(self.poll_deadline)
+        self.find = self.send = self.then = None
+
     def check_soon(self) -> None:
         """After a child exit: look again once the current batch of exits is handled
         (a /proc scan per reaped orphan would make reaping 10 000 of them quadratic)."""

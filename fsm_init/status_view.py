@@ -41,6 +41,7 @@ from collections import namedtuple
 from fsm_init import control, journal, table
 from fsm_init.log import clock, escape
 from fsm_init.srvctl import describe_daemon
+from fsm_init.table import DAEMON, NON_DAEMON, STATUS_CHECK  # the modes, named once
 
 USAGE = "usage: fsm-init status [--json] [--once] [--interval S]\n"
 HELP = USAGE + """
@@ -64,7 +65,6 @@ READ_TRANSITIONS = 60  # journal entries read for them
 JSON_HISTORY = 20
 SUPPORTING = ("firewall", "ssh", "pppoe")  # shown as "off" when the snapshot has no line
 
-NON_DAEMON, DAEMON, STATUS_CHECK = table.NON_DAEMON, table.DAEMON, table.STATUS_CHECK  # the modes, named once
 
 # How the lifecycle path reads the table (kept in step with it by tests/unit/test_status_view.py):
 # each guard's value in the normal course: True, False, or None for "either way".

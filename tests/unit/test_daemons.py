@@ -208,9 +208,9 @@ def test_finish_gets_runit_arguments_and_the_restart_waits_for_it(make, lines):
     assert f"daemon cron (pid {first}) exited with status 3; finish, then restart in 1s" in lines
     rig.advance(3)
     assert len(rig.runs("cron")) == 1, "run started while finish was still running"
-    assert rig.due("cron", "finish") == GRACE - 3
+    assert rig.due("cron", "finish-kill") == GRACE - 3
     rig.die(finish.pid, exited(0))
-    assert rig.due("cron") == 1 and rig.due("cron", "finish") is None
+    assert rig.due("cron") == 1 and rig.due("cron", "finish-kill") is None
     rig.advance(1)
     assert len(rig.runs("cron")) == 2
 

@@ -146,3 +146,44 @@ def test_tests_touch_no_private_name_of_fsm_init():
             continue  # this file names private names on purpose, to show what is refused
         found.extend(private_uses(path.read_text(), str(path.relative_to(ROOT)), private))
     assert found == []
+
+
+def definitions(name: str) -> list[str]:
+    """The fsm_init modules that define name at their top level (function, class or variable)."""
+    found = []
+    for path in sorted(PACKAGE.glob("*.py")):
+        for node in ast.parse(path.read_text()).body:
+            names = [node.name] if isinstance(node, (ast.FunctionDef, ast.ClassDef)) else [
+                t.id for t in getattr(node, "targets", []) if isinstance(t, ast.Name)] + [
+                e.id for t in getattr(node, "targets", []) if isinstance(t, ast.Tuple)
+                for e in t.elts if isinstance(e, ast.Name)]
+            if name in names:
+                found.append(path.name)
+    return found
+
+
+def calls_in(module: str) -> list[tuple[str, list]]:
+    """(the called attribute or function name, its arguments) of every call in the module."""
+    found = []
+    for node in ast.walk(ast.parse((PACKAGE / module).read_text())):
+        if isinstance(node, ast.Call):
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            found.append((name, node.args))
+    return found
+
+
+def test_the_shared_helpers_exist_once():
+    assert definitions("write_atomic") == ["system.py"]
+    assert definitions("find_program") == ["system.py"]
+    assert definitions("SEARCH_PATH") == ["system.py"]
+    assert definitions("NON_DAEMON") == ["table.py"] and definitions("STATUS_CHECK") == ["table.py"]
+    # Clock times for people: log.clock is the one formatter.
+    assert [m.name for m in sorted(PACKAGE.glob("*.py")) if any(
+        name == "strftime" for name, _ in calls_in(m.name))] == ["log.py"]
+
+
+def test_supporting_services_and_daemons_signal_only_through_the_kill_library():
+    """One TERM -> grace -> KILL: kill.Stopper.  Neither module signals or times a kill itself."""
+    for module in ("supporting.py", "daemons.py"):
+        assert [name for name, _ in calls_in(module) if name in ("signal", "kill")] == [], module
