@@ -561,7 +561,7 @@ class Engine:
 
     def _start_background(self, prefix: str) -> None:
         env = self._check_env()
-        for path in watch.scripts(self.target.directory, prefix, self.system):
+        for path in watch.executables(self.target.directory, prefix, self.system):
             name = watch.name(path)
             if name in self.background:
                 log.info(f"{name} is still running from an earlier cycle: not started again")

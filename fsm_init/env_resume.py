@@ -4,7 +4,7 @@ They restore state that does not survive a container restart (interface addresse
 MACs); a failure is logged, not fatal.
 """
 
-from fsm_init.periodic import scripts
+from fsm_init.script_files import executables
 from fsm_init.system import System
 
 PREFIX = "EnvResume-"
@@ -12,4 +12,4 @@ TIMEOUT = 60.0
 
 
 def pending(directory: str | None, system: System) -> list[str]:
-    return scripts(directory, PREFIX, system)
+    return executables(directory, PREFIX, system)

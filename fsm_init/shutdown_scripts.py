@@ -8,9 +8,9 @@ only when runit is used; fsm-init always has a stop path, so it always runs them
 (``--skip-startup-files`` turns them off with the start-up files).
 """
 
-from fsm_init.periodic import scripts
+from fsm_init.script_files import executables
 from fsm_init.system import System
 
 
 def pending(directory: str, settings, system: System) -> list[str]:
-    return [] if settings.skip_startup_files else scripts(directory, "", system)
+    return [] if settings.skip_startup_files else executables(directory, "", system)

@@ -6,7 +6,7 @@ container environment read again after each.  A non-zero exit or a time-out stop
 start-up and fsm-init exits 1, as my_init does (its start-up raises, and Python exits 1).
 """
 
-from fsm_init.periodic import scripts
+from fsm_init.script_files import executables
 from fsm_init.system import System
 
 RC_LOCAL = "/etc/rc.local"
@@ -16,7 +16,7 @@ FAILED_STATUS = 1
 def pending(settings, system: System) -> list[str]:
     if settings.skip_startup_files:
         return []
-    found = scripts(settings.init_dir, "", system)
+    found = executables(settings.init_dir, "", system)
     if system.is_executable(RC_LOCAL):
         found.append(RC_LOCAL)
     return found

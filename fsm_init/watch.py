@@ -9,7 +9,7 @@ MT script never overlaps its own previous run.  Cycles run at a fixed rate.
 import os
 from typing import NamedTuple
 
-from fsm_init.periodic import scripts
+from fsm_init.script_files import executables
 from fsm_init.system import System
 
 RT, ST, MT = "PeriodicRT-", "PeriodicST-", "PeriodicMT-"
@@ -38,7 +38,7 @@ class Cycle:
 
     def __init__(self, number: int, directory: str | None, system: System) -> None:
         self.number = number
-        self.pending = scripts(directory, ST, system)
+        self.pending = executables(directory, ST, system)
         self.results: list[CheckResult] = []
 
     def next_check(self) -> str | None:

@@ -1,11 +1,13 @@
-"""The target's own scripts, found by name prefix: EnvResume-*, PeriodicRT-*, PeriodicST-*, PeriodicMT-*."""
+"""Script discovery for every step that runs a directory's scripts by name prefix:
+/etc/my_init.d (startup_scripts), the shutdown script directories (shutdown_scripts),
+the target's EnvResume-* (env_resume) and PeriodicRT-*/ST-*/MT-* (watch)."""
 
 import os
 
 from fsm_init.system import System
 
 
-def scripts(directory: str | None, prefix: str, system: System) -> list[str]:
+def executables(directory: str | None, prefix: str, system: System) -> list[str]:
     """Executable regular files named prefix*, in name order (as the original's shell glob)."""
     if directory is None:
         return []
