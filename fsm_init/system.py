@@ -531,6 +531,20 @@ class System:
         except OSError:
             pass
 
+    # -- pipes, for a check's output -------------------------------------------------------
+
+    def pipe(self) -> tuple[int, int]:
+        """A close-on-exec pipe: (read end, write end)."""
+        return os.pipe2(os.O_CLOEXEC)
+
+    def set_nonblocking(self, fd: int) -> None:
+        os.set_blocking(fd, False)
+
+    def read(self, fd: int, size: int) -> bytes:
+        """Up to size bytes from fd (b"": end of file); BlockingIOError when a
+        non-blocking fd has nothing now."""
+        return os.read(fd, size)
+
 
 # <linux/inotify.h>
 IN_ATTRIB, IN_CLOSE_WRITE, IN_MOVED_FROM, IN_MOVED_TO = 0x4, 0x8, 0x40, 0x80

@@ -475,6 +475,19 @@ class FakeSystem:
             self.watches = {wd: w for wd, w in self.watches.items() if w[0] != fd}
         os.close(fd)
 
+    # Pipes are real (the event loop selects on them); the calls are recorded, and fail on demand.
+    def pipe(self) -> tuple[int, int]:
+        self.calls.append(("pipe",))
+        self._maybe_fail("pipe")
+        return os.pipe2(os.O_CLOEXEC)
+
+    def set_nonblocking(self, fd: int) -> None:
+        os.set_blocking(fd, False)
+
+    def read(self, fd: int, size: int) -> bytes:
+        self._maybe_fail("read")
+        return os.read(fd, size)
+
     def close_watches(self) -> None:
         for fd in list(self.watch_pipes):
             self.close(fd)

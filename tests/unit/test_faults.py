@@ -236,19 +236,22 @@ def test_rt_and_mt_scripts_that_cannot_be_started_are_said_once(make, capfd):
     assert "PeriodicRT-r started again" in capfd.readouterr().err
 
 
-def test_a_check_whose_output_pipes_cannot_be_made_leaks_no_descriptor(monkeypatch):
+def test_a_check_whose_output_pipes_cannot_be_made_leaks_no_descriptor():
     from fsm_init.output import CapturedOutput
 
-    made, real = [], os.pipe2
+    from .fakes import FakeSystem
 
-    def pipe2(flags):
+    fake, made = FakeSystem(), []
+    real = fake.pipe
+
+    def pipe():
         if made:
             raise EMFILE
-        made.append(real(flags))
+        made.append(real())
         return made[-1]
-    monkeypatch.setattr(os, "pipe2", pipe2)
+    fake.pipe = pipe  # the second pipe fails (EMFILE): the first must be closed again
     with pytest.raises(OSError):
-        CapturedOutput(None, None).spawn(["true"], {})
+        CapturedOutput(None, fake).spawn(["true"], {})
     for fd in made[0]:
         with pytest.raises(OSError):
             os.fstat(fd)  # closed again
