@@ -100,6 +100,30 @@ def write_atomic(path: str, data: bytes, mode: int = 0o644, durable: bool = True
         os.close(dfd)
 
 
+def listen_unix(path: str, backlog: int = 16):
+    """A non-blocking, close-on-exec stream socket listening at path, mode 0600 (bound
+    under umask 0177), in a directory made 0700; a stale socket file there is replaced."""
+    import socket
+
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    os.chmod(os.path.dirname(path), 0o700)
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
+    old = os.umask(0o177)
+    try:
+        sock.bind(path)
+    except BaseException:
+        sock.close()
+        raise
+    finally:
+        os.umask(old)
+    sock.listen(backlog)
+    return sock
+
+
 # Descriptors held back for fd exhaustion (EMFILE under a low RLIMIT_NOFILE): the /proc
 # scan that tells whether a stopped session is gone needs two (the directory, one stat
 # file), and PID 1 must still be able to stop what it started.
@@ -530,6 +554,10 @@ class System:
             os.close(fd)
         except OSError:
             pass
+
+    def listen_unix(self, path: str):
+        """The control socket's listener (see listen_unix)."""
+        return listen_unix(path)
 
     # -- pipes, for a check's output -------------------------------------------------------
 

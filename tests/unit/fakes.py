@@ -475,6 +475,14 @@ class FakeSystem:
             self.watches = {wd: w for wd, w in self.watches.items() if w[0] != fd}
         os.close(fd)
 
+    def listen_unix(self, path: str):
+        """A real listener (srvctl-style clients connect to it), the call recorded."""
+        from fsm_init.system import listen_unix
+
+        self.calls.append(("listen_unix", path))
+        self._maybe_fail("listen_unix", path)
+        return listen_unix(path)
+
     # Pipes are real (the event loop selects on them); the calls are recorded, and fail on demand.
     def pipe(self) -> tuple[int, int]:
         self.calls.append(("pipe",))

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from fsm_init import control, graph, table
+from fsm_init.system import listen_unix
 
 from .fakes import FakeSystem, Harness, make_settings
 
@@ -536,7 +537,7 @@ def test_live_with_a_bad_answer_exits_1(monkeypatch, capsys, reply):
 def test_live_through_a_real_socket(monkeypatch, tmp_path, capsys):
     """No monkeypatching of control: a listener that answers one status request as the engine does."""
     monkeypatch.setenv("FSM_INIT_RUN_DIR", str(tmp_path))
-    listener = control.make_listener(str(tmp_path / "control.sock"))
+    listener = listen_unix(str(tmp_path / "control.sock"))
     listener.setblocking(True)
     listener.settimeout(10)
     requests = []

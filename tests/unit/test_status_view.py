@@ -24,6 +24,7 @@ import pytest
 
 from fsm_init import cli, control, srvctl, status_view, table
 from fsm_init.status_view import Frame
+from fsm_init.system import listen_unix
 
 ROOT = Path(__file__).resolve().parents[2]
 NOW = time.time()
@@ -531,7 +532,7 @@ class FakeEngine:
 
     def __init__(self, run_dir: Path, answers: dict) -> None:
         self.answers, self.requests = answers, []
-        self.listener = control.make_listener(str(run_dir / "control.sock"))
+        self.listener = listen_unix(str(run_dir / "control.sock"))
         self.listener.setblocking(True)
         self.listener.settimeout(0.1)
         self.stopping = False
