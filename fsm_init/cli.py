@@ -113,7 +113,7 @@ def run(args: list[str]) -> int:
     # PID 1's own writes to stdout and stderr never block, whatever the log reader does.
     log.go_nonblocking()
     from fsm_init.engine import Engine
-    from fsm_init.reaper import _exit
+    from fsm_init.reaper import exit_now
     from fsm_init.system import System
 
     system = System()
@@ -128,8 +128,8 @@ def run(args: list[str]) -> int:
         # dropbearkey, iptables-restore, pppd's probes): the passwords masked there too.
         # The engine keeps $SRVCFG as given, for load_config and a custom init.sh.
         os.environ["SRVCFG"] = config.masked_text(environ["SRVCFG"])
-    _exit(Engine(system, settings, environ, command or None).run())
-    return 0  # not reached: _exit leaves the process (the reaper imports no typing for NoReturn)
+    exit_now(Engine(system, settings, environ, command or None).run())
+    return 0  # not reached: exit_now leaves the process (the reaper imports no typing for NoReturn)
 
 
 def undo_locale_coercion(system, environ) -> None:
@@ -159,7 +159,7 @@ def validate(args: list[str]) -> int:
         sys.stderr.write(USAGE)
         return 2
     path = paths[0] if paths else "workcfg.json"
-    from fsm_init import config
+    from fsm_init import config, config_schema
 
     try:
         raw = sys.stdin.buffer.read() if path == "-" else open(path, "rb").read()
@@ -168,7 +168,7 @@ def validate(args: list[str]) -> int:
     document, why = config.parse_document(raw)
     if document is None:
         return _report_validation(as_json, path, None, [], f"{path} is {why}")
-    effective, problems = config.validate(document)
+    effective, problems = config_schema.validate(document)
     return _report_validation(as_json, path, effective, problems, "", sorted(set(document) - set(config.defaults())))
 
 

@@ -4,11 +4,10 @@ Every key of imginit's parameter table is validated; a missing or invalid value 
 its default and is reported as a ``Problem`` naming the key, the bad value and the
 default.  Unknown keys are kept untouched: services read their own sections.
 
-marshmallow costs ~80 ms to import, so it is imported only when a configuration
-exists (``validate``); ``defaults()`` serves the no-configuration fast path.
+marshmallow costs ~80 ms to import, so validation lives in ``config_schema``, imported
+only when a configuration exists; ``defaults()`` serves the no-configuration fast path.
 """
 
-import contextvars
 import json
 from typing import Any, NamedTuple
 
@@ -49,7 +48,9 @@ def _short(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _defaults_table() -> dict:
+def defaults() -> dict:
+    """The built-in effective config, used when there is no configuration at all (a
+    fresh copy each call); ``config_schema`` takes its defaults from it too."""
     return {
         "initdelay": 3,
         "workstart": None,
@@ -65,11 +66,6 @@ def _defaults_table() -> dict:
         "sshsrv": {"enable": "no", "sshport": 8022, "rootpwd": "", "authkeys": [], "password": "yes"},
         "inetdail": {"enable": "no", "dialuser": "", "dialpswd": "", "dialintf": "", "usedefgw": "no"},
     }
-
-
-def defaults() -> dict:
-    """The built-in effective config, used when there is no configuration at all."""
-    return _defaults_table()
 
 
 def parse_document(raw: bytes | str) -> tuple[dict | None, str]:
@@ -99,13 +95,6 @@ def _finite_float(text: str) -> float:
     if value in (float("inf"), float("-inf")):
         raise ValueError(f"{text} is out of range")
     return value
-
-
-def validate(document: dict) -> tuple[dict, list[Problem]]:
-    """The effective config for a JSON object, and every problem found in it."""
-    from fsm_init import config_schema
-
-    return config_schema.load(document)
 
 
 def masked_text(raw: str) -> str:
@@ -147,8 +136,3 @@ def masked(config: dict) -> dict:
             shown[section][name] = MASK
     return shown
 
-
-# The problems found by the current validation; a ContextVar so that a field can
-# report without a back-reference to the schema that owns it.
-problems_var: contextvars.ContextVar[list[Problem]] = contextvars.ContextVar("problems")
-prefix_var: contextvars.ContextVar[str] = contextvars.ContextVar("prefix", default="")

@@ -1,13 +1,23 @@
-"""The marshmallow schema behind ``config.validate``; imported only when a config exists."""
+"""Validation of a workcfg.json document: the marshmallow schema and ``validate``.
 
+Imported only when a configuration exists (marshmallow costs ~80 ms to import).  It
+depends on ``config`` (the defaults, ``Problem``), never the other way round.
+"""
+
+import contextvars
 import re
 from typing import Any
 
 from marshmallow import INCLUDE, Schema, ValidationError, fields, missing
 
-from fsm_init.config import Problem, _defaults_table, prefix_var, problems_var
+from fsm_init.config import Problem, defaults
 
-DEFAULTS = _defaults_table()
+DEFAULTS = defaults()
+
+# The problems found by the current validation; a ContextVar so that a field can
+# report without a back-reference to the schema that owns it.
+problems_var: contextvars.ContextVar[list[Problem]] = contextvars.ContextVar("problems")
+prefix_var: contextvars.ContextVar[str] = contextvars.ContextVar("prefix", default="")
 
 
 def _report(key: str, value: Any, default: Any, reason: str, dropped: bool = False) -> None:
@@ -292,7 +302,8 @@ class WorkcfgSchema(Schema):
     inetdail = Section(DialSchema, load_default=lambda: DialSchema().load({}))
 
 
-def load(document: dict) -> tuple[dict, list[Problem]]:
+def validate(document: dict) -> tuple[dict, list[Problem]]:
+    """The effective config for a JSON object, and every problem found in it."""
     found: list[Problem] = []
     token = problems_var.set(found)
     try:

@@ -7,7 +7,6 @@ nothing cannot stall PID 1.  Standard library only: srvctl and the thin reaper u
 """
 
 import json
-import os
 import socket
 from collections.abc import Callable
 
@@ -25,23 +24,6 @@ ACCEPT_PAUSE = 1.0
 ACCEPT_PAUSE_MAX = 8.0
 # The answer to `srvctl restart` in non-daemon mode, from the engine or the thin reaper.
 NOT_SUPERVISED = "the service runs in non-daemon mode: fsm-init does not restart it (set workwatch)"
-
-
-def make_listener(path: str) -> socket.socket:
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    os.chmod(os.path.dirname(path), 0o700)
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
-    old = os.umask(0o177)
-    try:
-        sock.bind(path)
-    finally:
-        os.umask(old)
-    sock.listen(16)
-    return sock
 
 
 class ControlServer:
@@ -66,7 +48,7 @@ class ControlServer:
     @classmethod
     def listen(cls, path: str, loop, handler: Callable[[dict], dict]) -> "ControlServer | None":
         try:
-            return cls(make_listener(path), path, loop, handler)
+            return cls(loop.system.listen_unix(path), path, loop, handler)
         except OSError as e:
             log.warn(f"no control socket at {path} ({e.strerror}): srvctl cannot reach this fsm-init")
             return None
@@ -178,7 +160,7 @@ class ControlServer:
             self._drop(conn)
         self.sock.close()
         try:
-            os.unlink(self.path)
+            self.loop.system.remove(self.path)
         except OSError:
             pass
 

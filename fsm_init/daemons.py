@@ -26,8 +26,8 @@ from functools import partial
 
 from fsm_init import log, restart_interval, trust
 from fsm_init import system as os_events
+from fsm_init.kill import Group, Stopper
 from fsm_init.repeats import Repeats
-from fsm_init.stop import KILL_SETTLE, Group, Stopper
 from fsm_init.system import System, describe_exit, exit_code
 
 # What changes the list of services: entries made, removed or renamed in the directory.
@@ -76,6 +76,7 @@ class Daemon:
         self.removed = False  # its directory left the service directory: stop, then forget it
         self.out_of_memory = False  # run's last exit was the kernel's OOM killer
         self.stopper = Stopper(owner.system, owner.loop, self.deadline("stop"))
+        self.finish_limit = Stopper(owner.system, owner.loop, self.deadline("finish"))
 
     def deadline(self, what: str) -> str:
         return f"daemon-{self.name}-{what}"
@@ -92,7 +93,7 @@ class Daemon:
             return "running"
         if self.finish_pid is not None:
             return "finishing"
-        return "backoff" if self.deadline("restart") in self.owner.loop.deadlines else "down"
+        return "backoff" if self.owner.loop.due(self.deadline("restart")) is not None else "down"
 
     def start(self) -> str | None:
         """Spawn run now; on failure the error (already logged), with a retry scheduled."""
@@ -150,7 +151,7 @@ class Daemon:
             self._run_exited(status)
         elif pid == self.finish_pid:
             self.finish_pid = None
-            self.owner.loop.cancel(self.deadline("finish"))
+            self.finish_limit.cancel()
             log.info(f"daemon {self.name}: finish (pid {pid}) {describe_exit(status)}"
                      + (f": it stays down (s6's permanent failure; `srvctl start {self.name}` tries again)"
                         if _permanent(status) and self.wanted else ""))
@@ -204,7 +205,9 @@ class Daemon:
             log.error(f"cannot run {self.finish}: {e.strerror}")
             self._after_finish()
             return
-        self.owner.loop.call_later(self.deadline("finish"), self.owner.grace, self._kill_finish)
+        # runsv waits for finish forever; a hung finish here would hold up restarts and teardown.
+        self.finish_limit.time_limit(Group(self.finish_pid), self.owner.grace, self._finish_abandoned,
+                                     f"daemon {self.name}: finish (pid {self.finish_pid})")
 
     def _after_finish(self) -> None:
         if not self.wanted:
@@ -219,15 +222,8 @@ class Daemon:
     def _backoff(self) -> int:
         return restart_interval.daemon_backoff(self.owner.config(), self.failures)
 
-    def _kill_finish(self) -> None:
-        # runsv waits for finish forever; a hung finish here would hold up restarts and teardown.
-        if self.finish_pid is not None:
-            log.warn(f"daemon {self.name}: finish (pid {self.finish_pid}) outlived {self.owner.grace:g}s: SIGKILL")
-            Group(self.finish_pid).signal(self.owner.system, signal.SIGKILL)
-            # A process in uninterruptible sleep dies only when its I/O returns: do not wait for it.
-            self.owner.loop.call_later(self.deadline("finish"), KILL_SETTLE, self._finish_abandoned)
-
     def _finish_abandoned(self) -> None:
+        # Still there after SIGKILL and the settle time (uninterruptible sleep): do not wait for it.
         log.warn(f"daemon {self.name}: finish (pid {self.finish_pid}) is still there after SIGKILL; going on")
         self.finish_pid = None
         self._after_finish()

@@ -28,7 +28,7 @@ import sys
 
 from fsm_init import log
 from fsm_init.settings import Settings
-from fsm_init.system import System
+from fsm_init.system import System, find_program
 
 IFF_UP, IFF_BROADCAST, IFF_LOOPBACK = 0x1, 0x2, 0x8
 ARPHRD_ETHER = 1
@@ -84,8 +84,6 @@ def detect(system: System, interfaces: list[str] | None = None) -> tuple[list[st
     """(the interfaces probed, [(interface, access concentrator)] of those that answered),
     all probed at once, answers in the probe order."""
     from concurrent.futures import ThreadPoolExecutor
-
-    from fsm_init.pppoe import find_program
 
     probed = candidates(system) if interfaces is None else interfaces
     discovery = find_program(system, "pppoe-discovery")

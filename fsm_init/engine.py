@@ -9,7 +9,6 @@ the small predicates named in the table.  Nothing here sleeps or waits.
 import os
 import signal
 import sys
-import time
 from collections import deque
 from collections.abc import Callable
 from functools import partial
@@ -31,7 +30,7 @@ from fsm_init.loop import STOP_SIGNALS, EventLoop
 from fsm_init.network import Network
 from fsm_init.service import Service
 from fsm_init.settings import Settings
-from fsm_init.stop import Group, Stopper
+from fsm_init.kill import Group, Stopper
 from fsm_init.syslog_relay import SyslogRelay
 from fsm_init.system import System, describe_exit, exit_code, spawn_error_code, which
 from fsm_init.table import STATES, STOPPABLE, TRANSITIONS
@@ -594,7 +593,7 @@ class Engine:
         the cgroup); remembered for `srvctl why`."""
         words = self.oom.killed(status)
         if words:
-            self.last_oom = f"{who} at {_clock(self.system.wall())}, {words}"
+            self.last_oom = f"{who} at {log.clock(self.system.wall())}, {words}"
         return words
 
     # -- control requests ---------------------------------------------------------------
@@ -649,7 +648,7 @@ class Engine:
         t = self.last_transition
         guards = ", ".join(f"{g} {'yes' if v else 'no'}" for g, v in t.get("guards", {}).items())
         reason = t.get("cause") or f"from {t.get('from') or 'boot'}" + (f" ({guards})" if guards else "")
-        when = f" at {_clock(t['time'])}" if t.get("time") else ""
+        when = f" at {log.clock(t['time'])}" if t.get("time") else ""
         service = self.service
         if self.state in ("restart", "gave_up") or (self.state == "restart_interval" and not service.instance):
             reason = service.restart_cause or reason
@@ -666,15 +665,15 @@ class Engine:
         return f"{text}; last out-of-memory kill: {self.last_oom}" if self.last_oom else text
 
     def _upcoming(self) -> str:
-        when = {name: _clock(self.system.wall() + at - self.system.now())
-                for name, (at, _) in self.loop.deadlines.items()}
+        when = {name: log.clock(self.system.wall() + at - self.system.now())
+                for name, at in self.loop.pending().items()}
         pid = self.service.instance.pid if self.service.instance else None
         script, retry = self.foreground.script, self.foreground.retry
         running = f"running {script.name} (killed at {when.get('script')} if still running)" if script else ""
         phrases = {
             "startup_scripts": running, "env_resume": running, "post_shutdown": running,
             "pre_shutdown": running or (f"waiting for the interrupted script's session to end (SIGKILL at "
-                                        f"{when['stop-kill']})" if "stop-kill" in when else ""),
+                                        f"{when[self.stopper.kill_deadline]})" if self.stopper.kill_deadline in when else ""),
             "stop_daemons": "stopping the /etc/service daemons one by one, in reverse order",
             "delay": f"the start goes on at {when.get('state')}",
             "idle": f"the config is read again at {when.get('state')}",
@@ -684,8 +683,8 @@ class Engine:
                      (f"{retry[0]} cannot be started ({retry[1]}): trying again at "
                       f"{when.get('script')}" if retry and "script" in when else ""),
             "foreground": f"the service (pid {pid}) runs; fsm-init exits with its status",
-            "restart": f"SIGKILL at {when.get('stop-kill')} if it is still there",
-            "stopping": f"SIGKILL at {when.get('stop-kill')} if it is still there",
+            "restart": f"SIGKILL at {when.get(self.stopper.kill_deadline)} if it is still there",
+            "stopping": f"SIGKILL at {when.get(self.stopper.kill_deadline)} if it is still there",
             "gave_up": "srvctl restart tries again",
         }
         return phrases.get(self.state, "")
@@ -716,5 +715,3 @@ class Engine:
         self.writes.attempt(path, lambda: self.system.write_atomic(path, text.encode()))
 
 
-def _clock(wall: float) -> str:
-    return time.strftime("%H:%M:%S", time.localtime(wall))

@@ -12,15 +12,11 @@ that a restart with the same permits touches nothing.  Every OS call goes throug
 from fsm_init import iptables_rules as rules
 from fsm_init import log
 from fsm_init.settings import Settings
-from fsm_init.system import System, Unavailable
+from fsm_init.system import System, Unavailable, refuse_host_namespace
 
 IF_INET6 = "/proc/net/if_inet6"  # present when the kernel has IPv6
 NOT_FILTERED = "inbound traffic is not filtered"
 TIMEOUT = 20.0
-# The inode numbers the kernel gives its initial namespaces (include/linux/proc_ns.h);
-# the initial network namespace has one only on recent kernels (6.18 here).
-PID_INIT_INO = 0xEFFFFFFC
-NET_INIT_INO = 0xEFFFFFF9
 # On older kernels (Debian 12's 6.1) the host's network namespace has an ordinary inode
 # number, so the host is also recognised by its filter table: chains that container
 # engines, Kubernetes and host firewalls create there, never in a container's own
@@ -94,16 +90,10 @@ class Firewall:
 
     def _refuse_host_network(self) -> None:
         """A container run with --network host shares the machine's network namespace:
-        its iptables rules are the host's.  Only fsm-init as the init of the whole
-        machine (PID 1 of the initial PID namespace) may filter that one."""
-        in_initial_pid_ns = self.system.namespace("pid") == PID_INIT_INO
-        if in_initial_pid_ns and self.system.getpid() == 1:
-            return
-        # The initial PID namespace has had its fixed inode number since Linux 3.8: a
-        # process in it other than PID 1 runs on the host, whatever the kernel.
-        if self.system.namespace("net") == NET_INIT_INO or in_initial_pid_ns:
-            raise Unavailable("this is the host's network namespace (a container run with --network host, "
-                              "or fsm-init started on the host): fsm-init leaves the host's iptables alone")
+        its iptables rules are the host's."""
+        refuse_host_namespace(self.system, "net", "this is the host's network namespace (a container run with "
+                              "--network host, or fsm-init started on the host): fsm-init leaves the host's "
+                              "iptables alone")
 
     def _restore(self, family: rules.Family, script) -> None:
         status, out, err = self.system.run([family.save], timeout=TIMEOUT)

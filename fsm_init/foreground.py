@@ -26,10 +26,10 @@ from functools import partial
 from typing import NamedTuple
 
 from fsm_init import log, start, trust
+from fsm_init.kill import Group
 from fsm_init.loop import EventLoop
 from fsm_init.output import CapturedOutput
 from fsm_init.repeats import Repeats, is_resource
-from fsm_init.stop import Group
 from fsm_init.system import System, spawn_error_code
 
 RC_LOCAL = "/etc/rc.local"

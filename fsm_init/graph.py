@@ -49,7 +49,7 @@ import sys
 import textwrap
 from collections import namedtuple
 
-from fsm_init import table
+from fsm_init import system, table
 
 USAGE = "usage: fsm-init graph [--format mermaid|dot|svg|png] [-o FILE] [--live]\n"
 HELP = USAGE + """
@@ -315,27 +315,11 @@ def render(dot_source: str, fmt: str) -> bytes:
     return result.stdout
 
 
-def write_atomic(path: str, data: bytes) -> None:
-    """Write to a temporary file beside ``path``, then rename it over ``path``."""
-    import tempfile
-
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)
-        os.replace(temporary, path)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except OSError:
-            pass
-        raise
+def save(path: str, data: bytes) -> None:
+    """The drawing, written atomically (system.write_atomic) with the mode a new file gets."""
+    umask = os.umask(0)
+    os.umask(umask)
+    system.write_atomic(path, data, 0o666 & ~umask)
 
 
 # -- command --------------------------------------------------------------------------
@@ -427,7 +411,7 @@ def main(args: list[str]) -> int:
             sys.stdout.buffer.flush()
         return OK
     try:
-        write_atomic(options["output"], data)
+        save(options["output"], data)
     except OSError as e:
         sys.stderr.write(f"fsm-init graph: cannot write {options['output']}: {e.strerror or e}\n")
         return FAILED

@@ -61,7 +61,9 @@ class ConfigSource:
         has_config = bool(self.target.directory) or self.memory is not None
         if not has_config:
             return Loaded(config.defaults(), False, [], errors)
-        effective, problems = config.validate(document or {})
+        from fsm_init import config_schema  # marshmallow: only when a configuration exists
+
+        effective, problems = config_schema.validate(document or {})
         return Loaded(effective, True, problems, errors)
 
     def _take_srvcfg(self, errors: list[str]) -> dict | None:

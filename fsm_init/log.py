@@ -36,6 +36,17 @@ def escape_bytes(raw: bytes) -> str:
     return raw.decode("utf-8", "replace").translate(_CONTROL)
 
 
+def clock(wall) -> str:
+    """A wall-clock time as people read it in a log, srvctl or the status view: 14:03:07
+    (local time); "?" for a value that is not one (a damaged journal line)."""
+    import time
+
+    try:
+        return time.strftime("%H:%M:%S", time.localtime(float(wall)))
+    except (TypeError, ValueError, OverflowError, OSError):
+        return "?"
+
+
 def set_state(state) -> None:
     """A state name, or a callable returning the current one."""
     global _state
@@ -48,6 +59,13 @@ def set_quiet(quiet: bool) -> None:
 
 
 _json = os.environ.get("FSM_INIT_LOG_FORMAT", "").lower() == "json"
+
+
+def set_json(on: bool) -> bool:
+    """JSON log lines (FSM_INIT_LOG_FORMAT=json) on or off; returns the previous setting."""
+    global _json
+    previous, _json = _json, on
+    return previous
 
 
 def _emit(level: str, message: str) -> None:
@@ -258,6 +276,20 @@ def go_nonblocking() -> None:
     for fd in (1, 2):
         if fd not in _outlets:
             _outlets[fd] = Outlet(fd)
+
+
+def outlet(fd: int) -> "Outlet | None":
+    """The outlet fd (1 or 2) is written through, or None: written directly."""
+    return _outlets.get(fd)
+
+
+def use_outlets(outlets: dict, loop=None) -> tuple[dict, object]:
+    """Write through these outlets (fd -> Outlet), flushed by this loop, instead: a test's
+    stalled pipe as stdout.  Returns the previous outlets and loop, to put back."""
+    global _outlets, _loop
+    previous = (_outlets, _loop)
+    _outlets, _loop = outlets, loop
+    return previous
 
 
 def attach(loop) -> None:

@@ -33,7 +33,7 @@ class EventLoop:
         self.on_signal = on_signal
         self.on_exit = on_exit
         self.selector = selectors.DefaultSelector()
-        self.deadlines: dict[str, tuple[float, Callable[[], None]]] = {}
+        self._deadlines: dict[str, tuple[float, Callable[[], None]]] = {}
         self.stopped = False
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
@@ -83,40 +83,72 @@ class EventLoop:
             pass
 
     def call_at(self, name: str, when: float, callback: Callable[[], None]) -> None:
-        self.deadlines[name] = (when, callback)
+        self._deadlines[name] = (when, callback)
 
     def call_later(self, name: str, delay: float, callback: Callable[[], None]) -> None:
         self.call_at(name, self.system.now() + delay, callback)
 
     def cancel(self, name: str) -> None:
-        self.deadlines.pop(name, None)
+        self._deadlines.pop(name, None)
+
+    def due(self, name: str) -> float | None:
+        """When the deadline called name is due (System.now's clock); None: none is set."""
+        entry = self._deadlines.get(name)
+        return entry[0] if entry else None
+
+    def pending(self) -> dict[str, float]:
+        """Every deadline set, name -> when it is due (a copy)."""
+        return {name: when for name, (when, _) in self._deadlines.items()}
+
+    def next_due(self) -> float | None:
+        """When the earliest deadline is due; None: no deadline is set."""
+        return min((when for when, _ in self._deadlines.values()), default=None)
 
     def run(self) -> None:
         # Children may have exited before the loop started (or before an exec handed over).
         self.reap()
         while not self.stopped:
             timeout = None
-            if self.deadlines:
+            first = self.next_due()
+            if first is not None:
                 # epoll refuses a time-out past ~24.8 days (OverflowError); a deadline
                 # further away (workwatch of a month) is reached by waking once a day.
-                timeout = min(MAX_WAIT, max(0.0, min(when for when, _ in self.deadlines.values()) - self.system.now()))
-            for key, _ in self.selector.select(timeout):
-                # An earlier callback of this batch may have unwatched (and closed) this fd,
-                # and its number may already belong to a new file.
-                if self.selector.get_map().get(key.fileobj) is key:
-                    self._call(key.data)
-                if self.stopped:
-                    return
-            self._fire_due()
+                timeout = min(MAX_WAIT, max(0.0, first - self.system.now()))
+            self.poll(timeout)
+            if self.stopped:
+                return
+            self.fire_due()
+
+    def poll(self, timeout: float | None = 0) -> None:
+        """One wait in select (at most timeout seconds; 0: none) and the callbacks of every
+        file found ready (what run does between deadlines; tests call it directly)."""
+        for key, _ in self.selector.select(timeout):
+            # An earlier callback of this batch may have unwatched (and closed) this fd,
+            # and its number may already belong to a new file.
+            if self.selector.get_map().get(key.fileobj) is key:
+                self._call(key.data)
+            if self.stopped:
+                return
 
     def stop(self) -> None:
         self.stopped = True
 
-    def _fire_due(self) -> None:
+    def close(self) -> None:
+        """Release the selector and the wake-up pipe (a loop that will not run again)."""
+        self.selector.close()
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def fire_due(self) -> None:
+        """Run every deadline due by now, earliest first (what run does after each wait;
+        tests with a fake clock call it after moving the clock)."""
         now = self.system.now()
-        for name, (when, callback) in sorted(self.deadlines.items(), key=lambda item: item[1][0]):
-            if when <= now and self.deadlines.get(name) == (when, callback):
-                del self.deadlines[name]
+        for name, (when, callback) in sorted(self._deadlines.items(), key=lambda item: item[1][0]):
+            if when <= now and self._deadlines.get(name) == (when, callback):
+                del self._deadlines[name]
                 self._call(callback)
                 if self.stopped:
                     return

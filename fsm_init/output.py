@@ -5,14 +5,13 @@ A check runs as the workuser: what it prints is hostile.  Each line is passed th
 escaped (``log.escape``) and prefixed with the check's name (``PeriodicST-http:
 connection refused``), so a check can neither forge a line of fsm-init's
 (``fsm-init[watch] ...``) nor reach the log reader's terminal; the lines go through
-fsm-init's non-blocking output, never a blocking write.
+fsm-init's non-blocking output, never a blocking write.  The pipes are made, read and
+closed through ``System`` (the unit tests' fake records them).
 
 When the check ends, ``finish`` reads what its pipes hold once and closes them: a
 background process the check left holding them must not keep PID 1's descriptors
 (the engine then kills what is left of the check's session).
 """
-
-import os
 
 from fsm_init import log
 from fsm_init.system import System
@@ -33,18 +32,18 @@ class CapturedOutput:
         self.partial: dict[int, bytes] = {}  # pipe read end -> the start of a line not ended yet
 
     def spawn(self, argv: list[str], env: dict) -> int:
-        pipes = [os.pipe2(os.O_CLOEXEC)]
+        pipes = [self.system.pipe()]
         try:
-            pipes.append(os.pipe2(os.O_CLOEXEC))  # EMFILE here must not leak the first pipe
+            pipes.append(self.system.pipe())  # EMFILE here must not leak the first pipe
             pid = self.system.spawn(argv, env, stdout=pipes[0][1], stderr=pipes[1][1])
         except OSError:
             for r, w in pipes:
-                os.close(r)
-                os.close(w)
+                self.system.close(r)
+                self.system.close(w)
             raise
         for target, (r, w) in zip((1, 2), pipes, strict=True):
-            os.close(w)
-            os.set_blocking(r, False)
+            self.system.close(w)
+            self.system.set_nonblocking(r)
             self.readers[r] = target
             self.partial[r] = b""
             self.loop.watch(r, lambda r=r: self._pump(r))
@@ -54,7 +53,7 @@ class CapturedOutput:
         if fd not in self.readers:
             return False
         try:
-            data = os.read(fd, CHUNK)
+            data = self.system.read(fd, CHUNK)
         except BlockingIOError:
             return False
         except OSError:
@@ -68,10 +67,10 @@ class CapturedOutput:
         while len(self.partial[fd]) > MAX_LINE:
             lines.append(self.partial[fd][:MAX_LINE])
             self.partial[fd] = self.partial[fd][MAX_LINE:]
-        self._pass(fd, lines)
+        self.pass_lines(fd, lines)
         return True
 
-    def _pass(self, fd: int, lines: list[bytes]) -> None:
+    def pass_lines(self, fd: int, lines: list[bytes]) -> None:
         out = []
         for line in lines:
             for start in range(0, max(1, len(line)), MAX_LINE):
@@ -90,9 +89,9 @@ class CapturedOutput:
 
     def _close(self, fd: int) -> None:
         if self.partial.get(fd):
-            self._pass(fd, [self.partial[fd]])
+            self.pass_lines(fd, [self.partial[fd]])
         self.loop.unwatch(fd)
-        os.close(fd)
+        self.system.close(fd)
         del self.readers[fd]
         self.partial.pop(fd, None)
 

@@ -28,9 +28,8 @@ import sys
 from fsm_init import log
 from fsm_init.settings import Settings
 from fsm_init.supporting import Spec, prepare
-from fsm_init.system import System, Unavailable
+from fsm_init.system import SEARCH_PATH, System, Unavailable, find_program
 
-SEARCH_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 PPP_INTERFACE = "inet0"  # the PPP interface's name, as in imginit
 # In preference order: imginit's name (ppp <= 2.4.9), then the name ppp 2.4.9+ builds.
 PLUGINS = ("rp-pppoe.so", "pppoe.so")
@@ -107,16 +106,6 @@ def _spec(dial: dict, system: System, settings: Settings) -> Spec:
                        "FSM_INIT_RUN_DIR": settings.run_dir}, fingerprint, summary)
 
 
-def find_program(system: System, name: str) -> str | None:
-    seen = set()
-    for directory in os.environ.get("PATH", "").split(os.pathsep) + SEARCH_PATH.split(":"):
-        if directory and directory not in seen:
-            seen.add(directory)
-            if system.is_executable(posixpath.join(directory, name)):
-                return posixpath.join(directory, name)
-    return None
-
-
 def find_plugin(system: System, pppd: str) -> str | None:
     """The PPPoE plugin built for this pppd (a plugin for another version refuses to load)."""
     status, out, err = system.run([pppd, "--version"])
@@ -161,12 +150,12 @@ def kernel_problem(system: System) -> str | None:
     return f"cannot open /dev/ppp: {reason}"
 
 
-_warned: set[str] = set()
+said_once: set[str] = set()
 
 
 def _warn_once(message: str) -> None:
-    if message not in _warned:
-        _warned.add(message)
+    if message not in said_once:
+        said_once.add(message)
         log.warn(message)
 
 

@@ -18,9 +18,9 @@ from fsm_init import log, status
 from fsm_init.control import NOT_SUPERVISED, ControlServer
 from fsm_init.forwarded import ForwardLog
 from fsm_init.journal import Journal
+from fsm_init.kill import Group, Stopper
 from fsm_init.loop import CAUGHT, STOP_SIGNALS, EventLoop
 from fsm_init.settings import Settings
-from fsm_init.stop import Group, Stopper
 from fsm_init.system import System, exit_code
 
 HANDOVER_ENV = "FSM_INIT_HANDOVER"
@@ -218,10 +218,10 @@ def main() -> None:
     # The engine's choice (settings.settle_dirs), not a reader's guess.
     settings.run_dir = state.get("run_dir", settings.run_dir)
     settings.state_dir = state.get("state_dir", settings.state_dir)
-    _exit(Reaper(system, settings, state).run())
+    exit_now(Reaper(system, settings, state).run())
 
 
-def _exit(status: int) -> None:
+def exit_now(status: int) -> None:
     """Leave at once: interpreter shutdown would add milliseconds to every container stop,
     and PID 1 has nothing left to clean up (a stalled log reader gets half a second for
     the last lines, "exiting with status N")."""

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from fsm_init import restart_interval, start
-from fsm_init.stop import Group
+from fsm_init.kill import Group
 
 
 class Instance(NamedTuple):

@@ -7,7 +7,7 @@ Standard library only, so a Docker HEALTHCHECK or a probe answers fast.
 import json
 import sys
 
-from fsm_init.log import escape
+from fsm_init.log import clock, escape
 
 USAGE = """\
 usage: srvctl restart|stop|status|why|health|live [--json]
@@ -59,8 +59,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def history(run_dir: str, count: int, as_json: bool) -> int:
     """The journal's last entries; read from the file, so it works after fsm-init is gone."""
-    import time
-
     from fsm_init import journal
 
     entries = journal.read(run_dir, count)
@@ -72,7 +70,7 @@ def history(run_dir: str, count: int, as_json: bool) -> int:
             print(json.dumps(e))
             continue
         guards = " ".join(f"{g}={'yes' if v else 'no'}" for g, v in e.get("guards", {}).items())
-        when = time.strftime("%H:%M:%S", time.localtime(e["time"]))
+        when = clock(e["time"])
         line = f"{when} {e['from'] or '-'} -> {e['to']} ({e['trigger']}{' ' + guards if guards else ''})"
         print(escape(line + (f": {e['cause']}" if e.get("cause") else "")))
     return DONE

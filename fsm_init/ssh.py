@@ -29,10 +29,8 @@ import re
 from fsm_init import log
 from fsm_init.settings import Settings
 from fsm_init.supporting import Spec, prepare
-from fsm_init.system import System, Unavailable
+from fsm_init.system import SEARCH_PATH, System, Unavailable, find_program, refuse_host_namespace
 
-# Where programs are looked for besides $PATH (a container's PATH may lack the sbin dirs).
-SEARCH_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 KEY_TYPES = ("ed25519", "ecdsa", "rsa")
 # Where OpenSSH's sftp-server lives on common distributions (Debian, RHEL, Alpine/Arch, imginit).
 SFTP_SERVERS = ("/usr/lib/openssh/sftp-server", "/usr/libexec/openssh/sftp-server",
@@ -42,12 +40,9 @@ DEFAULT_SFTP_PATH = "/usr/lib/sftp-server"
 AUTHKEYS_HEADER = b"# written by fsm-init from sshsrv.authkeys: edit the config, not this file\n"
 PBKDF2_ROUNDS = 100_000
 GENERATED_FILE = "root-password"  # the generated root password, mode 0600, in the state dir
-# The inode numbers of the kernel's initial namespaces (include/linux/proc_ns.h, 6.x).
-MNT_INIT_INO = 0xEFFFFFF8
-PID_INIT_INO = 0xEFFFFFFC
 # Digests that only need to be compared within this process's lifetime (fingerprints).
 _PROCESS_KEY = os.urandom(32)
-_noted: set[str] = set()
+said_once: set[str] = set()
 
 
 def enabled(config: dict, has_config: bool) -> bool:
@@ -93,27 +88,9 @@ def _spec(ssh: dict, system: System, settings: Settings) -> Spec:
 
 def _refuse_host_root_account(system: System) -> None:
     """Every container has a mount namespace of its own: in the machine's initial one
-    fsm-init was started on the host, and root's password and keys are the host's.
-    Only fsm-init as the init of the whole machine may change them.  (The initial mount
-    namespace has a fixed inode number on recent kernels only; the initial PID namespace
-    has had one since Linux 3.8, so a process in it other than PID 1 is on the host too.)"""
-    in_initial_pid_ns = system.namespace("pid") == PID_INIT_INO
-    if in_initial_pid_ns and system.getpid() == 1:
-        return
-    if system.namespace("mnt") == MNT_INIT_INO or in_initial_pid_ns:
-        raise Unavailable("this is the host's own mount namespace (fsm-init started on the host, not in a "
-                          "container): fsm-init leaves the host's root password and SSH keys alone")
-
-
-def find_program(system: System, name: str) -> str | None:
-    dirs = os.environ.get("PATH", "").split(os.pathsep) + SEARCH_PATH.split(":")
-    seen = set()
-    for directory in dirs:
-        if directory and directory not in seen:
-            seen.add(directory)
-            if system.is_executable(posixpath.join(directory, name)):
-                return posixpath.join(directory, name)
-    return None
+    fsm-init was started on the host, and root's password and keys are the host's."""
+    refuse_host_namespace(system, "mnt", "this is the host's own mount namespace (fsm-init started on the host, "
+                          "not in a container): fsm-init leaves the host's root password and SSH keys alone")
 
 
 # -- host keys ---------------------------------------------------------------------------
@@ -171,8 +148,8 @@ def sftp_server(system: System, dropbear: str) -> bool:
 
 def _note(message: str) -> None:
     """An information line that is worth saying once per process, not on every restart."""
-    if message not in _noted:
-        _noted.add(message)
+    if message not in said_once:
+        said_once.add(message)
         log.info(message)
 
 

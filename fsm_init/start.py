@@ -12,8 +12,8 @@ import sys
 from typing import NamedTuple
 
 from fsm_init.system import System, which
+from fsm_init.table import DAEMON, NON_DAEMON, STATUS_CHECK
 
-NON_DAEMON, DAEMON, STATUS_CHECK = "non-daemon", "daemon", "status-check"
 DO_NOTHING = "DoNothing"
 DO_NOTHING_SECONDS = "600"
 

@@ -39,8 +39,9 @@ import time
 from collections import namedtuple
 
 from fsm_init import control, journal, table
-from fsm_init.log import escape
+from fsm_init.log import clock, escape
 from fsm_init.srvctl import describe_daemon
+from fsm_init.table import DAEMON, NON_DAEMON, STATUS_CHECK  # the modes, named once
 
 USAGE = "usage: fsm-init status [--json] [--once] [--interval S]\n"
 HELP = USAGE + """
@@ -64,7 +65,6 @@ READ_TRANSITIONS = 60  # journal entries read for them
 JSON_HISTORY = 20
 SUPPORTING = ("firewall", "ssh", "pppoe")  # shown as "off" when the snapshot has no line
 
-NON_DAEMON, DAEMON, STATUS_CHECK = "non-daemon", "daemon", "status-check"  # fsm_init.start's modes
 
 # How the lifecycle path reads the table (kept in step with it by tests/unit/test_status_view.py):
 # each guard's value in the normal course: True, False, or None for "either way".
@@ -204,7 +204,7 @@ class BadAnswer(Exception):
     pass
 
 
-class _JournalCache:
+class JournalCache:
     """journal.read, again only when journal.jsonl (or its rotation) changed."""
 
     def __init__(self) -> None:
@@ -227,9 +227,9 @@ def _stamp(path: str):
     return st.st_mtime_ns, st.st_size
 
 
-def take(settings, limit: int = READ_TRANSITIONS, cache: _JournalCache | None = None) -> Frame:
+def take(settings, limit: int = READ_TRANSITIONS, cache: JournalCache | None = None) -> Frame:
     """A frame from the engine, or the last recorded one (running False; status {}: nothing recorded)."""
-    read = (cache or _JournalCache()).read
+    read = (cache or JournalCache()).read
     path = settings.control_socket
     try:
         reply = control.request(path, "status", timeout=TIMEOUT)
@@ -269,18 +269,11 @@ def recorded(run_dir: str, history: list[dict]) -> Frame | None:
     last = status.get("last_transition") or {}
     why = f"{status['state']}: {last.get('cause') or 'from ' + str(last.get('from') or 'boot')}"
     if last.get("time"):
-        why += f" at {_clock(last['time'])}"
+        why += f" at {clock(last['time'])}"
     return Frame(status, why + " (as last recorded)", history, False, last_seen, status_path, time.time())
 
 
 # -- plain text and JSON ---------------------------------------------------------------------
-
-
-def _clock(wall) -> str:
-    try:
-        return time.strftime("%H:%M:%S", time.localtime(float(wall)))
-    except (TypeError, ValueError, OverflowError, OSError):
-        return "?"
 
 
 def span(seconds) -> str:
@@ -305,7 +298,7 @@ def banner(frame: Frame) -> str:
     head = "fsm-init does not answer" if "timed out" in frame.error else "fsm-init is not running"
     if frame.last_seen is None:
         return f"{head}: {frame.error or 'nothing is recorded'}"
-    return (f"{head} (last seen {_clock(frame.last_seen)}, "
+    return (f"{head} (last seen {clock(frame.last_seen)}, "
             f"{span(frame.now - frame.last_seen)} ago): the last recorded state, from {frame.source}")
 
 
@@ -319,7 +312,7 @@ def facts(frame: Frame) -> list[tuple[str, str, str]]:
     elif frame.running and last.get("time"):
         when = f"for {span(frame.now - last['time'])}"
     else:
-        when = f"since {_clock(last['time'])}" if last.get("time") else ""
+        when = f"since {clock(last['time'])}" if last.get("time") else ""
     healthy = s.get("healthy")
     state_tone = "bad" if state in _finals() or state == "gave_up" else ("good" if healthy else "warn")
     mode = str(s.get("mode") or "?") + (f", checks every {s['period']}s" if s.get("period") else "")
@@ -399,7 +392,7 @@ def transition_rows(history: list[dict], limit: int = SHOWN_TRANSITIONS) -> list
             else:
                 row[2].append([trigger, {}, 1])
             continue
-        rows.append([_clock(entry.get("time")), [entry.get("from") or "-", entry.get("to")],
+        rows.append([clock(entry.get("time")), [entry.get("from") or "-", entry.get("to")],
                      [[trigger, guards, 1]], str(entry.get("cause") or "")])
     rows = _fold_repeats(rows)
     return [(when, " → ".join(str(s) for s in states), [tuple(t) for t in triggers], cause)
@@ -482,7 +475,7 @@ def plain(frame: Frame) -> str:
     for check in frame.status.get("checks") or []:
         result, passed = check_result(check)
         line = (f"check:      {check.get('name')}: {result} in {check.get('duration', 0):.2f}s "
-                f"at {_clock(check.get('at'))}")
+                f"at {clock(check.get('at'))}")
         lines.append(line + (f": {check['output']}" if check.get("output") and not passed else ""))
     lines.append(f"why:        {frame.why or '-'}")
     for label, parts in path_lines(frame.status):
@@ -570,7 +563,7 @@ def render(frame: Frame):
         for check in checks:
             result, passed = check_result(check)
             table_.add_row(Text(str(check.get("name"))), Text(result, style="green" if passed else "bold red"),
-                           Text(f"{check.get('duration', 0):.2f}s"), Text(_clock(check.get("at"))),
+                           Text(f"{check.get('duration', 0):.2f}s"), Text(clock(check.get("at"))),
                            Text("" if passed else str(check.get("output") or ""), style="red"))
         parts.append(table_)
     elif frame.status.get("mode") == STATUS_CHECK:
@@ -660,7 +653,7 @@ def main(args: list[str]) -> int:
     from fsm_init.settings import Settings
 
     settings = Settings()
-    cache = _JournalCache()
+    cache = JournalCache()
     limit = JSON_HISTORY if options["json"] else READ_TRANSITIONS
     try:
         frame = take(settings, limit, cache)
@@ -691,7 +684,7 @@ def fingerprint(frame: Frame, size) -> str:
     return plain(frame) + repr(tuple(size))
 
 
-def watch(settings, interval: float, console, frame: Frame, cache: _JournalCache,
+def watch(settings, interval: float, console, frame: Frame, cache: JournalCache,
           sleep=time.sleep, polls: int | None = None) -> int:
     """The live view: poll, compare, redraw; until Ctrl-C (or ``polls`` polls, for tests)."""
     import signal

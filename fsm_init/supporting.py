@@ -5,7 +5,9 @@ before a target restart it is restarted only if its settings changed or it died;
 status-check mode every cycle restarts it when it is enabled and dead; it is stopped
 when disabled, and with everything else on teardown.  A restart with new settings
 waits for the old process to exit (SIGKILL after the grace time) before starting
-the new one, so the new one can bind the same port; the engine does not wait.
+the new one, so the new one can bind the same port; the engine does not wait.  The
+stop is the kill library's ``Stopper`` (TERM to the whole session, SIGKILL to what is
+left of it after the grace time), as for the service and the daemons.
 """
 
 import signal
@@ -13,8 +15,8 @@ from functools import partial
 from typing import NamedTuple
 
 from fsm_init import log
+from fsm_init.kill import Group, Stopper
 from fsm_init.repeats import Repeats
-from fsm_init.stop import Group
 from fsm_init.system import System, Unavailable, exit_code
 
 
@@ -45,6 +47,7 @@ class Supporting:
         self.last_exit: int | None = None
         self.restart_when_gone = False
         self.repeats = Repeats()
+        self.stopper = Stopper(system, loop, f"support-{name}")
 
     def apply(self, spec: Spec | None) -> None:
         """The settings for this (re)start of the target; None: disabled."""
@@ -66,7 +69,6 @@ class Supporting:
         if pid != self.pid:
             return False
         self.pid, self.last_exit = None, exit_code(status)
-        self.loop.cancel(f"support-{self.name}")
         log.info(f"{self.name} (pid {pid}) exited with status {self.last_exit}")
         if self.restart_when_gone:
             self.restart_when_gone = False
@@ -97,12 +99,8 @@ class Supporting:
         self.on_change()
 
     def _stop(self, restart: bool) -> None:
+        # The restart waits for the leader's exit (exited), not for the whole session:
+        # what the leader left behind is the stopper's to KILL at the grace time.
         self.restart_when_gone = restart
         assert self.pid is not None  # only stopped while running
-        Group(self.pid).signal(self.system, signal.SIGTERM)
-        self.loop.call_later(f"support-{self.name}", self.grace, self._kill)
-
-    def _kill(self) -> None:
-        if self.pid is not None:
-            log.warn(f"{self.name} outlived the grace time: SIGKILL")
-            Group(self.pid).signal(self.system, signal.SIGKILL)
+        self.stopper.stop_group(Group(self.pid), signal.SIGTERM, self.grace, None, f"{self.name}'s session")

@@ -25,6 +25,7 @@ import socket
 import stat
 
 from fsm_init import log
+from fsm_init.log import escape_bytes
 
 MAX_MESSAGE = 8192
 PER_EVENT = 64
@@ -64,7 +65,6 @@ class Message:
 
 # C0, DEL, C1 and the Unicode line and paragraph separators escaped (log.escape, the one
 # escaping of fsm-init): a local sender (the socket is 0666) must not split or forge lines.
-_text = log.escape_bytes
 
 
 def parse(data: bytes) -> Message:
@@ -81,12 +81,12 @@ def parse(data: bytes) -> Message:
     match = _RFC5424.match(data)
     if match:
         app, procid = match.group(3), match.group(4)
-        program = "" if app == b"-" else _text(app)
-        pid = "" if procid == b"-" else _text(procid)
+        program = "" if app == b"-" else escape_bytes(app)
+        pid = "" if procid == b"-" else escape_bytes(procid)
         data = data[match.end():]
         if data.startswith(b"\xef\xbb\xbf"):  # the BOM RFC 5424 allows before MSG
             data = data[3:]
-        return Message(facility, severity, program, pid, _text(data))
+        return Message(facility, severity, program, pid, escape_bytes(data))
     match = _BSD_TIME.match(data)
     if match:
         data = data[match.end():]
@@ -99,9 +99,9 @@ def parse(data: bytes) -> Message:
             if tag:
                 data = rest
     if tag:
-        program, pid = _text(tag.group(1)), (tag.group(2) or b"").decode()
+        program, pid = escape_bytes(tag.group(1)), (tag.group(2) or b"").decode()
         data = data[tag.end():]
-    return Message(facility, severity, program, pid, _text(data))
+    return Message(facility, severity, program, pid, escape_bytes(data))
 
 
 class SyslogRelay:
@@ -290,7 +290,7 @@ class SyslogRelay:
         self._summary_soon()
 
     def _summary_soon(self) -> None:
-        if "syslog-summary" not in self.loop.deadlines:
+        if self.loop.due("syslog-summary") is None:
             self.loop.call_later("syslog-summary", self.summary_every, self._summary)
 
     def _summary(self) -> None:

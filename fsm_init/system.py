@@ -62,6 +62,68 @@ def _new_temporary(directory: str, name: str, mode: int) -> tuple[str, int]:
     raise FileExistsError(errno.EEXIST, "no free temporary name", os.path.join(directory, name))
 
 
+def write_atomic(path: str, data: bytes, mode: int = 0o644, durable: bool = True,
+                 gid: int | None = None) -> None:
+    """Temporary file, fsync, rename: a reader sees the old file or the new one, never half.
+    The one implementation: ``System.write_atomic`` and the client tools (graph) use it.
+
+    durable=False skips the fsyncs, for files in /run that need not outlive a crash.
+    gid: the file's group, set before the rename (so it never appears with the wrong one).
+    """
+    directory = os.path.dirname(path) or "."
+    tmp, fd = _new_temporary(directory, os.path.basename(path), mode)
+    try:
+        if gid is not None:
+            os.fchown(fd, -1, gid)
+        os.fchmod(fd, mode)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        if durable:
+            os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
+    os.close(fd)
+    try:
+        os.rename(tmp, path)
+    except OSError:
+        os.unlink(tmp)
+        raise
+    if not durable:
+        return
+    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def listen_unix(path: str, backlog: int = 16):
+    """A non-blocking, close-on-exec stream socket listening at path, mode 0600 (bound
+    under umask 0177), in a directory made 0700; a stale socket file there is replaced."""
+    import socket
+
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    os.chmod(os.path.dirname(path), 0o700)
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
+    old = os.umask(0o177)
+    try:
+        sock.bind(path)
+    except BaseException:
+        sock.close()
+        raise
+    finally:
+        os.umask(old)
+    sock.listen(backlog)
+    return sock
+
+
 # Descriptors held back for fd exhaustion (EMFILE under a low RLIMIT_NOFILE): the /proc
 # scan that tells whether a stopped session is gone needs two (the directory, one stat
 # file), and PID 1 must still be able to stop what it started.
@@ -125,7 +187,7 @@ class System:
         if isinstance(_libc_spawn, _LibcSpawn):  # False where libc cannot be called
             pid = _libc_spawn(program, argv, env, dups, tty_fd is None, cwd)
         else:
-            pid = _os_spawn(program, argv, env, dups, tty_fd is None, cwd)
+            pid = os_spawn(program, argv, env, dups, tty_fd is None, cwd)
         if tty_fd is not None:
             self.give_terminal(tty_fd, pid)
         return pid
@@ -329,39 +391,7 @@ class System:
 
     def write_atomic(self, path: str, data: bytes, mode: int = 0o644, durable: bool = True,
                      gid: int | None = None) -> None:
-        """Temporary file, fsync, rename: a reader sees the old file or the new one, never half.
-
-        durable=False skips the fsyncs, for files in /run that need not outlive a crash.
-        gid: the file's group, set before the rename (so it never appears with the wrong one).
-        """
-        directory = os.path.dirname(path) or "."
-        tmp, fd = _new_temporary(directory, os.path.basename(path), mode)
-        try:
-            if gid is not None:
-                os.fchown(fd, -1, gid)
-            os.fchmod(fd, mode)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            if durable:
-                os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            os.unlink(tmp)
-            raise
-        os.close(fd)
-        try:
-            os.rename(tmp, path)
-        except OSError:
-            os.unlink(tmp)
-            raise
-        if not durable:
-            return
-        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        write_atomic(path, data, mode, durable, gid)
 
     def append_line(self, path: str, line: bytes, max_bytes: int) -> None:
         """Append one line (one write, O_APPEND); past max_bytes the file moves to path.1 first."""
@@ -527,6 +557,24 @@ class System:
         except OSError:
             pass
 
+    def listen_unix(self, path: str):
+        """The control socket's listener (see listen_unix)."""
+        return listen_unix(path)
+
+    # -- pipes, for a check's output -------------------------------------------------------
+
+    def pipe(self) -> tuple[int, int]:
+        """A close-on-exec pipe: (read end, write end)."""
+        return os.pipe2(os.O_CLOEXEC)
+
+    def set_nonblocking(self, fd: int) -> None:
+        os.set_blocking(fd, False)
+
+    def read(self, fd: int, size: int) -> bytes:
+        """Up to size bytes from fd (b"": end of file); BlockingIOError when a
+        non-blocking fd has nothing now."""
+        return os.read(fd, size)
+
 
 # rt_sigaction's system call number: glibc's sigaction refuses its internal signals.
 _RT_SIGACTION = {"x86_64": 13, "aarch64": 134, "riscv64": 134}
@@ -583,7 +631,7 @@ def _inotify_call(name: str, *args) -> int:
         code = ctypes.get_errno()
         raise OSError(code, os.strerror(code))
     return result
-def _os_spawn(program: str, argv: list[str], env: dict[str, str], dups, setsid: bool, cwd: str | None) -> int:
+def os_spawn(program: str, argv: list[str], env: dict[str, str], dups, setsid: bool, cwd: str | None) -> int:
     """os.posix_spawn: the fall-back where libc cannot be called directly.  It cannot reset
     glibc's two internal signals (32 and 33; its posix_spawn leaves them ignored)."""
     spawn = os.posix_spawn if "/" in program else os.posix_spawnp
@@ -736,6 +784,39 @@ def _read_only(path: str) -> bool:
 
 class Unavailable(Exception):
     """A step that is enabled but cannot do its work here; the message says why."""
+
+
+# Where programs are looked for besides $PATH (a container's PATH may lack the sbin dirs).
+SEARCH_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def find_program(system, name: str) -> str | None:
+    """name in $PATH, then in SEARCH_PATH: the first executable found (system.is_executable)."""
+    seen = set()
+    for directory in os.environ.get("PATH", "").split(os.pathsep) + SEARCH_PATH.split(":"):
+        if directory and directory not in seen:
+            seen.add(directory)
+            if system.is_executable(os.path.join(directory, name)):
+                return os.path.join(directory, name)
+    return None
+
+
+# The inode numbers the kernel gives its initial namespaces (include/linux/proc_ns.h);
+# the initial mount and network namespaces have one only on recent kernels (6.x).
+INIT_NAMESPACE_INO = {"pid": 0xEFFFFFFC, "mnt": 0xEFFFFFF8, "net": 0xEFFFFFF9}
+
+
+def refuse_host_namespace(system, kind: str, message: str) -> None:
+    """Unavailable(message) when this is the host's namespace of that kind ("mnt",
+    "net"): fsm-init was started on the host, or the container shares the host's.
+    Only fsm-init as the init of the whole machine (PID 1 of the initial PID namespace)
+    may touch it.  The initial PID namespace has had its fixed inode number since Linux
+    3.8: a process in it other than PID 1 runs on the host, whatever the kernel."""
+    in_initial_pid_ns = system.namespace("pid") == INIT_NAMESPACE_INO["pid"]
+    if in_initial_pid_ns and system.getpid() == 1:
+        return
+    if system.namespace(kind) == INIT_NAMESPACE_INO[kind] or in_initial_pid_ns:
+        raise Unavailable(message)
 
 
 def which(name: str, path: str | None = None) -> str | None:

@@ -20,6 +20,11 @@ Guards (methods of the engine, named for what they ask):
                     the thin reaper cannot take over
 """
 
+# The three ways the service runs, the one list of their names: start.mode picks one
+# from workwatch, the guards non_daemon and daemon_mode ask which, the status view shows it.
+NON_DAEMON, DAEMON, STATUS_CHECK = "non-daemon", "daemon", "status-check"
+MODES = (NON_DAEMON, DAEMON, STATUS_CHECK)
+
 STATES = [
     ("boot", "PID 1 duties taken over: signals, reaping, control socket"),
     ("startup_scripts", "import /etc/container_environment; /etc/my_init.d/* in name order, then /etc/rc.local"),

@@ -61,5 +61,5 @@ class FileWrites:
 
     def status(self) -> dict[str, str]:
         """For srvctl status: path -> what fails, since when, how often."""
-        return {path: f"{p['error']} since {time.strftime('%H:%M:%S', time.localtime(p['since']))} "
+        return {path: f"{p['error']} since {log.clock(p['since'])} "
                       f"({p['failed']} failed write(s))" for path, p in self.failing.items()}

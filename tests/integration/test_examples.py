@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from fsm_init import config as fsm_config
+from fsm_init import config_schema
 from tests.conftest import ROOT, needs_pid_namespace, wait_for
 
 EXAMPLES = ROOT / "srv"
@@ -225,7 +226,7 @@ def test_imginit_workcfg_shows_every_key_with_its_default():
     shipped = json.loads((EXAMPLES / "imginit/workcfg.json").read_text())
     defaults = fsm_config.defaults()
     assert keys(shipped) == keys(defaults)
-    effective, problems = fsm_config.validate(shipped)
+    effective, problems = config_schema.validate(shipped)
     assert not problems
     # The default target's one choice: no initial delay, so `docker run IMAGE CMD` starts
     # CMD at once, non-daemon, like tini; with no CMD the container idles.
@@ -236,7 +237,7 @@ def test_imginit_workcfg_shows_every_key_with_its_default():
 
 @pytest.mark.parametrize("name", ["imginit", "demo", "web", "logship"])
 def test_every_shipped_service_config_validates(name):
-    effective, problems = fsm_config.validate(json.loads((EXAMPLES / name / "workcfg.json").read_text()))
+    effective, problems = config_schema.validate(json.loads((EXAMPLES / name / "workcfg.json").read_text()))
     assert not problems, [p.describe() for p in problems]
     for script in (EXAMPLES / name).glob("Periodic*"):
         assert os.access(script, os.X_OK), f"{script} is not executable: fsm-init would skip it"
@@ -255,7 +256,7 @@ def test_the_kubernetes_example_probes_with_srvctl_and_outlasts_the_stop_grace()
     # The ConfigMap's workcfg.json (passed as $SRVCFG) is a valid config for that service.
     block = re.search(r"workcfg.json: \|\n((?:    .*\n)+)", text).group(1)
     workcfg = json.loads(block)
-    assert not fsm_config.validate(workcfg)[1]
+    assert not config_schema.validate(workcfg)[1]
     assert workcfg["workstart"] == json.loads((EXAMPLES / srvname / "workcfg.json").read_text())["workstart"]
 
 
@@ -267,6 +268,6 @@ def test_the_compose_example_configs_are_valid():
     quoted = re.findall(r"SRVCFG: '(.*)'", text)
     assert folded and quoted
     for raw in folded + quoted:
-        assert not fsm_config.validate(json.loads(raw))[1], raw
+        assert not config_schema.validate(json.loads(raw))[1], raw
     assert re.search(r"stop_grace_period: (\d+)s", text) and \
         all(int(g) > 5 + 2 for g in re.findall(r"stop_grace_period: (\d+)s", text))

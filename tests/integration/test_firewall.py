@@ -240,10 +240,10 @@ def test_the_ssh_rate_limit_is_per_source_address(net, tmp_path):
     """One client using up the limit (20 new connections, then 4 a minute) must not lock
     the others out.  The rules fsm-init renders for sshsrv.enable, applied in the test's
     own container namespace, with real connections from two addresses of the peer."""
-    from fsm_init import config, iptables_rules
+    from fsm_init import config_schema, iptables_rules
 
     pair, _ = net
-    cfg = config.validate({"sshsrv": {"enable": "yes", "sshport": 8022}})[0]
+    cfg = config_schema.validate({"sshsrv": {"enable": "yes", "sshport": 8022}})[0]
     policy = iptables_rules.policy(iptables_rules.Permits.from_config(cfg), iptables_rules.IPV4)
     now = iptables_rules.parse_save(pair.run(pair.container, "iptables-save").stdout)
     pair.run(pair.container, "iptables-restore", "--noflush", input=iptables_rules.restore_script(policy, now))

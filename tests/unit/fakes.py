@@ -7,8 +7,8 @@ forks, signals, sleeps or touches the real file system.
 
 ``Harness`` builds an ``Engine`` on a ``FakeSystem`` without calling ``run()`` (no
 signal handlers, no control socket, no select loop) and drives it the way the
-event loop would: child exits through ``loop.reap()`` / ``engine._on_exit``,
-deadlines through ``loop._fire_due()``.  It also records every state entered, every
+event loop would: child exits through ``loop.reap()`` / ``loop.on_exit``,
+deadlines through ``loop.fire_due()``.  It also records every state entered, every
 transition taken (as its row of ``table.TRANSITIONS``) and every guard outcome.
 """
 
@@ -474,6 +474,27 @@ class FakeSystem:
             self.watches = {wd: w for wd, w in self.watches.items() if w[0] != fd}
         os.close(fd)
 
+    def listen_unix(self, path: str):
+        """A real listener (srvctl-style clients connect to it), the call recorded."""
+        from fsm_init.system import listen_unix
+
+        self.calls.append(("listen_unix", path))
+        self._maybe_fail("listen_unix", path)
+        return listen_unix(path)
+
+    # Pipes are real (the event loop selects on them); the calls are recorded, and fail on demand.
+    def pipe(self) -> tuple[int, int]:
+        self.calls.append(("pipe",))
+        self._maybe_fail("pipe")
+        return os.pipe2(os.O_CLOEXEC)
+
+    def set_nonblocking(self, fd: int) -> None:
+        os.set_blocking(fd, False)
+
+    def read(self, fd: int, size: int) -> bytes:
+        self._maybe_fail("read")
+        return os.read(fd, size)
+
     def close_watches(self) -> None:
         for fd in list(self.watch_pipes):
             self.close(fd)
@@ -516,12 +537,7 @@ def make_engine(system: FakeSystem | None = None, settings: Settings | None = No
 
 def close_loop(loop) -> None:
     """Release the wake-up pipe and selector each EventLoop opens."""
-    loop.selector.close()
-    for fd in (loop._wake_r, loop._wake_w):
-        try:
-            os.close(fd)
-        except OSError:
-            pass
+    loop.close()
 
 
 def close_engine(engine: Engine) -> None:
@@ -542,10 +558,10 @@ def pump(engine: Engine, limit: int = 1000) -> None:
         now = engine.system.now()
         if engine.system.pending_exits:
             continue
-        if not any(when <= now for when, _ in engine.loop.deadlines.values()):
+        if not any(when <= now for when in engine.loop.pending().values()):
             return
-        engine.loop._fire_due()
-    raise AssertionError(f"deadlines keep firing at t={engine.system.now()}: {sorted(engine.loop.deadlines)}")
+        engine.loop.fire_due()
+    raise AssertionError(f"deadlines keep firing at t={engine.system.now()}: {sorted(engine.loop.pending())}")
 
 
 def advance(engine: Engine, seconds: float, limit: int = 10000) -> None:
@@ -556,7 +572,7 @@ def advance(engine: Engine, seconds: float, limit: int = 10000) -> None:
     for _ in range(limit):
         if engine.loop.stopped:
             break
-        due = [when for when, _ in engine.loop.deadlines.values() if when <= end]
+        due = [when for when in engine.loop.pending().values() if when <= end]
         if not due:
             break
         system.clock = max(system.clock, min(due))
@@ -575,7 +591,7 @@ def child_exit(engine: Engine, pid: int, status: int) -> None:
         for child in list(system.procs.values()):
             if child.ppid == pid:
                 system.procs[child.pid] = child._replace(ppid=system.pid)
-    engine._on_exit(pid, status)
+    engine.loop.on_exit(pid, status)
     pump(engine)
 
 
@@ -653,7 +669,7 @@ class Harness:
         child_exit(self.engine, pid, status)
 
     def signal(self, signum: int) -> None:
-        self.engine._on_signal(signum)
+        self.engine.loop.on_signal(signum)
         pump(self.engine)
 
     def request(self, verb: str, **fields) -> dict:
@@ -662,8 +678,7 @@ class Harness:
         return reply
 
     def deadline(self, name: str) -> float | None:
-        entry = self.engine.loop.deadlines.get(name)
-        return entry[0] if entry else None
+        return self.engine.loop.due(name)
 
     def close(self) -> None:
         close_engine(self.engine)

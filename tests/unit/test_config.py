@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fsm_init import cli, config, load_config, resolve_target
+from fsm_init import cli, config, config_schema, load_config, resolve_target
 from fsm_init.config import MASK
 from fsm_init.resolve_target import Target
 
@@ -21,7 +21,7 @@ DEFAULTS = config.defaults()
 
 
 def validate(document: dict):
-    effective, problems = config.validate(document)
+    effective, problems = config_schema.validate(document)
     return effective, {p.key: p for p in problems if not p.dropped}, [p for p in problems if p.dropped]
 
 
@@ -249,7 +249,7 @@ def test_effective_config_is_strict_json_for_the_service():
     document, why = config.parse_document(b'{"initdelay": 0, "big": 1e400}')
     assert document is None or why == ""
     if document is not None:
-        effective, _ = config.validate(document)
+        effective, _ = config_schema.validate(document)
         text = config.dumps_compact(effective)
         assert strict_json(text) == effective, text  # 1e400 became Infinity
 
@@ -656,7 +656,7 @@ def test_a_reader_that_went_away_ends_a_printing_subcommand_quietly(tmp_path, ar
 
 @pytest.mark.parametrize("workstart", ["./run.sh a\u0000b", ["./run.sh", "a\u0000b"], ["./run.sh", "\ud800"]])
 def test_a_workstart_no_program_could_receive_is_rejected_naming_the_key(workstart):
-    effective, problems = config.validate({"workstart": workstart})
+    effective, problems = config_schema.validate({"workstart": workstart})
     assert effective["workstart"] is None
     [problem] = problems
     assert problem.key == "workstart" and ("NUL" in problem.reason or "surrogate" in problem.reason)
@@ -664,7 +664,7 @@ def test_a_workstart_no_program_could_receive_is_rejected_naming_the_key(worksta
 
 
 def test_a_newline_in_a_workstart_argument_is_kept_for_the_program():
-    effective, problems = config.validate({"workstart": ["./run.sh", "a\nb"]})
+    effective, problems = config_schema.validate({"workstart": ["./run.sh", "a\nb"]})
     assert effective["workstart"] == ["./run.sh", "a\nb"] and problems == []
 
 
@@ -672,14 +672,14 @@ def test_a_newline_in_a_workstart_argument_is_kept_for_the_program():
 @pytest.mark.parametrize("bad", ["a\nb", "a\rb", "a\0b"])
 def test_a_value_that_becomes_a_line_rejects_line_breaks_and_nul(key, bad):
     section, _, name = key.split(".")[0], None, key.split(".")[1]
-    effective, problems = config.validate({section: {name: bad}})
+    effective, problems = config_schema.validate({section: {name: bad}})
     assert effective[section][name] == "" and [p.key for p in problems] == [key]
     assert bad not in problems[0].describe()
 
 
 def test_an_authkeys_entry_with_a_line_break_is_dropped_alone():
     good = "ssh-ed25519 AAAAC3Nza good"
-    effective, problems = config.validate({"sshsrv": {"authkeys": [good, "ssh-ed25519 AAA a\nssh-rsa BBB b",
+    effective, problems = config_schema.validate({"sshsrv": {"authkeys": [good, "ssh-ed25519 AAA a\nssh-rsa BBB b",
                                                                    "ssh-rsa CCC\r"]}})
     assert effective["sshsrv"]["authkeys"] == [good, "ssh-rsa CCC"]
     [problem] = problems

@@ -1,7 +1,7 @@
 """Supporting daemons (/etc/service/NAME/run) on a FakeSystem with a real EventLoop.
 
 Child exits reach ``Daemons.exited`` through ``loop.reap()``; deadlines fire through
-``loop._fire_due()`` as the fake clock moves (fakes.pump / fakes.advance), so every
+``loop.fire_due()`` as the fake clock moves (fakes.pump / fakes.advance), so every
 restart, back-off and SIGKILL happens at the instant the real loop would make it.
 """
 
@@ -83,15 +83,13 @@ class Rig:
         return [s for s in self.system.spawns if s.argv[0] == f"{SERVICE}/{name}/finish"]
 
     def due(self, name: str, what: str = "restart") -> float | None:
-        entry = self.loop.deadlines.get(f"daemon-{name}-{what}")
-        return entry[0] - self.system.clock if entry else None
+        when = self.loop.due(f"daemon-{name}-{what}")
+        return when - self.system.clock if when is not None else None
 
     def changed(self, directory: str, name: str, mask: int) -> None:
         """The kernel reports a change; the loop runs what watches it (as select would)."""
         self.system.notify(directory, name, mask)
-        for key, _ in self.loop.selector.select(0):
-            if key.fileobj != self.loop._wake_r:
-                key.data()
+        self.loop.poll(0)
         self.pump()
 
     def request(self, verb: str, name: str) -> tuple[bool, str]:
@@ -128,7 +126,9 @@ def make():
 def lines(monkeypatch) -> list[str]:
     """Every log line, "warning: "/"error: " prefixed as on stderr."""
     recorded: list[str] = []
-    monkeypatch.setattr(log, "_emit", lambda level, message: recorded.append(level + message))
+    monkeypatch.setattr(log, "info", lambda message: recorded.append(message))
+    monkeypatch.setattr(log, "warn", lambda message: recorded.append("warning: " + message))
+    monkeypatch.setattr(log, "error", lambda message: recorded.append("error: " + message))
     return recorded
 
 
@@ -208,9 +208,9 @@ def test_finish_gets_runit_arguments_and_the_restart_waits_for_it(make, lines):
     assert f"daemon cron (pid {first}) exited with status 3; finish, then restart in 1s" in lines
     rig.advance(3)
     assert len(rig.runs("cron")) == 1, "run started while finish was still running"
-    assert rig.due("cron", "finish") == GRACE - 3
+    assert rig.due("cron", "finish-kill") == GRACE - 3
     rig.die(finish.pid, exited(0))
-    assert rig.due("cron") == 1 and rig.due("cron", "finish") is None
+    assert rig.due("cron") == 1 and rig.due("cron", "finish-kill") is None
     rig.advance(1)
     assert len(rig.runs("cron")) == 2
 
@@ -562,7 +562,7 @@ def test_the_directory_is_watched_and_an_idle_loop_has_no_deadline(make):
     (fd, path, mask), = rig.system.watches.values()
     assert path == SERVICE and mask & os_events.IN_CREATE and mask & os_events.IN_DELETE
     assert fd in {key.fileobj for key in rig.loop.selector.get_map().values()}
-    assert rig.loop.deadlines == {}  # nothing wakes fsm-init up while nothing changes
+    assert rig.loop.pending() == {}  # nothing wakes fsm-init up while nothing changes
 
 
 def test_a_service_added_at_run_time_starts_once_the_directory_settles(make, lines):
@@ -573,7 +573,7 @@ def test_a_service_added_at_run_time_starts_once_the_directory_settles(make, lin
     rig.advance(SETTLE)
     assert len(rig.runs("web")) == 1 and rig.info("web")["state"] == "running"
     assert len(rig.runs("cron")) == 1, "an unchanged service was touched"
-    assert rig.loop.deadlines == {} and not any(line.startswith("warning") for line in lines)
+    assert rig.loop.pending() == {} and not any(line.startswith("warning") for line in lines)
 
 
 def test_a_burst_of_changes_is_acted_on_within_half_a_second(make):
@@ -607,7 +607,7 @@ def test_a_copied_directory_whose_run_comes_later_is_watched_until_run_is_there(
     rig.advance(SETTLE)
     assert len(rig.runs("web")) == 1
     assert [path for _, path, _ in rig.system.watches.values()] == [SERVICE], "the new directory's watch stays"
-    assert rig.loop.deadlines == {}
+    assert rig.loop.pending() == {}
 
 
 def test_a_removed_service_is_stopped_with_term_grace_kill_and_forgotten(make, lines):
@@ -634,7 +634,7 @@ def test_a_removed_service_waiting_for_its_restart_is_forgotten_at_once(make):
     rig.system.remove_tree(f"{SERVICE}/web")
     rig.changed(SERVICE, "web", os_events.IN_DELETE)
     rig.advance(SETTLE)
-    assert rig.daemons.names == [] and rig.loop.deadlines == {}
+    assert rig.daemons.names == [] and rig.loop.pending() == {}
     rig.advance(600)
     assert len(rig.runs("web")) == 1
 
@@ -707,7 +707,7 @@ def test_the_directory_itself_removed_ends_the_watch_with_one_warning(make, line
     rig.changed(SERVICE, "", os_events.IN_DELETE_SELF)
     assert not rig.daemons.watching and rig.system.watch_pipes == {}
     assert len([line for line in lines if line.startswith("warning")]) == 1
-    assert rig.loop.deadlines == {}
+    assert rig.loop.pending() == {}
 
 
 def test_rescan_watches_a_directory_made_after_the_start(make):

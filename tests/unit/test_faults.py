@@ -107,7 +107,7 @@ def test_a_flood_of_forwarded_signals_is_summarised_once_a_second_and_idle_needs
     h = make(cfg(workwatch=0))  # daemon mode: nothing else is scheduled while it runs
     h.begin()
     h.advance(10)
-    assert h.state == "watch" and not h.engine.loop.deadlines
+    assert h.state == "watch" and not h.engine.loop.pending()
     capfd.readouterr()
     for _ in range(200):
         h.signal(signal.SIGHUP)
@@ -116,13 +116,13 @@ def test_a_flood_of_forwarded_signals_is_summarised_once_a_second_and_idle_needs
     h.advance(0.5)
     err = capfd.readouterr().err
     assert err.count("forwarded") == 1 and "forwarded SIGHUP to the service's session" in err
-    assert DEADLINE in h.engine.loop.deadlines  # a summary is pending
+    assert DEADLINE in h.engine.loop.pending()  # a summary is pending
     h.advance(0.5)
     err = capfd.readouterr().err
     assert "forwarded SIGHUP ×199, SIGUSR1 ×3 to the service's session in 1.0s" in err, err
     assert err.count("forwarded") == 1
     h.advance(1)  # a quiet second ends the summary: no deadline left, no wake-up when idle
-    assert not h.engine.loop.deadlines and "forwarded" not in capfd.readouterr().err
+    assert not h.engine.loop.pending() and "forwarded" not in capfd.readouterr().err
     assert len(h.system.signals_to(h.engine.service.instance.pid)) == 203  # every signal forwarded
     h.signal(signal.SIGWINCH)  # after the quiet second: said at once again
     assert "forwarded SIGWINCH to the service's session" in capfd.readouterr().err
@@ -156,14 +156,14 @@ def test_the_thin_reaper_summarises_forwarded_signals_too(capfd):
     thin = reaper.Reaper(fake, make_settings(), state)
     try:
         for _ in range(50):
-            thin._on_signal(signal.SIGHUP)
+            thin.loop.on_signal(signal.SIGHUP)
         fake.clock += 1
-        thin.loop._fire_due()
+        thin.loop.fire_due()
         err = capfd.readouterr().err
         assert err.count("forwarded") == 2 and "forwarded SIGHUP ×49 to the service's session in 1.0s" in err
         fake.clock += 1
-        thin.loop._fire_due()
-        assert not thin.loop.deadlines
+        thin.loop.fire_due()
+        assert not thin.loop.pending()
     finally:
         close_loop(thin.loop)
 
@@ -236,19 +236,22 @@ def test_rt_and_mt_scripts_that_cannot_be_started_are_said_once(make, capfd):
     assert "PeriodicRT-r started again" in capfd.readouterr().err
 
 
-def test_a_check_whose_output_pipes_cannot_be_made_leaks_no_descriptor(monkeypatch):
+def test_a_check_whose_output_pipes_cannot_be_made_leaks_no_descriptor():
     from fsm_init.output import CapturedOutput
 
-    made, real = [], os.pipe2
+    from .fakes import FakeSystem
 
-    def pipe2(flags):
+    fake, made = FakeSystem(), []
+    real = fake.pipe
+
+    def pipe():
         if made:
             raise EMFILE
-        made.append(real(flags))
+        made.append(real())
         return made[-1]
-    monkeypatch.setattr(os, "pipe2", pipe2)
+    fake.pipe = pipe  # the second pipe fails (EMFILE): the first must be closed again
     with pytest.raises(OSError):
-        CapturedOutput(None, None).spawn(["true"], {})
+        CapturedOutput(None, fake).spawn(["true"], {})
     for fd in made[0]:
         with pytest.raises(OSError):
             os.fstat(fd)  # closed again
@@ -267,7 +270,7 @@ def test_accept_failing_backs_off_is_said_once_and_recovery_once(capfd):
         for _ in range(6):
             rig.serve(rounds=5)
             assert not rig.server.listening
-            pauses.append(rig.loop.deadlines["control-accept"][0] - rig.system.clock)
+            pauses.append(rig.loop.due("control-accept") - rig.system.clock)
             advance(rig, pauses[-1])
         assert pauses == [1, 2, 4, 8, 8, 8] and listener.accepts == 6
         err = capfd.readouterr().err
@@ -349,7 +352,7 @@ def _scenario(make, jumps: dict) -> tuple[list, list]:
     def step(n, action):
         h.system.wall_offset += jumps.get(n, 0)
         action()
-        seen.append((n, h.state, sorted((name, when) for name, (when, _) in h.engine.loop.deadlines.items())))
+        seen.append((n, h.state, sorted(h.engine.loop.pending().items())))
 
     step(0, h.begin)
     step(1, lambda: h.advance(5))  # workintvl: the first check
@@ -395,7 +398,7 @@ def test_no_scheduling_reads_the_wall_clock():
         ("engine.py", "_entered_state"), ("watch.py", "_done"),  # journal and check records
         ("engine.py", "_upcoming"),  # `srvctl why`: a monotonic deadline shown as a clock time
         ("engine.py", "killed_by_oom"),  # `srvctl why`: when the out-of-memory kill was seen
-        ("log.py", "_emit"), ("syslog_relay.py", "_format"), ("output.py", "_pass"),  # JSON log lines' "time"
+        ("log.py", "_emit"), ("syslog_relay.py", "_format"), ("output.py", "pass_lines"),  # JSON log lines' "time"
         ("reaper.py", "_enter"),  # the thin reaper's journal lines
         ("status_view.py", "*"),  # the viewer's own "last seen" display
         ("system.py", "wall"),

@@ -16,7 +16,7 @@ import pytest
 
 from fsm_init import config, firewall
 from fsm_init import iptables_rules as rules
-from fsm_init.system import Unavailable
+from fsm_init.system import INIT_NAMESPACE_INO, Unavailable
 
 from .fakes import FakeSystem, Harness, make_settings
 
@@ -584,11 +584,11 @@ def test_ipv6_failure_keeps_ipv4_and_is_tried_again(system, v4, capfd):
 
 
 def test_host_network_namespace_is_left_alone(system, v4):
-    system.namespaces["net"] = firewall.NET_INIT_INO
+    system.namespaces["net"] = INIT_NAMESPACE_INO["net"]
     with pytest.raises(Unavailable, match=r"^this is the host's network namespace \(a container run with --network host"):
         make_firewall(system).apply(workcfg())
     # started on the host, not as its init (a test, a developer): left alone too
-    system.namespaces["pid"] = firewall.PID_INIT_INO
+    system.namespaces["pid"] = INIT_NAMESPACE_INO["pid"]
     system.pid = 4242
     with pytest.raises(Unavailable, match="leaves the host's iptables alone"):
         make_firewall(system).apply(workcfg())
@@ -599,7 +599,7 @@ def test_host_network_namespace_is_left_alone(system, v4):
 
 
 def test_a_process_in_the_initial_pid_namespace_other_than_pid_1_is_on_the_host(system, v4):
-    system.namespaces["pid"] = firewall.PID_INIT_INO
+    system.namespaces["pid"] = INIT_NAMESPACE_INO["pid"]
     system.pid = 4242
     with pytest.raises(Unavailable, match="leaves the host's iptables alone"):
         make_firewall(system).apply(workcfg())

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from fsm_init import control, graph, table
+from fsm_init.system import listen_unix
 
 from .fakes import FakeSystem, Harness, make_settings
 
@@ -29,6 +30,12 @@ DIAGRAMS = ROOT / "diagrams"
 STATE_NAMES = [name for name, _ in table.STATES]
 DESCRIPTIONS = dict(table.STATES)
 HAS_DOT = shutil.which("dot") is not None
+
+
+def transition(trigger, source, dest, conditions=(), unless=()) -> dict:
+    """A row of table.TRANSITIONS, written as the table writes its rows."""
+    return {"trigger": trigger, "source": source, "dest": dest,
+            "conditions": list(conditions), "unless": list(unless)}
 
 
 def state_names() -> list[str]:
@@ -192,12 +199,12 @@ class GraphChecks:
     def test_guards_and_unless_are_labelled_as_transitions_does(self, monkeypatch):
         monkeypatch.setattr(table, "STATES", [(name, f"state {name}") for name in "abcde"])
         monkeypatch.setattr(table, "TRANSITIONS", [
-            table._t("go", "a", "b", ["ready"]),
-            table._t("go", "a", "c", unless=["blocked"]),
-            table._t("go", "a", "a", ["ready", "late"], ["blocked"]),
-            table._t("go", "a", "d"),
-            table._t("back", ["b", "c"], "a"),
-            table._t("halt", ["a", "b", "c", "d"], "e"),
+            transition("go", "a", "b", ["ready"]),
+            transition("go", "a", "c", unless=["blocked"]),
+            transition("go", "a", "a", ["ready", "late"], ["blocked"]),
+            transition("go", "a", "d"),
+            transition("back", ["b", "c"], "a"),
+            transition("halt", ["a", "b", "c", "d"], "e"),
         ])
         parsed = self.drawn()
         labels = {(s, d): label for s, d, label, _ in parsed.edges}
@@ -304,7 +311,7 @@ class TestMermaid(GraphChecks):
 
     def test_text_with_colons_and_semicolons_is_made_safe(self, monkeypatch):
         monkeypatch.setattr(table, "STATES", [("a", 'one: two; "three"'), ("b", "x")])
-        monkeypatch.setattr(table, "TRANSITIONS", [table._t("go", "a", "b")])
+        monkeypatch.setattr(table, "TRANSITIONS", [transition("go", "a", "b")])
         parsed = self.drawn()
         assert parsed.nodes["a"][1] == "one - two, \"three\""
 
@@ -338,7 +345,7 @@ class TestDot(GraphChecks):
 
     def test_text_is_escaped(self, monkeypatch):
         monkeypatch.setattr(table, "STATES", [("a", 'say "hi" <b>&</b> \\ back'), ("b", "x")])
-        monkeypatch.setattr(table, "TRANSITIONS", [table._t("go", "a", "b")])
+        monkeypatch.setattr(table, "TRANSITIONS", [transition("go", "a", "b")])
         text = self.render()
         assert parse_dot(text).nodes["a"][1] == 'say "hi" <b>&</b> \\ back'
         assert "&lt;b&gt;&amp;&lt;/b&gt;" in text
@@ -530,7 +537,7 @@ def test_live_with_a_bad_answer_exits_1(monkeypatch, capsys, reply):
 def test_live_through_a_real_socket(monkeypatch, tmp_path, capsys):
     """No monkeypatching of control: a listener that answers one status request as the engine does."""
     monkeypatch.setenv("FSM_INIT_RUN_DIR", str(tmp_path))
-    listener = control.make_listener(str(tmp_path / "control.sock"))
+    listener = listen_unix(str(tmp_path / "control.sock"))
     listener.setblocking(True)
     listener.settimeout(10)
     requests = []

@@ -15,6 +15,7 @@ import re
 import socket
 import subprocess
 import sys
+from functools import partial
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -65,7 +66,7 @@ def test_escape_writes_the_characters_out():
 
 
 def test_the_syslog_relay_uses_the_same_escaping():
-    assert sr._text is log.escape_bytes
+    assert sr.escape_bytes is log.escape_bytes
 
 
 @SETTINGS
@@ -256,13 +257,13 @@ def test_the_outlet_never_blocks_drops_when_full_and_leaves_the_childrens_descri
     os.close(outlet.fd)
 
 
-def test_the_outlet_is_flushed_by_the_event_loop_when_the_reader_comes_back(stalled_pipe, monkeypatch, capfd):
+def test_the_outlet_is_flushed_by_the_event_loop_when_the_reader_comes_back(stalled_pipe, request, capfd):
     r, w = stalled_pipe
     system = System()
     loop = EventLoop(system, lambda s: None, lambda p, s: None)
     outlet = log.Outlet(w)
-    monkeypatch.setattr(log, "_outlets", {1: outlet})
-    monkeypatch.setattr(log, "_loop", None)
+    previous = log.use_outlets({1: outlet})
+    request.addfinalizer(lambda: log.use_outlets(*previous))
     log.attach(loop)
     while log.write(1, b"y" * 1000 + b"\n"):
         pass
@@ -308,7 +309,7 @@ def test_the_outlet_writes_a_regular_file_directly(tmp_path):
 
 
 def test_without_go_nonblocking_log_writes_directly(capfd):
-    assert log._outlets == {}  # only PID 1 (cli.run, the thin reaper) installs outlets
+    assert log.outlet(1) is None and log.outlet(2) is None  # only PID 1 (cli.run, the thin reaper) installs outlets
     assert log.write(2, b"plain\n") and capfd.readouterr().err == "plain\n"
 
 
@@ -345,7 +346,7 @@ def test_the_relay_budgets_bytes_with_8_kib_datagrams(tmp_path, capfd):
             for _ in range(3):
                 for _ in range(3):
                     s.sendto(message, path)
-                relay._readable()
+                loop.poll(0)
         written = os.read(out_r, 1 << 20)
         # 9 datagrams of 8 KiB, well within the line budget: the 30 KiB burst lets 3 through.
         assert written.count(b"\n") == 3 and len(written) < 30 * 1024
@@ -354,21 +355,21 @@ def test_the_relay_budgets_bytes_with_8_kib_datagrams(tmp_path, capfd):
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
             for _ in range(3):
                 s.sendto(message, path)
-        relay._readable()
+        loop.poll(0)
         assert os.read(out_r, 1 << 20).count(b"\n") == 2 and relay.dropped == 7
         system.clock += 10
-        loop._fire_due()
+        loop.fire_due()
         err = capfd.readouterr().err
         assert "7 messages dropped (more than 16 KiB a second)" in err and err.count("warning: syslog relay:") == 1
     finally:
         relay.close()
-        loop.selector.close()
-        for fd in (out_r, out_w, loop._wake_r, loop._wake_w):
+        loop.close()
+        for fd in (out_r, out_w):
             os.close(fd)
 
 
-def test_check_output_is_json_lines_with_the_json_log_format(capfd, monkeypatch):
-    monkeypatch.setattr(log, "_json", True)
+def test_check_output_is_json_lines_with_the_json_log_format(capfd, request):
+    request.addfinalizer(partial(log.set_json, log.set_json(True)))
     system = System()
     loop = EventLoop(system, lambda s: None, lambda p, s: None)
     captured = output.CapturedOutput(loop, system, "PeriodicST-j")
@@ -392,8 +393,8 @@ def test_check_output_passed_through_is_one_escaped_named_line_each(chunks):
         for chunk in chunks:
             lines = (captured.partial[99] + chunk).split(b"\n")
             captured.partial[99] = lines.pop()
-            captured._pass(99, lines)
-        captured._pass(99, [captured.partial[99]])
+            captured.pass_lines(99, lines)
+        captured.pass_lines(99, [captured.partial[99]])
     finally:
         log.write = original
     for fd, data in written:
@@ -412,7 +413,7 @@ def test_the_poll_fallback_never_blocks_either():
             "    return real_open(path, *a, **k)\n"
             "os.open = no_proc\n"
             "log.go_nonblocking(); os.open = real_open\n"
-            "assert log._outlets[2].how == 'poll', log._outlets[2].how\n"
+            "assert log.outlet(2).how == 'poll', log.outlet(2).how\n"
             "for i in range(20000): log.warn('line %d ' % i + 'x' * 80)\n"
             "print(log.dropped(), flush=True)")
     r, w = os.pipe()

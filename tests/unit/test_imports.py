@@ -114,7 +114,8 @@ config.parse_document(b'{"initdelay": 1}')
 config.masked(config.defaults())
 config.dumps_compact(config.defaults())
 lazy = "marshmallow" in sys.modules
-config.validate({"initdelay": 1})
+import fsm_init.config_schema as config_schema
+config_schema.validate({"initdelay": 1})
 report(lazy=lazy)
 """)
     assert found["lazy"] is False

@@ -416,7 +416,7 @@ def test_daemon_mode_watches_without_check_cycles(make):
     h = make(cfg(workwatch=0), system=fake)
     h.begin()
     assert h.state == "watch"
-    assert "cycle" not in h.engine.loop.deadlines
+    assert "cycle" not in h.engine.loop.pending()
     assert h.system.spawns[0].tty_fd is None and h.engine.service.instance.group.by_session is True
     assert h.system.files[COUNT] == b"RestartCount: 1\nWith-Daemoned( Delay: 5 )\n"
     h.advance(3600)
@@ -727,7 +727,7 @@ def test_restart_request_during_a_check_abandons_the_script(make):
     reply = h.request("restart")
     assert reply["ok"] is True
     assert h.system.signals_to(script) == [signal.SIGKILL]
-    assert "script" not in h.engine.loop.deadlines
+    assert "script" not in h.engine.loop.pending()
     assert ("check", "restart_request", "restart") in taken_rows(h)
     assert h.state == "restart_interval" and h.engine.service.instance is not None  # started again at once
     assert h.states.count("start") == 2
@@ -1155,7 +1155,7 @@ def test_failure_restarts_back_off_exponentially_up_to_the_cap(make):
     for _ in range(4):
         h.exit(service_pid(h), exited(1))
         assert h.state == "restart_interval"
-        waits.append(h.engine.loop.deadlines["state"][0] - h.system.now())
+        waits.append(h.engine.loop.due("state") - h.system.now())
         h.advance(waits[-1])
         assert h.state == "watch"
     assert waits == [2, 4, 5, 5]
@@ -1171,7 +1171,7 @@ def test_back_off_starts_over_after_a_stable_instance(make):
     h.advance(30)  # the third instance stays up for workstable
     h.exit(service_pid(h), exited(1))
     assert h.engine.service.failures == 1
-    assert h.engine.loop.deadlines["state"][0] - h.system.now() == 2
+    assert h.engine.loop.due("state") - h.system.now() == 2
 
 
 def test_give_up_and_exit_with_the_last_status(make):

@@ -154,7 +154,7 @@ def test_the_thin_reaper_carries_the_count_and_names_the_kill():
     thin = reaper.Reaper(fake, make_settings(), state)
     try:
         fake.add_file(EVENTS, events(3))
-        thin._on_exit(100, killed(signal.SIGKILL))
+        thin.loop.on_exit(100, killed(signal.SIGKILL))
         assert thin.last_oom.startswith("the service (pid 100), killed by the kernel's out-of-memory killer")
         journal = [json.loads(line) for line in fake.files["/run/fsm-init/journal.jsonl"].splitlines()]
         assert "memory limit 64 MiB" in journal[0]["cause"] and journal[0]["trigger"] == "service_exit"

@@ -26,7 +26,7 @@ def started(monkeypatch):
     # Nothing on this machine: no /run/fsm-init or /var/lib/fsm-init made, os.environ kept.
     monkeypatch.setattr(settings_module, "settle_dirs", lambda settings, system: [])
     monkeypatch.setattr(cli, "undo_locale_coercion", lambda system, environ: None)
-    monkeypatch.setattr(reaper, "_exit", lambda status: seen.append(status))
+    monkeypatch.setattr(reaper, "exit_now", lambda status: seen.append(status))
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
     yield seen
     signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # cli.run blocks PID 1's signals

@@ -46,7 +46,7 @@ class Machine:
 
 @pytest.fixture(autouse=True)
 def fresh_warnings(monkeypatch):
-    monkeypatch.setattr(pppoe, "_warned", set())
+    monkeypatch.setattr(pppoe, "said_once", set())
 
 
 # -- unavailable -----------------------------------------------------------------------------------

@@ -3,7 +3,7 @@ a clock the test moves (as tests/unit/test_daemons.py tests the daemons)."""
 
 from fsm_init import config, start
 from fsm_init.service import Service
-from fsm_init.stop import Group
+from fsm_init.kill import Group
 
 
 class Clock:

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from fsm_init import config, setuser, start
+from fsm_init import config, config_schema, setuser, start
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def validate(value):
-    effective, problems = config.validate({"workuser": value})
+    effective, problems = config_schema.validate({"workuser": value})
     return effective["workuser"], [p for p in problems if p.key == "workuser"]
 
 
@@ -25,7 +25,7 @@ def validate(value):
 
 def test_workuser_defaults_to_none():
     assert config.defaults()["workuser"] is None
-    assert config.validate({})[0]["workuser"] is None
+    assert config_schema.validate({})[0]["workuser"] is None
 
 
 @pytest.mark.parametrize("value, effective", [

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from fsm_init import config, ssh
-from fsm_init.system import Unavailable
+from fsm_init.system import INIT_NAMESPACE_INO, Unavailable
 
 from .fakes import FakeSystem, Harness, make_settings
 
@@ -61,7 +61,7 @@ class Machine:
 
 @pytest.fixture(autouse=True)
 def fresh_notes(monkeypatch):
-    monkeypatch.setattr(ssh, "_noted", set())
+    monkeypatch.setattr(ssh, "said_once", set())
 
 
 def every_argv(system) -> str:
@@ -75,12 +75,12 @@ def test_not_installed_is_unavailable():
 
 def test_started_on_the_host_itself_it_leaves_roots_account_alone():
     m = Machine()
-    m.system.namespaces["mnt"] = ssh.MNT_INIT_INO
+    m.system.namespaces["mnt"] = INIT_NAMESPACE_INO["mnt"]
     with pytest.raises(Unavailable, match="this is the host's own mount namespace"):
         m.spec(rootpwd=PASSWORD)
     assert m.chpasswd_inputs == [] and m.system.writes == []
     # the init of the whole machine may
-    m.system.namespaces["pid"] = ssh.PID_INIT_INO
+    m.system.namespaces["pid"] = INIT_NAMESPACE_INO["pid"]
     m.spec(rootpwd=PASSWORD)
     assert m.chpasswd_inputs == [f"root:{PASSWORD}\n".encode()]
 
@@ -89,7 +89,7 @@ def test_on_a_host_an_older_kernel_cannot_name_the_initial_pid_namespace_tells()
     """Debian 12's kernel gives the initial mount namespace an ordinary inode number, but
     the initial PID namespace has a fixed one: a process in it other than PID 1 is on the host."""
     m = Machine()
-    m.system.namespaces["pid"] = ssh.PID_INIT_INO
+    m.system.namespaces["pid"] = INIT_NAMESPACE_INO["pid"]
     m.system.pid = 4242
     with pytest.raises(Unavailable, match="leaves the host's root password and SSH keys alone"):
         m.spec(rootpwd=PASSWORD)

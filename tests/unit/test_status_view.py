@@ -24,6 +24,7 @@ import pytest
 
 from fsm_init import cli, control, srvctl, status_view, table
 from fsm_init.status_view import Frame
+from fsm_init.system import listen_unix
 
 ROOT = Path(__file__).resolve().parents[2]
 NOW = time.time()
@@ -481,7 +482,7 @@ def test_live_view_redraws_only_when_something_changed(engine, monkeypatch, run_
     settings = type("S", (), {"control_socket": str(run_dir / "control.sock"), "run_dir": str(run_dir)})()
     first = status_view.take(settings)
     naps = []
-    code = status_view.watch(settings, 0.5, console, first, status_view._JournalCache(),
+    code = status_view.watch(settings, 0.5, console, first, status_view.JournalCache(),
                              sleep=naps.append, polls=5)
     assert code == 0
     assert naps == [0.5] * 5
@@ -502,7 +503,7 @@ def test_live_view_shows_the_banner_when_the_engine_goes_away(engine, monkeypatc
     monkeypatch.setattr(control, "request", gone)
     out = io.StringIO()
     console = Console(file=out, force_terminal=True, force_interactive=True, width=100, color_system=None)
-    code = status_view.watch(settings, 0.5, console, first, status_view._JournalCache(), sleep=lambda s: None,
+    code = status_view.watch(settings, 0.5, console, first, status_view.JournalCache(), sleep=lambda s: None,
                              polls=2)
     assert code == 3
     assert "fsm-init is not running (last seen" in out.getvalue() and "▶exited" in out.getvalue()
@@ -513,7 +514,7 @@ def test_the_journal_is_read_again_only_when_it_changed(run_dir, monkeypatch):
     reads = []
     real = status_view.journal.read
     monkeypatch.setattr(status_view.journal, "read", lambda d, n: reads.append(n) or real(d, n))
-    cache = status_view._JournalCache()
+    cache = status_view.JournalCache()
     assert cache.read(str(run_dir), 10) == journal_entries()[-10:]
     assert cache.read(str(run_dir), 10) == journal_entries()[-10:]
     assert len(reads) == 1
@@ -531,7 +532,7 @@ class FakeEngine:
 
     def __init__(self, run_dir: Path, answers: dict) -> None:
         self.answers, self.requests = answers, []
-        self.listener = control.make_listener(str(run_dir / "control.sock"))
+        self.listener = listen_unix(str(run_dir / "control.sock"))
         self.listener.setblocking(True)
         self.listener.settimeout(0.1)
         self.stopping = False

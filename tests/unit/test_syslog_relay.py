@@ -91,8 +91,8 @@ class Relay:
 
     def close(self):
         self.relay.close()
-        self.loop.selector.close()
-        for fd in (self.out_r, self.out_w, self.loop._wake_r, self.loop._wake_w):
+        self.loop.close()
+        for fd in (self.out_r, self.out_w):
             os.close(fd)
 
 
@@ -113,7 +113,7 @@ def test_start_binds_0666_and_watches(relay):
 def test_messages_become_lines(relay):
     relay.relay.start()
     relay.send(b"<75>Nov 22 10:48:22 myprog[77]: hi there", b"<13>Nov 22 10:48:22 other: two")
-    relay.relay._readable()
+    relay.loop.poll(0)
     assert relay.output() == ["syslog[cron.err] myprog[77]: hi there", "syslog[user.notice] other: two"]
     assert relay.relay.status().endswith("; 2 relayed")
 
@@ -121,12 +121,12 @@ def test_messages_become_lines(relay):
 def test_a_long_message_is_cut_and_counted(relay, capfd):
     relay.relay.start()
     relay.send(b"<14>big: " + b"x" * 100_000)
-    relay.relay._readable()
+    relay.loop.poll(0)
     [line] = relay.output()
     assert line.endswith(" [truncated]") and len(line) < sr.MAX_MESSAGE + 100
     assert relay.relay.truncated == 1 and "1 truncated" in relay.relay.status()
     relay.system.clock += sr.SUMMARY_EVERY
-    relay.loop._fire_due()
+    relay.loop.fire_due()
     assert "1 messages cut at 8192 bytes" in capfd.readouterr().err
 
 
@@ -136,9 +136,9 @@ def test_one_event_reads_at_most_per_event(relay, monkeypatch):
     monkeypatch.setattr(sr, "PER_EVENT", 4)
     relay.relay.start()
     relay.send(*[b"<14>p: %d" % i for i in range(7)])
-    relay.relay._readable()
+    relay.loop.poll(0)
     assert len(relay.output()) == 4
-    relay.relay._readable()
+    relay.loop.poll(0)
     assert len(relay.output()) == 3
 
 
@@ -146,22 +146,22 @@ def test_rate_limit_drops_and_summarises_only_when_non_zero(tmp_path, capfd):
     r = Relay(tmp_path, rate=10, burst=5, summary_every=10)
     try:
         r.relay.start()
-        assert "syslog-summary" not in r.loop.deadlines
+        assert "syslog-summary" not in r.loop.pending()
         r.send(*[b"<14>p: %d" % i for i in range(9)])
-        r.relay._readable()
+        r.loop.poll(0)
         r.send(*[b"<14>p: %d" % i for i in range(6)])
-        r.relay._readable()
+        r.loop.poll(0)
         assert len(r.output()) == 5 and r.relay.dropped == 10
-        assert "syslog-summary" in r.loop.deadlines
+        assert "syslog-summary" in r.loop.pending()
         r.system.clock += 10  # refills 100 tokens, capped at the burst (5)
-        r.loop._fire_due()
+        r.loop.fire_due()
         err = capfd.readouterr().err
         assert "10 messages dropped" in err and err.count("warning: syslog relay:") == 1
         r.send(*[b"<14>p: %d" % i for i in range(3)])
-        r.relay._readable()
+        r.loop.poll(0)
         assert len(r.output()) == 3
         # no drop since the summary: no new summary scheduled
-        assert "syslog-summary" not in r.loop.deadlines
+        assert "syslog-summary" not in r.loop.pending()
         assert r.relay.status() == f"listening on {r.path}; 8 relayed, 10 dropped"
     finally:
         r.close()
@@ -249,7 +249,7 @@ def test_json_lines(tmp_path):
     try:
         r.relay.start()
         r.send(b"<75>Nov 22 10:48:22 myprog[77]: hi")
-        r.relay._readable()
+        r.loop.poll(0)
         [line] = r.output()
         record = json.loads(line)
         assert (record["program"], record["pid"], record["facility"], record["severity"], record["message"]) == \
@@ -269,7 +269,7 @@ def test_output_full_drops_instead_of_queueing(tmp_path):
         except BlockingIOError:
             pass
         r.send(*[b"<14>p: %d" % i for i in range(5)])
-        r.relay._readable()
+        r.loop.poll(0)
         assert r.relay.dropped == 5 and r.relay.relayed == 0
     finally:
         r.close()

@@ -104,7 +104,7 @@ def test_the_os_posix_spawn_fall_back_still_runs_in_the_directory_with_the_redir
 
     read, write = os.pipe2(os.O_CLOEXEC)
     try:
-        pid = system._os_spawn("sh", ["sh", "-c", "pwd; grep ^SigBlk /proc/self/status"], dict(os.environ),
+        pid = system.os_spawn("sh", ["sh", "-c", "pwd; grep ^SigBlk /proc/self/status"], dict(os.environ),
                                [(write, 1)], True, str(tmp_path))
     finally:
         os.close(write)

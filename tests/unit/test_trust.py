@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from fsm_init import config, trust
+from fsm_init import config, config_schema, trust
 from fsm_init.load_config import ConfigSource
 from fsm_init.resolve_target import Target
 from tests.unit.fakes import FakeSystem
@@ -194,7 +194,7 @@ def test_a_secret_inside_a_malformed_section_never_reaches_the_log(make, capfd):
     err = capfd.readouterr().err
     assert "config key 'sshsrv' = ********: is not a JSON object" in err
     assert "S3cret" not in err and "pp-secret" not in err
-    problems = config.validate({"sshsrv": [{"rootpwd": "S3cret-pw"}]})[1]
+    problems = config_schema.validate({"sshsrv": [{"rootpwd": "S3cret-pw"}]})[1]
     assert "S3cret" not in json.dumps([p.as_dict() for p in problems])
     # a section that holds no secret is shown as it is
-    assert "config key 'firewall' = [1]: is not a JSON object" in config.validate({"firewall": [1]})[1][0].describe()
+    assert "config key 'firewall' = [1]: is not a JSON object" in config_schema.validate({"firewall": [1]})[1][0].describe()
