@@ -253,6 +253,41 @@ def test_the_web_example_is_healthy_firewalled_and_stops_within_the_grace(image)
     assert container.state()["ExitCode"] == 143 and took < 5, (took, container.logs()[-2000:])
 
 
+def daemon_state(container: Container, name: str) -> dict | None:
+    status = container.status()
+    return next((d for d in (status or {}).get("daemons", []) if d["name"] == name), None)
+
+
+def test_cron_runs_jobs_with_the_container_environment_and_logs_their_output(image):
+    # baseimage-docker runs cron beside every container; its users drop jobs into /etc/cron.d.
+    container = run(image, "-e", "GREETING=hello from docker run", health=False, cmd=["sleep", "600"])
+    disabled = run(image, "-e", "DISABLE_CRON=1", health=False, cmd=["sleep", "600"])
+    as_user = run(image, "--user", "1000:1000", health=False, cmd=["sleep", "600"])
+    wait_for(lambda: (daemon_state(container, "cron") or {}).get("state") == "running",
+             what="cron running", interval=0.2)
+    container.exec("sh", "-c", "cat > /etc/cron.d/fsm-test <<'EOF'\n"
+                   '* * * * * root echo "root job: GREETING=$GREETING"\n'
+                   '* * * * * nobody echo "nobody job: GREETING=$GREETING, uid $(id -u)"\n'
+                   "EOF\nchmod 644 /etc/cron.d/fsm-test", check=True)
+    # DISABLE_CRON: the daemon is known and down; under --user cron says once why it cannot
+    # run (it needs root) and stays down (exit 125) instead of a restart loop.
+    down = wait_for(lambda: (daemon_state(disabled, "cron") or {}).get("state") == "down"
+                    and daemon_state(disabled, "cron"), what="cron known and down", interval=0.2)
+    assert down["pid"] is None and "DISABLE_CRON is set: cron is not started" in disabled.logs()
+    assert not any("/usr/sbin/cron" in p for p in disabled.processes())
+    as_user.wait_log(r"cron: not started: it needs root, and the container runs as uid 1000")
+    as_user.wait_log(r"daemon cron \(pid \d+\) exited with status 125; stay down")
+    # cron reads its tables and runs jobs at minute boundaries: at most a minute, once in the suite.
+    output = re.compile(r"cron-job: (root|nobody) job: ")  # not cron's own "CMD (echo ...)" lines
+    logs = wait_for(lambda: len(set(output.findall(log := container.logs()))) == 2 and log, timeout=125,
+                    what="the jobs' output in the container log", interval=0.5)
+    assert "cron-job: root job: GREETING=hello from docker run\n" in logs, logs
+    assert "cron-job: nobody job: GREETING=hello from docker run, uid 65534\n" in logs, logs
+    assert "X-Cron-Env" not in logs, logs  # the mail headers list the job's environment: dropped
+    assert daemon_state(container, "cron")["restarts"] == 0
+    assert as_user.logs().count("cron: not started") == 1 and daemon_state(as_user, "cron")["state"] == "down"
+
+
 def _connects(address: str, port: int) -> bool:
     try:
         with socket.create_connection((address, port), timeout=2):
