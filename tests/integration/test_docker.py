@@ -504,10 +504,12 @@ def test_swarm_rolling_updates_rollback_and_rm(hello, swarm):
     docker("service", "create", "--name", name, "--label", f"{dockerhost.LABEL}=1", "--replicas", "2",
            "--cap-add", "NET_ADMIN",
            # Retries and a time-out generous enough that a loaded machine does not make a
-           # healthy replica look unhealthy (swarm would replace it).
+           # healthy replica look unhealthy (swarm would replace it), and an update monitor
+           # longer than the start period plus the retries: a broken replica must be seen
+           # unhealthy while swarm still watches it, or the update goes on to the other one.
            "--health-cmd", "srvctl health", "--health-interval", "1s", "--health-retries", "5",
-           "--health-timeout", "10s", "--health-start-period", "20s", "--stop-grace-period", "5s",
-           "--update-parallelism", "1", "--update-delay", "0s", "--update-monitor", "5s",
+           "--health-timeout", "10s", "--health-start-period", "5s", "--stop-grace-period", "5s",
+           "--update-parallelism", "1", "--update-delay", "0s", "--update-monitor", "20s",
            "--update-failure-action", "rollback", "--update-order", "stop-first",
            "--rollback-parallelism", "1", "--rollback-monitor", "2s",
            "--publish", "mode=host,target=8080", "--detach", hello, timeout=120)

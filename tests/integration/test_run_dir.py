@@ -8,22 +8,28 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from tests.conftest import AS_NOBODY, NOBODY, Running, needs_nobody, needs_pid_namespace, wait_for
 
 pytestmark = needs_pid_namespace
 
-# $1 the sandbox (kept visible at its path under the private /tmp), then options, then --.
+CHECKOUT = Path(__file__).resolve().parents[2]  # fsm-init itself must stay visible, wherever it is
+
+# The paths to keep visible at their places under the private /tmp (the sandbox, and the
+# checkout and its virtualenv when they live under /tmp), then --keep-end, then options,
+# then --.
 PRIVATE_DIRS = r"""
 set -eu
-box=$1; shift
+keep=""
+while [ "$1" != --keep-end ]; do keep="$keep $1"; shift; done
+shift
 mount -t tmpfs tmpfs /run
-mkdir /run/box
-mount --bind "$box" /run/box
+i=0
+for path in $keep; do mkdir /run/keep$i; mount --bind "$path" /run/keep$i; i=$((i + 1)); done
 mount -t tmpfs -o mode=1777 tmpfs /tmp
-mkdir -p "$box"
-mount --move /run/box "$box"
-rmdir /run/box
+i=0
+for path in $keep; do mkdir -p "$path"; mount --move /run/keep$i "$path"; rmdir /run/keep$i; i=$((i + 1)); done
 mount -o remount,ro /run
 mount -t tmpfs -o mode=1777 tmpfs /dev/shm
 while [ $# -gt 0 ]; do
@@ -44,7 +50,8 @@ def start(box, *options, user=(), keep_state_dir=True, **given):
     script = box.root / "private-dirs.sh"
     script.write_text(PRIVATE_DIRS)
     script.chmod(0o755)
-    launcher = ("sh", str(script), str(box.root), *options, "--", *user)
+    keep = [str(box.root), str(CHECKOUT), sys.prefix]
+    launcher = ("sh", str(script), *keep, "--keep-end", *options, "--", *user)
     drop = ("FSM_INIT_RUN_DIR",) if keep_state_dir else ("FSM_INIT_RUN_DIR", "FSM_INIT_STATE_DIR")
     env = {k: v for k, v in box.env().items() if k not in drop}
     env.update({k: str(v) for k, v in given.items()})
