@@ -506,10 +506,11 @@ def test_swarm_rolling_updates_rollback_and_rm(hello, swarm):
            # Retries and a time-out generous enough that a loaded machine does not make a
            # healthy replica look unhealthy (swarm would replace it), and an update monitor
            # longer than the start period plus the retries: a broken replica must be seen
-           # unhealthy while swarm still watches it, or the update goes on to the other one.
+           # unhealthy while swarm still watches it; and a delay as long before the next
+           # replica, since swarm goes on to it once the first runs, monitored or not.
            "--health-cmd", "srvctl health", "--health-interval", "1s", "--health-retries", "5",
            "--health-timeout", "10s", "--health-start-period", "5s", "--stop-grace-period", "5s",
-           "--update-parallelism", "1", "--update-delay", "0s", "--update-monitor", "20s",
+           "--update-parallelism", "1", "--update-delay", "25s", "--update-monitor", "20s",
            "--update-failure-action", "rollback", "--update-order", "stop-first",
            "--rollback-parallelism", "1", "--rollback-monitor", "2s",
            "--publish", "mode=host,target=8080", "--detach", hello, timeout=120)
