@@ -11,6 +11,7 @@ import shlex
 import sys
 from typing import NamedTuple
 
+from fsm_init import log
 from fsm_init.system import System, which
 from fsm_init.table import DAEMON, NON_DAEMON, STATUS_CHECK
 
@@ -117,16 +118,10 @@ def do_nothing() -> Command:
     return _do_nothing([], "")
 
 
-# C0, DEL, C1 and the Unicode line separators, escaped where an argument is logged: a
-# newline in a workstart argument must not forge a line of fsm-init's log.
-_CONTROL = {c: f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
-            for c in (*range(0x20), *range(0x7f, 0xa0), 0x2028, 0x2029)}
-_CONTROL.update({0x0a: "\\n", 0x0d: "\\r", 0x09: "\\t"})
-
-
 def shown(argv: list[str]) -> str:
-    """argv for a log line: space-separated, control characters escaped."""
-    return " ".join(arg.translate(_CONTROL) for arg in argv)
+    """argv for a log line: space-separated, each argument escaped by log.escape (a newline
+    in a workstart argument must not forge a line of fsm-init's log)."""
+    return " ".join(log.escape(arg) for arg in argv)
 
 
 def _executable(program: str, directory: str | None, system: System) -> bool:

@@ -598,12 +598,11 @@ def _rt_sigaction(signums: list[int], ignore: bool) -> bool:
     number = _RT_SIGACTION.get(os.uname().machine)
     if not signums or number is None:
         return False
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-    except (ImportError, OSError):
+    libc = _load_libc()
+    if libc is None:
         return False
+    import ctypes
+
     action = (ctypes.c_ulong * 4)(1 if ignore else 0, 0, 0, 0)  # handler, flags, restorer, mask
     return all(libc.syscall(number, sig, action, None, 8) == 0 for sig in signums)
 
@@ -615,13 +614,25 @@ IN_Q_OVERFLOW, IN_IGNORED, IN_ONLYDIR, IN_NONBLOCK = 0x4000, 0x8000, 0x01000000,
 _libc = None
 
 
-def _inotify_call(name: str, *args) -> int:
+def _load_libc():
+    """The C library through ctypes, loaded once (the spawner, inotify and rt_sigaction
+    share it; the thin reaper never loads it), or None where ctypes cannot load it."""
     global _libc
     if _libc is None:
-        import ctypes
+        try:
+            import ctypes
 
-        _libc = ctypes.CDLL(None, use_errno=True)
-    function = getattr(_libc, name, None)
+            _libc = ctypes.CDLL(None, use_errno=True)
+        except (ImportError, OSError):
+            return None
+    return _libc
+
+
+def _inotify_call(name: str, *args) -> int:
+    libc = _load_libc()
+    if libc is None:
+        raise OSError(errno.ENOSYS, "the C library cannot be called (no ctypes)")
+    function = getattr(libc, name, None)
     if function is None:
         raise OSError(errno.ENOSYS, f"no {name} in the C library")
     result = function(*args)
@@ -702,11 +713,14 @@ class _LibcSpawn:
     def load(cls):
         """The spawner, or False where libc cannot be called (no ctypes, a libc without
         the functions): os.posix_spawn is used then."""
+        libc = _load_libc()
+        if libc is None:
+            return False
         try:
             import ctypes
 
-            return cls(ctypes, ctypes.CDLL(None, use_errno=True))
-        except (ImportError, OSError, AttributeError):
+            return cls(ctypes, libc)
+        except AttributeError:  # a libc without the functions
             return False
 
     def __call__(self, program: str, argv: list[str], env: dict[str, str], dups, setsid: bool,
