@@ -2,7 +2,7 @@
 
 import os
 
-from fsm_init import trust
+from fsm_init import log, trust
 from fsm_init.system import System
 
 
@@ -15,3 +15,12 @@ def find(directory: str | None, system: System) -> str | None:
     if not system.is_executable(path):
         return None
     return path if trust.trusted(path, system, "exec") else None
+
+
+def take_over(path: str, system: System, environ: dict) -> None:
+    """exec path in fsm-init's place (keeping PID 1); returns only if the exec failed."""
+    log.info(f"custom init {path} takes over (exec, keeping this PID and environment)")
+    try:
+        system.execve([path], environ)
+    except OSError as e:
+        log.error(f"cannot exec {path}: {e.strerror}; carrying on with fsm-init's own steps")

@@ -13,6 +13,7 @@ up means the kernel killed it for memory, under the cgroup's limit (``memory.max
 import os
 import signal
 
+from fsm_init import log
 from fsm_init.system import exit_code
 
 V2_ROOT = "/sys/fs/cgroup"
@@ -80,6 +81,7 @@ class Watch:
 
     def __init__(self, system, counter: str | None = None, limit: str | None = None, seen: int = 0) -> None:
         self.system, self.counter, self.limit, self.seen = system, counter, limit, seen
+        self.last = ""  # the latest out-of-memory kill that killed_by saw, for `srvctl why`
 
     @classmethod
     def start(cls, system) -> "Watch":
@@ -110,3 +112,11 @@ class Watch:
         self.seen = count
         return (f"killed by the kernel's out-of-memory killer ({describe_limit(self.system.read_bytes(self.limit))}; "
                 f"oom_kill {count} in {self.counter})")
+
+    def killed_by(self, who: str, status: int) -> str:
+        """killed() for the child who ("the service (pid 12)"); a kill is remembered, with
+        the time it was seen, in ``last``."""
+        words = self.killed(status)
+        if words:
+            self.last = f"{who} at {log.clock(self.system.wall())}, {words}"
+        return words

@@ -629,7 +629,7 @@ class Harness:
 
     def _instrument(self) -> None:
         """Check that the machine holds exactly the table's transitions, then follow what
-        the engine itself records after each trigger (Engine.observer): the transition
+        the engine itself records after each trigger (History.observer): the transition
         taken and the guards evaluated."""
         machine = self.engine.machine
         remaining = {}
@@ -640,7 +640,7 @@ class Harness:
             assert transition.dest == dest, (index, transition.dest, dest)
             assert [c.func for c in transition.conditions] == row["conditions"] + row["unless"]
         assert all(not queue for queue in remaining.values()), "the machine has transitions the table lacks"
-        self.engine.observer = self._observed
+        self.engine.history.observer = self._observed
 
     def _observed(self, took, guards: dict) -> None:
         self.guards.extend(guards.items())
@@ -673,7 +673,7 @@ class Harness:
         pump(self.engine)
 
     def request(self, verb: str, **fields) -> dict:
-        reply = self.engine.handle_request({"verb": verb, **fields})
+        reply = self.engine.verbs.handle({"verb": verb, **fields})
         pump(self.engine)
         return reply
 

@@ -54,7 +54,7 @@ def test_unwritable_files_are_reported_once_supervision_goes_on_and_recovery_is_
     for path in (JOURNAL, STATUS, COUNT):
         assert err.count(f"{path} written again after") == 1, err
     assert "cannot write" not in err
-    assert h.engine.snapshot()["write_problems"] == {}
+    assert h.engine.explain.snapshot()["write_problems"] == {}
     assert json.loads(h.system.files[STATUS])["write_problems"] == {}
     assert b"Status-Monitored" in h.system.files[COUNT]
 
@@ -395,9 +395,9 @@ def test_no_scheduling_reads_the_wall_clock():
     package = pathlib.Path(__file__).resolve().parents[2] / "fsm_init"
     allowed_wall = {
         ("dial.py", "*"),  # the link's up/down time in link.json
-        ("engine.py", "_entered_state"), ("watch.py", "_done"),  # journal and check records
-        ("engine.py", "_upcoming"),  # `srvctl why`: a monotonic deadline shown as a clock time
-        ("engine.py", "killed_by_oom"),  # `srvctl why`: when the out-of-memory kill was seen
+        ("history.py", "entered"), ("watch.py", "_done"),  # journal and check records
+        ("explain.py", "upcoming"),  # `srvctl why`: a monotonic deadline shown as a clock time
+        ("oom.py", "killed_by"),  # `srvctl why`: when the out-of-memory kill was seen
         ("log.py", "_emit"), ("syslog_relay.py", "_format"), ("output.py", "pass_lines"),  # JSON log lines' "time"
         ("reaper.py", "_enter"),  # the thin reaper's journal lines
         ("status_view.py", "*"),  # the viewer's own "last seen" display

@@ -375,7 +375,7 @@ def test_a_real_engine_snapshot_is_drawn(monkeypatch):
     try:
         h.begin()
         assert h.state == "restart_interval"
-        monkeypatch.setattr(control, "request", lambda path, verb, timeout=10.0: h.engine.handle_request({"verb": verb}))
+        monkeypatch.setattr(control, "request", lambda path, verb, timeout=10.0: h.engine.verbs.handle({"verb": verb}))
         status, code, _ = graph.ask_engine()
     finally:
         h.close()

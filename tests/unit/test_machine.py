@@ -355,7 +355,7 @@ def test_network_steps_without_a_config_are_skipped(make):
 def test_enabled_network_steps_report_unavailable(make):
     h = make(cfg(sshsrv={"enable": "yes"}, inetdail={"enable": "YES"}))
     h.begin()
-    supporting = h.engine.snapshot()["supporting"]
+    supporting = h.engine.explain.snapshot()["supporting"]
     assert set(supporting) == {"firewall", "ssh", "pppoe"}
     assert all(text.startswith("unavailable: ") for text in supporting.values())
     assert h.state == "foreground"
@@ -610,7 +610,7 @@ def test_daemon_exit_restarts_after_workintvl(make):
     assert len(h.system.spawns) == 1
     h.advance(0.1)
     assert h.state == "watch" and len(h.system.spawns) == 2 and service_pid(h) != first
-    status = h.engine.snapshot()
+    status = h.engine.explain.snapshot()
     assert status["run_count"] == 2 and status["restarts"] == 1 and status["last_exit"] == 1
     assert ("restart", "group_gone", "restart_interval") in taken_rows(h)
 
@@ -685,7 +685,7 @@ def test_passing_checks_return_to_watch(make):
     assert h.state == "watch"
     assert spawned(h)[-1] == [f"{SRV}/PeriodicMT-m"]
     assert h.deadline("cycle") == anchor + 30
-    checks = h.engine.snapshot()["checks"]
+    checks = h.engine.explain.snapshot()["checks"]
     assert [(c["name"], c["exit"]) for c in checks] == [("PeriodicST-a", 0), ("PeriodicST-b", 0)]
     h.advance(30 - 2)
     assert h.state == "check" and h.engine.checks.cycle_count == 2
@@ -1015,11 +1015,11 @@ def test_status_snapshot(make):
     h = make(cfg(workwatch=0))
     h.begin()
     h.advance(12.5)
-    status = h.engine.snapshot()
+    status = h.engine.explain.snapshot()
     assert status["state"] == "watch" and status["mode"] == "daemon" and status["target"] == SRV
     assert status["service_pid"] == service_pid(h) and status["uptime"] == 12.5
     assert status["since"] == 12.5 and status["pid"] == 1
-    assert h.request("status") == {"ok": True, "status": h.engine.snapshot()}
+    assert h.request("status") == {"ok": True, "status": h.engine.explain.snapshot()}
     assert h.request("dance")["ok"] is False
 
 
@@ -1048,7 +1048,7 @@ def test_stop_during_a_check_starts_no_further_script(make):
 
 
 def test_an_internal_error_stops_fsm_init_in_order(make, capfd):
-    """engine._on_error (on_exception): log the error, then take the stop path."""
+    """Engine._on_error (on_exception): log the error, then take the stop path."""
     h = make(cfg())
     h.system.fail("read_bytes", RuntimeError("disk on fire"), f"{SRV}/workcfg.json")
     h.begin()  # must not raise
@@ -1243,7 +1243,7 @@ def test_why_after_a_failure_restart_says_when_it_started_again_and_why(make):
     h.exit(script_pid(h, "PeriodicST-a"), exited(1))
     h.advance(5)
     assert h.state == "restart_interval" and h.engine.service.instance is not None, h.states
-    text = h.engine.why()
+    text = h.engine.explain.why()
     assert re.match(r"restart_interval: started again at \d\d:\d\d:\d\d after check failed: PeriodicST-a "
                     r"exited 1", text), text
 
@@ -1409,7 +1409,7 @@ def test_the_thin_reaper_does_not_take_over_while_the_engine_has_more_to_do(make
     h.begin()
     h.advance(5)
     assert h.state == "foreground" and handovers == []
-    assert h.engine.guard_results == {"keeps_supervising": True}
+    assert h.engine.history.guard_results == {"keeps_supervising": True}
 
 
 def test_srvctl_rescan_starts_a_service_added_to_the_directory(make):
@@ -1420,7 +1420,7 @@ def test_srvctl_rescan_starts_a_service_added_to_the_directory(make):
     reply = h.request("rescan")
     assert reply == {"ok": True, "message": "rescanned /etc/service (watched): started cron"}
     assert ["/etc/service/cron/run"] in spawned(h)
-    assert [d["name"] for d in h.engine.snapshot()["daemons"]] == ["cron"]
+    assert [d["name"] for d in h.engine.explain.snapshot()["daemons"]] == ["cron"]
 
 
 def test_srvctl_rescan_with_skip_runit_is_refused(make):
@@ -1465,7 +1465,7 @@ def test_skip_runit_starts_no_daemon(make):
     h = make(cfg(), skip_runit=True)
     h.system.add_script("/etc/service/cron/run")
     h.begin()
-    assert spawned(h) == [RUN] and h.engine.snapshot()["daemons"] == []
+    assert spawned(h) == [RUN] and h.engine.explain.snapshot()["daemons"] == []
 
 
 def test_srvctl_verbs_with_a_name_act_on_one_daemon(make):
@@ -1475,9 +1475,9 @@ def test_srvctl_verbs_with_a_name_act_on_one_daemon(make):
     cron = spawned_path(h, "/etc/service/cron/run")
     assert h.request("stop", name="cron")["ok"] is True
     assert not h.system.alive(cron) and h.state == "watch" and h.engine.service.instance is not None
-    assert h.engine.snapshot()["daemons"][0]["state"] == "down"
+    assert h.engine.explain.snapshot()["daemons"][0]["state"] == "down"
     assert h.request("start", name="cron")["ok"] is True
-    assert h.engine.snapshot()["daemons"][0]["state"] == "running"
+    assert h.engine.explain.snapshot()["daemons"][0]["state"] == "running"
     assert h.request("restart", name="nope") == {
         "ok": False, "message": "no daemon 'nope' in /etc/service (known: cron)"}
     assert h.request("status", name="cron") == {"ok": False, "message": "status does not take a service name"}

@@ -51,7 +51,7 @@ def test_a_sigkill_with_a_new_oom_kill_is_named_in_the_log_the_journal_and_why(c
         journal = [json.loads(line) for line in fake.files["/run/fsm-init/journal.jsonl"].splitlines()]
         cause = next(e["cause"] for e in journal if e["trigger"] == "service_exit")
         assert "killed by SIGKILL" in cause and "the kernel's out-of-memory killer (memory limit 64 MiB" in cause
-        assert "out-of-memory killer" in h.engine.why()
+        assert "out-of-memory killer" in h.engine.explain.why()
         assert "out-of-memory killer" in h.engine.service.restart_cause
         err = capfd.readouterr().err
         assert "warning: service (pid" in err and "out-of-memory killer (memory limit 64 MiB; oom_kill 3" in err
@@ -66,7 +66,7 @@ def test_a_sigkill_without_a_new_oom_kill_is_not_called_one():
         h.begin()
         h.exit(fake.spawns[-1].pid, killed(signal.SIGKILL))
         assert b"out-of-memory" not in fake.files["/run/fsm-init/journal.jsonl"]
-        assert "out-of-memory" not in h.engine.why()
+        assert "out-of-memory" not in h.engine.explain.why()
     finally:
         h.close()
 
@@ -82,7 +82,7 @@ def test_other_deaths_never_read_the_cgroup():
         h.advance(2)
         h.exit(fake.spawns[-1].pid, killed(signal.SIGTERM))
         assert reads_of_counter(fake) == before
-        assert "out-of-memory" not in h.engine.why()
+        assert "out-of-memory" not in h.engine.explain.why()
     finally:
         h.close()
 
@@ -97,8 +97,8 @@ def test_a_daemon_killed_for_memory_is_named_in_its_log_line_and_why(capfd):
         daemon = next(s for s in fake.spawns if s.argv[0].endswith("hog/run"))
         fake.add_file(EVENTS, events(5))
         h.exit(daemon.pid, killed(signal.SIGKILL))
-        assert "daemon hog (pid" in h.engine.why() and "out-of-memory killer" in h.engine.why()
-        [hog] = h.engine.snapshot()["daemons"]
+        assert "daemon hog (pid" in h.engine.explain.why() and "out-of-memory killer" in h.engine.explain.why()
+        [hog] = h.engine.explain.snapshot()["daemons"]
         assert hog["out_of_memory"] and "last exit 137 (out of memory)" in describe_daemon(hog)
         assert "daemon hog (pid" in capfd.readouterr().err
     finally:

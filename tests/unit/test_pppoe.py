@@ -368,11 +368,11 @@ def test_status_shows_the_link_while_pppd_runs():
     h = Harness(m.system, environ={"SRVNAME": "app"})
     try:
         h.begin()
-        assert h.engine.snapshot()["supporting"]["pppoe"].endswith("; link not up yet")
+        assert h.engine.explain.snapshot()["supporting"]["pppoe"].endswith("; link not up yet")
         dial.write_link(m.system, "/run/fsm-init", state="up", interface="inet0", device="eth1",
                         local="10.64.0.2", remote="10.64.0.1")
         m.system.add_dir("/sys/class/net/inet0")
-        assert h.engine.snapshot()["supporting"]["pppoe"].endswith(
+        assert h.engine.explain.snapshot()["supporting"]["pppoe"].endswith(
             "; link up: inet0 over eth1, local 10.64.0.2, peer 10.64.0.1")
     finally:
         h.close()

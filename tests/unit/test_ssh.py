@@ -298,7 +298,7 @@ def test_engine_starts_dropbear_before_the_service_and_restarts_it_only_on_chang
         argvs = [s.argv for s in m.system.spawns]
         assert argvs[0][:5] == ["/usr/sbin/dropbear", "-F", "-E", "-p", "2222"] and argvs[1] == ["./run.sh"]
         dropbear = m.system.spawns[0].pid
-        assert h.engine.snapshot()["supporting"]["ssh"].startswith(f"running, pid {dropbear}")
+        assert h.engine.explain.snapshot()["supporting"]["ssh"].startswith(f"running, pid {dropbear}")
         h.request("restart")
         h.advance(10)
         assert [s.argv[0] for s in m.system.spawns].count("/usr/sbin/dropbear") == 1
