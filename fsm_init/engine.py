@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 from functools import partial
 
-from fsm_init import config, custom_init, delay, load_config, log, oom, resolve_target, start, watch
+from fsm_init import config, custom_init, delay, handover, load_config, log, oom, resolve_target, start, watch
 from fsm_init.container_env import ContainerEnvironment
 from fsm_init.control import ControlServer
 from fsm_init.daemons import Daemons
@@ -32,7 +32,7 @@ from fsm_init.service import Service
 from fsm_init.settings import Settings
 from fsm_init.supervise import Supervise
 from fsm_init.syslog_relay import SyslogRelay
-from fsm_init.system import System, describe_exit, exit_code
+from fsm_init.system import System, exit_code
 from fsm_init.table import STATES, STOPPABLE, TRANSITIONS
 from fsm_init.verbs import Verbs
 from fsm_init.writes import FileWrites
@@ -94,8 +94,14 @@ class Engine:
         self.scripts = ScriptSteps(self)  # startup_scripts, env_resume, pre_shutdown, post_shutdown
         self.supervise = Supervise(self)  # idle, restart_interval, watch, check, restart, gave_up, stopping
         self.internal_error = ""  # the first internal error: the exit status is then never 0
+        # Each state's work: a step object's method (here), or an on_enter_<state> method below.
+        work = {"startup_scripts": self.scripts.startup_scripts, "env_resume": self.scripts.env_resume,
+                "idle": self.supervise.idle, "handover": partial(handover.enter, self),
+                "restart_interval": self.supervise.restart_interval, "watch": self.supervise.watch,
+                "check": self.supervise.check, "restart": self.supervise.restart, "gave_up": self.supervise.gave_up,
+                "stopping": self.supervise.stopping, "post_shutdown": self.scripts.post_shutdown}
         self.machine = RecordingMachine(
-            model=self, states=[name for name, _ in STATES],
+            model=self, states=[{"name": name, "on_enter": [work[name]] if name in work else []} for name, _ in STATES],
             # Each transition's own "before" callbacks run once its guards passed: the one taken.
             transitions=[dict(row, before=partial(self.history.take, row["trigger"], row["dest"]))
                          for row in TRANSITIONS],
@@ -197,9 +203,6 @@ class Engine:
 
     # -- boot path: each state's work, in the table's order ---------------------------
 
-    def on_enter_startup_scripts(self) -> None:
-        self.scripts.startup_scripts()
-
     def on_enter_resolve_target(self) -> None:
         self.target, notes = resolve_target.resolve(self.settings, self.environ, self.system,
                                                     command=self.command_line is not None)
@@ -222,9 +225,6 @@ class Engine:
             if relaying:
                 self.syslog.start()
         self.fire("done")
-
-    def on_enter_env_resume(self) -> None:
-        self.scripts.env_resume()
 
     def on_enter_daemons(self) -> None:
         if self.settings.skip_runit:
@@ -267,9 +267,6 @@ class Engine:
     def supporting(self) -> dict[str, str]:
         return self.network.status(self.syslog.status() if self.syslog.tried else None)
 
-    def on_enter_idle(self) -> None:
-        self.supervise.idle()
-
     # -- the service ---------------------------------------------------------------------
 
     def service_env(self) -> dict:
@@ -286,61 +283,14 @@ class Engine:
         if after > 0:
             self.loop.call_later("state", after, lambda: self.fire("settled", f"the service ran {after:g}s"))
 
-    def on_enter_handover(self) -> None:
-        from fsm_init import reaper
-
-        instance = self.service.instance
-        if instance is None:  # the table reaches handover from foreground only, where an instance runs
-            raise RuntimeError("handover without a service instance")
-        if self.control:
-            self.control.sock.set_inheritable(True)
-        relaying = self.syslog.sock is not None
-        self.syslog.close()  # the thin reaper does not relay: remove /dev/log, not leave it stale
-        # The exec replaces this process before transitions would record the entry.
-        self.history.entered(self.service.run_count, self.explain.snapshot, early=True)
-        self.forwards.close()
-        reaper.hand_over(self.system, self.loop, {
-            "pid": instance.pid, "by_session": instance.group.by_session, "started": instance.started,
-            "target": self.target.directory, "run_count": self.service.run_count,
-            "control_fd": self.control.sock.fileno() if self.control else None, "quiet": log.is_quiet(),
-            "supporting": self.supporting(), "kill_all_on_exit": self.settings.kill_all_on_exit,
-            "proof": self.config["workintvl"], "last_transition": self.history.last_transition,
-            "run_dir": self.settings.run_dir, "state_dir": self.settings.state_dir, "oom": self.oom.state()})
-        # Only reached when the exec failed: this engine carries on reaping.
-        if self.control:
-            self.control.sock.set_inheritable(False)
-        if relaying:
-            self.syslog.start()
-
-    def on_enter_restart_interval(self) -> None:
-        self.supervise.restart_interval()
-
-    def on_enter_watch(self) -> None:
-        self.supervise.watch()
-
-    def on_enter_check(self) -> None:
-        self.supervise.check()
-
-    def on_enter_restart(self) -> None:
-        self.supervise.restart()
-
-    def on_enter_gave_up(self) -> None:
-        self.supervise.gave_up()
-
     # -- stop path ---------------------------------------------------------------------
 
     def on_enter_pre_shutdown(self) -> None:
         self.loop.cancel("cycle")
         self.scripts.pre_shutdown()
 
-    def on_enter_stopping(self) -> None:
-        self.supervise.stopping()
-
     def on_enter_stop_daemons(self) -> None:
         self.daemons.stop_all(lambda: self.fire("done", f"no {self.settings.service_dir} daemon runs"))
-
-    def on_enter_post_shutdown(self) -> None:
-        self.scripts.post_shutdown()
 
     def on_enter_teardown(self) -> None:
         self.loop.cancel("cycle")
@@ -379,18 +329,7 @@ class Engine:
             self.forwards.forwarded(name)
 
     def _on_exit(self, pid: int, status: int) -> None:
-        code = exit_code(status)
-        # leader_alive: once reaped, the leader's pid may be reused by a daemon or a script.
-        if self.service.leader_exited(pid, code):
-            cause = f"service (pid {pid}) {describe_exit(status)}"
-            oom_kill = self.oom.killed_by(f"the service (pid {pid})", status)
-            if oom_kill:
-                cause += f", {oom_kill}"
-            (log.warn if oom_kill else log.info)(cause)
-            if self.service.instance:
-                self.fire("service_exit", cause)
-        elif self.network.exited(pid, status) or self.daemons.exited(pid, status):
-            pass
-        elif not self.foreground.exited(pid, code):
+        if not (self.supervise.exited(pid, status) or self.network.exited(pid, status)
+                or self.daemons.exited(pid, status) or self.foreground.exited(pid, exit_code(status))):
             self.checks.exited(pid)
         self.stopper.check_soon()

@@ -14,10 +14,11 @@ from fsm_init.history import History
 from fsm_init.kill import Stopper
 from fsm_init.loop import EventLoop
 from fsm_init.network import Network
+from fsm_init.oom import Watch
 from fsm_init.resolve_target import Target
 from fsm_init.service import Service
 from fsm_init.settings import Settings
-from fsm_init.system import System
+from fsm_init.system import System, describe_exit, exit_code
 from fsm_init.watch import Checks, Cycle
 from fsm_init.writes import FileWrites
 
@@ -38,6 +39,7 @@ class Engine(Protocol):
     foreground: Foreground
     stopper: Stopper
     writes: FileWrites
+    oom: Watch
 
     def fire(self, trigger: str, cause: str = "") -> None: ...
 
@@ -118,6 +120,21 @@ class Supervise:
         cause, action = engine.service.give_up(engine.config)
         log.error(f"gave up: {cause}; {action}")
         engine.fire("done", f"gave up ({engine.config['workretry']['action']})")
+
+    def exited(self, pid: int, status: int) -> bool:
+        """True if pid was the service's living leader: its exit is the instance's end."""
+        engine = self.engine
+        # leader_alive: once reaped, the leader's pid may be reused by a daemon or a script.
+        if not engine.service.leader_exited(pid, exit_code(status)):
+            return False
+        cause = f"service (pid {pid}) {describe_exit(status)}"
+        oom_kill = engine.oom.killed_by(f"the service (pid {pid})", status)
+        if oom_kill:
+            cause += f", {oom_kill}"
+        (log.warn if oom_kill else log.info)(cause)
+        if engine.service.instance:
+            engine.fire("service_exit", cause)
+        return True
 
     def stopping(self) -> None:
         self.stop_service(self.engine.stop_signal)
