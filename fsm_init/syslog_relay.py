@@ -19,10 +19,8 @@ so an idle relay never wakes the loop.
 """
 
 import errno
-import os
 import re
 import socket
-import stat
 
 from fsm_init import log
 from fsm_init.log import escape_bytes
@@ -109,7 +107,7 @@ class SyslogRelay:
                  rate: float = RATE, burst: int = BURST, summary_every: float = SUMMARY_EVERY,
                  json_lines: bool | None = None, byte_rate: float = BYTE_RATE,
                  byte_burst: int = BYTE_BURST) -> None:
-        self.loop, self.path = loop, path
+        self.loop, self.system, self.path = loop, loop.system, path
         self.out = out  # None: fsm-init's stderr, through log.write (never blocking)
         self.rate, self.burst, self.summary_every = rate, burst, summary_every
         self.byte_rate, self.byte_burst = byte_rate, byte_burst
@@ -137,20 +135,14 @@ class SyslogRelay:
             self.off = f"{self.path} {owner}: left alone"
             log.info(f"syslog relay off: {self.off}")
             return False
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
-        old = os.umask(0)
         try:
-            sock.bind(self.path)
-            os.chmod(self.path, 0o666)  # every user's daemons may log
+            sock = self.system.bind_datagram(self.path, 0o666)  # every user's daemons may log
         except OSError as e:
-            sock.close()
             self.off = f"cannot create {self.path}: {e.strerror}"
             log.info(f"syslog relay off: {self.off}")
             return False
-        finally:
-            os.umask(old)
         self.sock, self.off = sock, ""
-        self._identity = _identity(self.path)
+        self._identity = self._identity_of(self.path)
         self.loop.watch(sock, self._readable)
         log.info(f"syslog relay: listening on {self.path}")
         return True
@@ -158,16 +150,15 @@ class SyslogRelay:
     def _owner(self) -> str:
         """Why path is not ours to take ("" when it is free or a stale socket, removed)."""
         try:
-            st = os.lstat(self.path)
-        except FileNotFoundError:
-            return ""
+            found = self.system.socket_file(self.path)
         except OSError as e:
             return f"cannot be checked ({e.strerror})"
-        if not stat.S_ISSOCK(st.st_mode):
+        if found is None:
+            return ""
+        if not found[2]:
             return "exists and is not a socket"
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         try:
-            probe.connect(self.path)
+            self.system.probe_datagram(self.path)
         except ConnectionRefusedError:
             pass  # nobody listens: a stale socket, ours to replace
         except OSError as e:
@@ -176,12 +167,8 @@ class SyslogRelay:
             return "is owned by another process (a stream socket)"
         else:
             return "is owned by another process"
-        finally:
-            probe.close()
         try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+            self.system.remove_socket(self.path)
         except OSError as e:
             return f"is a stale socket that cannot be removed ({e.strerror})"
         log.info(f"syslog relay: replacing the stale socket {self.path}")
@@ -197,11 +184,18 @@ class SyslogRelay:
         self.sock.close()
         self.sock = None
         self.off = "closed"
-        if _identity(self.path) == self._identity:
+        if self._identity_of(self.path) == self._identity:
             try:
-                os.unlink(self.path)
+                self.system.remove_socket(self.path)
             except OSError:
                 pass
+
+    def _identity_of(self, path: str):
+        try:
+            found = self.system.socket_file(path)
+        except OSError:
+            return None
+        return found[:2] if found else None
 
     def status(self) -> str:
         """One line for srvctl status."""
@@ -271,7 +265,7 @@ class SyslogRelay:
         view = memoryview(data)
         try:
             while view:
-                view = view[os.write(self.out, view):]
+                view = view[self.system.write(self.out, view):]
         except OSError:
             # The output cannot take more now (a non-blocking pipe is full, or it is gone):
             # what was not written is dropped, never queued here.
@@ -305,10 +299,3 @@ class SyslogRelay:
         if parts:
             log.warn(f"syslog relay: {', '.join(parts)} in the last {self.summary_every:g}s")
 
-
-def _identity(path: str):
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return None
-    return (st.st_dev, st.st_ino)

@@ -124,6 +124,46 @@ def listen_unix(path: str, backlog: int = 16):
     return sock
 
 
+def bind_datagram(path: str, mode: int):
+    """A non-blocking, close-on-exec datagram socket bound at path (under umask 0, so the
+    file is exactly mode), then chmod mode; the socket is closed if either fails."""
+    import socket
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
+    old = os.umask(0)
+    try:
+        sock.bind(path)
+        os.chmod(path, mode)
+    except BaseException:
+        sock.close()
+        raise
+    finally:
+        os.umask(old)
+    return sock
+
+
+def probe_datagram(path: str) -> None:
+    """Connect a datagram socket to path, then close it: returns when something listens
+    there; ConnectionRefusedError when nobody does (a stale socket file), EPROTOTYPE for
+    a stream socket, other OSErrors as they come."""
+    import socket
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as probe:
+        probe.connect(path)
+
+
+def socket_file(path: str) -> tuple[int, int, bool] | None:
+    """(device, inode, whether it is a socket) of path itself (a link not followed); None
+    when there is no such file.  Other OSErrors are raised."""
+    import stat
+
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino, stat.S_ISSOCK(st.st_mode)
+
+
 # Descriptors held back for fd exhaustion (EMFILE under a low RLIMIT_NOFILE): the /proc
 # scan that tells whether a stopped session is gone needs two (the directory, one stat
 # file), and PID 1 must still be able to stop what it started.
@@ -560,6 +600,30 @@ class System:
     def listen_unix(self, path: str):
         """The control socket's listener (see listen_unix)."""
         return listen_unix(path)
+
+    # -- /dev/log, for the syslog relay ----------------------------------------------------
+
+    def bind_datagram(self, path: str, mode: int):
+        """The relay's socket at path (see bind_datagram)."""
+        return bind_datagram(path, mode)
+
+    def probe_datagram(self, path: str) -> None:
+        """Does something listen at path? (see probe_datagram)."""
+        probe_datagram(path)
+
+    def socket_file(self, path: str) -> tuple[int, int, bool] | None:
+        return socket_file(path)
+
+    def remove_socket(self, path: str) -> None:
+        """Remove the socket file at path (gone already: nothing to do)."""
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+    def write(self, fd: int, data) -> int:
+        """os.write: the bytes written (BlockingIOError when a non-blocking fd is full)."""
+        return os.write(fd, data)
 
     # -- pipes, for a check's output -------------------------------------------------------
 

@@ -482,6 +482,40 @@ class FakeSystem:
         self._maybe_fail("listen_unix", path)
         return listen_unix(path)
 
+    # The syslog relay's socket is real (clients send to it, the loop selects on it), at a
+    # real path the test chose; the calls are recorded, and fail on demand.
+    def bind_datagram(self, path: str, mode: int):
+        from fsm_init.system import bind_datagram
+
+        self.calls.append(("bind_datagram", path, mode))
+        self._maybe_fail("bind_datagram", path)
+        return bind_datagram(path, mode)
+
+    def probe_datagram(self, path: str) -> None:
+        from fsm_init.system import probe_datagram
+
+        self.calls.append(("probe_datagram", path))
+        self._maybe_fail("probe_datagram", path)
+        probe_datagram(path)
+
+    def socket_file(self, path: str) -> tuple[int, int, bool] | None:
+        from fsm_init.system import socket_file
+
+        self._maybe_fail("socket_file", path)
+        return socket_file(path)
+
+    def remove_socket(self, path: str) -> None:
+        self.calls.append(("remove_socket", path))
+        self._maybe_fail("remove_socket", path)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+    def write(self, fd: int, data) -> int:
+        self._maybe_fail("write")
+        return os.write(fd, data)
+
     # Pipes are real (the event loop selects on them); the calls are recorded, and fail on demand.
     def pipe(self) -> tuple[int, int]:
         self.calls.append(("pipe",))

@@ -211,7 +211,6 @@ OWN_OS_CALLS = {
     "graph.py", "status_view.py",  # client tools, not PID 1
     "pppoe.py", "ssh.py",  # os.urandom for in-process keys
     "control.py",  # request(): the client side (srvctl, fsm-init status); the server is System's
-    "syslog_relay.py",  # not moved behind System yet
 }
 
 
@@ -219,4 +218,5 @@ def test_the_os_is_called_through_system():
     calling = {p.name for p in PACKAGE.glob("*.py") if direct_os_calls(p.name)}
     assert calling <= OWN_OS_CALLS, sorted(calling - OWN_OS_CALLS)
     assert direct_os_calls("output.py") == set()
+    assert direct_os_calls("syslog_relay.py") == set()
     assert direct_os_calls("control.py") == {"socket.socket"}  # the client's connection only

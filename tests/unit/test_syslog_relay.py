@@ -209,6 +209,30 @@ def test_a_regular_file_is_left_alone(relay):
     assert open(relay.path).read() == "mine"
 
 
+def test_a_stale_socket_that_cannot_be_removed_is_left_alone(relay):
+    """The relay's file operations go through System: the fake makes the removal fail."""
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    stale.bind(relay.path)
+    stale.close()
+    relay.system.fail("remove_socket", PermissionError(13, "Permission denied"), relay.path)
+    assert not relay.relay.start()
+    assert relay.relay.status() == f"off: {relay.path} is a stale socket that cannot be removed (Permission denied): " \
+                                   "left alone"
+    assert ("remove_socket", relay.path) in relay.system.calls and os.path.exists(relay.path)
+
+
+def test_a_full_output_drops_lines_and_counts_them(tmp_path):
+    r = Relay(tmp_path)
+    try:
+        r.relay.start()
+        r.system.fail("write", BlockingIOError(11, "Resource temporarily unavailable"))
+        r.send(b"<14>p: one", b"<14>p: two")
+        r.loop.poll(0)
+        assert r.output() == [] and r.relay.dropped == 2 and r.relay.relayed == 0
+    finally:
+        r.close()
+
+
 def test_cannot_create_is_one_line_not_a_crash(tmp_path, capfd):
     r = Relay(tmp_path)
     r.relay.path = str(tmp_path / "missing-dir" / "log")
