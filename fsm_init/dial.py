@@ -155,21 +155,6 @@ def with_servers(text: str, servers: list[str]) -> str:
     return "\n".join(block) + "\n" + without_block(text)
 
 
-def rewrite_in_place(path: str, change) -> bool:
-    """Apply change(text) -> text to path by rewriting the file itself, not renaming a new
-    one over it: under Docker /etc/resolv.conf is a bind mount, and a rename fails."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    with os.fdopen(fd, "r+b") as f:
-        old = f.read().decode(errors="surrogateescape")
-        new = change(old)
-        if new == old:
-            return False
-        f.seek(0)
-        f.write(new.encode(errors="surrogateescape"))
-        f.truncate()
-    return True
-
-
 def ip_up(system: System, run_dir: str, args: list[str], env: dict, resolv: str = RESOLV_CONF) -> int:
     interface, device, _speed, local, remote, ipparam = (args + [""] * 6)[:6]
     flags = ipparam.split()
@@ -189,7 +174,7 @@ def ip_up(system: System, run_dir: str, args: list[str], env: dict, resolv: str 
     servers = [env[k] for k in ("DNS1", "DNS2") if env.get(k)]
     if "PEERDNS" in flags and servers:
         try:
-            rewrite_in_place(resolv, lambda text: with_servers(text, servers))
+            system.rewrite_in_place(resolv, lambda text: with_servers(text, servers))
             done.append(f"DNS {' '.join(servers)}")
         except OSError as e:
             log.warn(f"pppoe: cannot put the peer's DNS servers in {resolv}: {e.strerror}")
@@ -212,8 +197,7 @@ def ip_down(system: System, run_dir: str, args: list[str], env: dict, resolv: st
         _ip(system, "route", "del", "default", "dev", interface, "table", PATHBACK_TABLE, quiet=True)
     if "PEERDNS" in flags:
         try:
-            if os.path.exists(resolv):
-                rewrite_in_place(resolv, without_block)
+            system.rewrite_in_place(resolv, without_block, create=False)
         except OSError as e:
             log.warn(f"pppoe: cannot take the peer's DNS servers out of {resolv}: {e.strerror}")
     write_link(system, run_dir, state="down", interface=interface, device=device, local=local, remote=remote,
@@ -237,21 +221,15 @@ def run(system: System, run_dir: str, pppd_argv: list[str]) -> int:
     others = f" (also answering: {', '.join(i for i, _ in found[1:])})" if len(found) > 1 else ""
     log.info(f"pppoe: access concentrator '{ac}' answers on {interface}: dialling there{others}")
     write_link(system, run_dir, state="dialling", device=interface, ac=ac, since=system.wall())
-    argv = [*pppd_argv, f"nic-{interface}"]
-    os.execv(argv[0], argv)
+    system.execve([*pppd_argv, f"nic-{interface}"], dict(os.environ))
     return 127  # not reached
 
 
-def _log_to(pid: str) -> None:
-    """Send this process's log lines to fsm-init's log (its stderr), when that can be opened."""
-    if not pid.isdigit():
-        return
-    try:
-        fd = os.open(f"/proc/{pid}/fd/2", os.O_WRONLY | os.O_APPEND)
-    except OSError:
-        return  # a socket (journald) cannot be opened again: the lines go where pppd put them
-    os.dup2(fd, 2)
-    os.close(fd)
+def log_to(system: System, pid: str) -> None:
+    """Send this process's log lines to fsm-init's log (its stderr), when that can be opened
+    (a socket, journald's, cannot be opened again: the lines go where pppd put them)."""
+    if pid.isdigit():
+        system.stderr_to(f"/proc/{pid}/fd/2")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -275,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
             log.error(f"pppoe: cannot run {args[1]}: {e.strerror}")
             return 127
     if verb in ("ip-up", "ip-down"):
-        _log_to(os.environ.get("FSM_INIT_LOG_PID", ""))
+        log_to(system, os.environ.get("FSM_INIT_LOG_PID", ""))
         hook = ip_up if verb == "ip-up" else ip_down
         return hook(system, run_dir, args, dict(os.environ))
     sys.stderr.write(USAGE)

@@ -433,6 +433,37 @@ class System:
                      gid: int | None = None) -> None:
         write_atomic(path, data, mode, durable, gid)
 
+    def rewrite_in_place(self, path: str, change, create: bool = True) -> bool:
+        """Apply change(text) -> text to path by rewriting the file itself, not renaming a
+        new one over it (under Docker /etc/resolv.conf is a bind mount: a rename fails).
+        True if the text changed; False too when path is missing and create is False."""
+        flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if create else 0)
+        try:
+            fd = os.open(path, flags, 0o644)
+        except FileNotFoundError:
+            if create:
+                raise
+            return False
+        with os.fdopen(fd, "r+b") as f:
+            old = f.read().decode(errors="surrogateescape")
+            new = change(old)
+            if new == old:
+                return False
+            f.seek(0)
+            f.write(new.encode(errors="surrogateescape"))
+            f.truncate()
+        return True
+
+    def stderr_to(self, path: str) -> bool:
+        """Make path (opened for appending) this process's stderr; False if it cannot be opened."""
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        except OSError:
+            return False
+        os.dup2(fd, 2)
+        os.close(fd)
+        return True
+
     def append_line(self, path: str, line: bytes, max_bytes: int) -> None:
         """Append one line (one write, O_APPEND); past max_bytes the file moves to path.1 first."""
         try:

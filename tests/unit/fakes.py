@@ -313,6 +313,25 @@ class FakeSystem:
             self.groups[path] = gid
         self.writes.append((path, bytes(data), mode))
 
+    def rewrite_in_place(self, path: str, change, create: bool = True) -> bool:
+        path = self._abs(path)
+        self.calls.append(("rewrite_in_place", path))
+        self._maybe_fail("rewrite_in_place", path)
+        if path not in self.files:
+            if not create:
+                return False
+            self.add_file(path)
+        old = self.files[path].decode(errors="surrogateescape")
+        new = change(old)
+        if new == old:
+            return False
+        self.files[path] = new.encode(errors="surrogateescape")
+        return True
+
+    def stderr_to(self, path: str) -> bool:
+        self.calls.append(("stderr_to", path))
+        return path in self.files
+
     def euid(self) -> int:
         return self.uid
 

@@ -10,9 +10,9 @@ import sys
 import pytest
 
 from fsm_init import config, dial, pppoe
-from fsm_init.system import Unavailable
+from fsm_init.system import System, Unavailable
 
-from .fakes import FakeSystem, make_settings
+from .fakes import FakeSystem, ProcessReplaced, make_settings
 
 PASSWORD = 'p@ss "word" \\ #1\ttab'
 PPPD = "/usr/sbin/pppd"
@@ -252,23 +252,21 @@ def test_detect_probes_every_candidate_and_keeps_the_order():
     assert all(argv[3:] == ["-t", "1", "-a", "2", "-U"] for argv, _ in fake.runs)
 
 
-def test_run_execs_pppd_on_the_first_interface_that_answers(monkeypatch):
+def test_run_execs_pppd_on_the_first_interface_that_answers():
     fake = lan()
     fake.commands["/usr/sbin/pppoe-discovery"] = lambda argv, stdin: (0, "Access-Concentrator: isp\n", "") \
         if argv[2] == "aeth" else (1, "", "")
-    execs = []
-    monkeypatch.setattr(os, "execv", lambda path, argv: execs.append((path, argv)))
-    dial.run(fake, "/run/fsm-init", [PPPD, "file", "x"])
-    assert execs == [(PPPD, [PPPD, "file", "x", "nic-aeth"])]
+    with pytest.raises(ProcessReplaced):
+        dial.run(fake, "/run/fsm-init", [PPPD, "file", "x"])
+    assert [(e.argv, e.env) for e in fake.execs] == [([PPPD, "file", "x", "nic-aeth"], dict(os.environ))]
     link = json.loads(fake.files["/run/fsm-init/pppoe/link.json"])
     assert (link["state"], link["device"], link["ac"]) == ("dialling", "aeth", "isp")
 
 
-def test_run_without_an_answer_exits_1_with_one_clear_line(monkeypatch, capfd):
+def test_run_without_an_answer_exits_1_with_one_clear_line(capfd):
     fake = lan()
     fake.commands["/usr/sbin/pppoe-discovery"] = (1, "", "Timeout waiting for PADO packets\n")
-    monkeypatch.setattr(os, "execv", lambda path, argv: pytest.fail("no exec without an answer"))
-    assert dial.run(fake, "/run/fsm-init", [PPPD]) == 1
+    assert dial.run(fake, "/run/fsm-init", [PPPD]) == 1 and fake.execs == []
     assert "error: pppoe: no PPPoE access concentrator answered on zeth, aeth, dummy0;" in capfd.readouterr().err
 
 
@@ -281,15 +279,26 @@ def hook_system():
     return fake
 
 
+class FakeFile:
+    """A file of the fake, read as text (what pathlib's read_text gives for a real one)."""
+
+    def __init__(self, fake: FakeSystem, path: str, text: str | None = None) -> None:
+        self.fake, self.path = fake, path
+        if text is not None:
+            fake.add_file(path, text)
+
+    def read_text(self) -> str:
+        return self.fake.files[self.path].decode()
+
+
 UP = ["inet0", "eth1", "0", "10.64.0.2", "10.64.0.1"]
 ENV = {"DNS1": "192.0.2.53", "DNS2": "192.0.2.54"}
 
 
-def test_ip_up_and_down_with_every_flag(tmp_path):
-    resolv = tmp_path / "resolv.conf"
-    resolv.write_text("nameserver 198.51.100.1\n")
+def test_ip_up_and_down_with_every_flag():
     fake = hook_system()
-    dial.ip_up(fake, "/run/fsm-init", UP + ["DEFROUTE PATHBACK PEERDNS"], ENV, str(resolv))
+    resolv = FakeFile(fake, "/etc/resolv.conf", "nameserver 198.51.100.1\n")
+    dial.ip_up(fake, "/run/fsm-init", UP + ["DEFROUTE PATHBACK PEERDNS"], ENV)
     commands = [argv[1:] for argv, _ in fake.runs]
     assert ["route", "replace", "0.0.0.0/1", "dev", "inet0", "metric", "10"] in commands
     assert ["route", "replace", "128.0.0.0/1", "dev", "inet0", "metric", "10"] in commands
@@ -301,7 +310,7 @@ def test_ip_up_and_down_with_every_flag(tmp_path):
     assert (link["state"], link["interface"], link["device"], link["local"], link["remote"], link["dns"]) == \
         ("up", "inet0", "eth1", "10.64.0.2", "10.64.0.1", ["192.0.2.53", "192.0.2.54"])
     fake.runs.clear()
-    dial.ip_down(fake, "/run/fsm-init", UP + ["DEFROUTE PATHBACK PEERDNS"], {"CONNECT_TIME": "9"}, str(resolv))
+    dial.ip_down(fake, "/run/fsm-init", UP + ["DEFROUTE PATHBACK PEERDNS"], {"CONNECT_TIME": "9"})
     commands = [argv[1:] for argv, _ in fake.runs]
     assert commands == [["route", "del", "0.0.0.0/1", "dev", "inet0"], ["route", "del", "128.0.0.0/1", "dev", "inet0"],
                         ["rule", "del", "from", "10.64.0.2", "lookup", "17", "pref", "17"],
@@ -310,11 +319,10 @@ def test_ip_up_and_down_with_every_flag(tmp_path):
     assert json.loads(fake.files["/run/fsm-init/pppoe/link.json"])["state"] == "down"
 
 
-def test_ip_up_with_pathback_only_leaves_routes_and_resolv_conf_alone(tmp_path):
-    resolv = tmp_path / "resolv.conf"
-    resolv.write_text("nameserver 198.51.100.1\n")
+def test_ip_up_with_pathback_only_leaves_routes_and_resolv_conf_alone():
     fake = hook_system()
-    dial.ip_up(fake, "/run/fsm-init", UP + ["PATHBACK"], ENV, str(resolv))
+    resolv = FakeFile(fake, "/etc/resolv.conf", "nameserver 198.51.100.1\n")
+    dial.ip_up(fake, "/run/fsm-init", UP + ["PATHBACK"], ENV)
     commands = [argv[1:] for argv, _ in fake.runs]
     assert not any("0.0.0.0/1" in c for c in commands)
     assert ["rule", "add", "from", "10.64.0.2", "lookup", "17", "pref", "17"] in commands
@@ -325,18 +333,41 @@ def test_resolv_conf_is_rewritten_in_place_keeping_its_inode(tmp_path):
     resolv = tmp_path / "resolv.conf"
     resolv.write_text("search example\nnameserver 198.51.100.1\n")
     inode = resolv.stat().st_ino
-    dial.rewrite_in_place(str(resolv), lambda text: dial.with_servers(text, ["192.0.2.1"]))
-    dial.rewrite_in_place(str(resolv), lambda text: dial.with_servers(text, ["192.0.2.2"]))
+    system = System()
+    system.rewrite_in_place(str(resolv), lambda text: dial.with_servers(text, ["192.0.2.1"]))
+    system.rewrite_in_place(str(resolv), lambda text: dial.with_servers(text, ["192.0.2.2"]))
     assert resolv.stat().st_ino == inode
     assert resolv.read_text().count("nameserver 192.0.2") == 1 and "192.0.2.2" in resolv.read_text()
-    dial.rewrite_in_place(str(resolv), dial.without_block)
+    assert system.rewrite_in_place(str(resolv), dial.without_block)
     assert resolv.read_text() == "search example\nnameserver 198.51.100.1\n"
+    assert not system.rewrite_in_place(str(resolv), dial.without_block)  # unchanged
+    assert not system.rewrite_in_place(str(tmp_path / "missing"), dial.without_block, create=False)
+    assert not (tmp_path / "missing").exists()
 
 
-def test_an_empty_or_missing_resolv_conf_and_one_dns_server(tmp_path):
-    resolv = tmp_path / "resolv.conf"
-    dial.ip_up(hook_system(), "/run/fsm-init", UP + ["PEERDNS"], {"DNS1": "192.0.2.53"}, str(resolv))
-    assert resolv.read_text() == f"{dial.RESOLV_BEGIN}\nnameserver 192.0.2.53\n{dial.RESOLV_END}\n"
+def test_an_empty_or_missing_resolv_conf_and_one_dns_server():
+    fake = hook_system()
+    dial.ip_up(fake, "/run/fsm-init", UP + ["PEERDNS"], {"DNS1": "192.0.2.53"})
+    assert FakeFile(fake, "/etc/resolv.conf").read_text() == \
+        f"{dial.RESOLV_BEGIN}\nnameserver 192.0.2.53\n{dial.RESOLV_END}\n"
+    fake.remove("/etc/resolv.conf")
+    dial.ip_down(fake, "/run/fsm-init", UP + ["PEERDNS"], {})
+    assert "/etc/resolv.conf" not in fake.files  # ip-down creates no resolv.conf
+
+
+def test_a_resolv_conf_that_cannot_be_rewritten_is_one_warning(capfd):
+    fake = hook_system()
+    fake.fail("rewrite_in_place", PermissionError(13, "Permission denied"))
+    dial.ip_up(fake, "/run/fsm-init", UP + ["PEERDNS"], ENV)
+    assert "pppoe: cannot put the peer's DNS servers in /etc/resolv.conf: Permission denied" in capfd.readouterr().err
+    assert json.loads(fake.files["/run/fsm-init/pppoe/link.json"])["state"] == "up"
+
+
+def test_the_hooks_log_to_fsm_init_s_stderr():
+    fake = FakeSystem()
+    dial.log_to(fake, "42")
+    dial.log_to(fake, "not-a-pid")
+    assert [c for c in fake.calls if c[0] == "stderr_to"] == [("stderr_to", "/proc/42/fd/2")]
 
 
 def test_describe_the_link():
