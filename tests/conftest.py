@@ -6,6 +6,7 @@ and starts fsm-init as real PID 1 of a fresh PID namespace
 event (a log line, a file, a process state); none is a bare sleep.
 """
 
+import contextlib
 import grp
 import json
 import os
@@ -20,6 +21,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from tests.procfs import namespace_processes
 
 ROOT = Path(__file__).resolve().parent.parent
 FSM_INIT = [sys.executable, "-m", "fsm_init"]
@@ -148,16 +151,7 @@ class Running:
 
     def namespace_pids(self) -> list[int]:
         """Host pids of every live process in the namespace (fsm-init included)."""
-        ns = os.readlink(f"/proc/{self.pid1}/ns/pid")
-        found = []
-        for name in os.listdir("/proc"):
-            if name.isdigit():
-                try:
-                    if os.readlink(f"/proc/{name}/ns/pid") == ns and "Z" not in _state(name):
-                        found.append(int(name))
-                except OSError:
-                    pass
-        return found
+        return [pid for pid, fields in namespace_processes(self.pid1).items() if fields[0] != b"Z"]
 
     def host_pid(self, ns_pid: int) -> int:
         """The host pid of the namespace's ns_pid (the test runs outside the namespace)."""
@@ -177,11 +171,6 @@ class Running:
                 pass
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(5)
-
-
-def _state(pid: str) -> str:
-    raw = Path(f"/proc/{pid}/stat").read_bytes()
-    return raw[raw.rfind(b")") + 2:].split()[0].decode()
 
 
 class Sandbox:
@@ -265,18 +254,48 @@ needs_nobody = pytest.mark.skipif(NOBODY is None or not shutil.which("setpriv"),
                                   reason="needs the nobody user, the nogroup group and setpriv")
 
 
+@contextlib.contextmanager
+def reachable_sandbox(prefix: str):
+    """(Sandbox, out path) in a new root-owned 0711 directory (pytest's tmp_path is under a
+    0700 one): nobody can reach what is below it, not create files in it.  The runs are
+    killed and the directory removed at the end."""
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    root.chmod(0o711)
+    box = Sandbox(root)
+    try:
+        yield box, root / "out"
+    finally:
+        for running in box.runs:
+            running.kill()
+        shutil.rmtree(root, ignore_errors=True)
+
+
 @pytest.fixture
 def nobody_sandbox():
     """(Sandbox, out) fsm-init can run in as nobody (launcher=AS_NOBODY): a root-owned
     0711 root (nobody cannot create files in it), state, run and out directories nobody owns."""
-    root = Path(tempfile.mkdtemp(prefix="nobody-sandbox-"))
-    root.chmod(0o711)
-    box = Sandbox(root)
-    out = root / "out"
-    for directory in (box.state_dir, box.run_dir, out):
-        directory.mkdir()
-        os.chown(directory, *NOBODY)
-    yield box, out
-    for running in box.runs:
-        running.kill()
-    shutil.rmtree(root, ignore_errors=True)
+    with reachable_sandbox("nobody-sandbox-") as (box, out):
+        for directory in (box.state_dir, box.run_dir, out):
+            directory.mkdir()
+            os.chown(directory, *NOBODY)
+        yield box, out
+
+
+@pytest.fixture
+def workuser_sandbox():
+    """(Sandbox, out) for a service run as the workuser nobody by fsm-init as root: a /srv
+    nobody can reach (root-owned, 0711 above it) and an out directory anyone may write
+    (the scripts' reports)."""
+    with reachable_sandbox("workuser-sandbox-") as (box, out):
+        out.mkdir()
+        out.chmod(0o1777)
+        yield box, out
+
+
+@pytest.fixture
+def public_dir():
+    """A directory nobody can reach and read (0755; pytest's tmp_path is under a 0700 one)."""
+    path = Path(tempfile.mkdtemp(prefix="fsmt-public-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

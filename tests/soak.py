@@ -42,6 +42,7 @@ if str(ROOT) not in sys.path:
 
 from fsm_init import control  # noqa: E402
 from tests.conftest import SRVCTL, Sandbox, wait_for  # noqa: E402
+from tests.procfs import namespace_processes  # noqa: E402
 
 GRACE, LEFTOVER_GRACE = 2, 1
 # The stop path's worst case: the service (grace + 1 s for the kill to settle), the
@@ -236,28 +237,18 @@ class Soak:
 
     def sample(self, elapsed: float) -> None:
         pid1 = self.run.pid1
-        ns = os.readlink(f"/proc/{pid1}/ns/pid")
         live = zombies = 0
         now = time.monotonic()
         seen = set()
-        for name in os.listdir("/proc"):
-            if not name.isdigit():
-                continue
-            try:
-                if os.readlink(f"/proc/{name}/ns/pid") != ns:
-                    continue
-                raw = Path(f"/proc/{name}/stat").read_bytes()
-            except OSError:
-                continue
-            fields = raw[raw.rfind(b")") + 2:].split()
+        for pid, fields in namespace_processes(pid1).items():
             if fields[0] == b"Z":
                 zombies += 1
                 if int(fields[1]) == pid1:  # PID 1's to reap
-                    key = (int(name), fields[19])
+                    key = (pid, fields[19])
                     seen.add(key)
                     first = self.zombies.setdefault(key, now)
                     if now - first > 2.0:
-                        self.old_zombies.append({"pid": int(name), "age": round(now - first, 1), "at": round(elapsed)})
+                        self.old_zombies.append({"pid": pid, "age": round(now - first, 1), "at": round(elapsed)})
             else:
                 live += 1
         self.zombies = {k: v for k, v in self.zombies.items() if k in seen}

@@ -11,12 +11,10 @@ import fcntl
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import termios
 import threading
 import time
@@ -136,15 +134,6 @@ def stalled(sandbox):
     s = Stalled(sandbox.root)
     yield s
     s.close()
-
-
-@pytest.fixture
-def public_dir():
-    """A directory nobody can reach (the syslog socket for an unprivileged flood)."""
-    path = Path(tempfile.mkdtemp(prefix="fsmt-syslog-"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 FLOODER = r"""

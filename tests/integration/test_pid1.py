@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import BLOCKING_LAUNCHER, FSM_INIT, needs_pid_namespace, wait_for
+from tests.procfs import namespace_processes, proc_state
 
 pytestmark = needs_pid_namespace
 
@@ -47,15 +48,6 @@ def proc_status(pid: int) -> dict:
         key, _, value = line.partition(":")
         fields[key] = value.strip()
     return fields
-
-
-def proc_state(pid: int) -> str | None:
-    """The one-letter state of a process, or None once it is gone (reaped)."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return None
-    return raw[raw.rfind(b")") + 2:].split()[0].decode()
 
 
 def gone(pid: int) -> bool:
@@ -91,20 +83,7 @@ def signal_set(hex_mask: str) -> set[int]:
 
 def namespace_states(run) -> dict[int, str]:
     """Host pid → state of every process in fsm-init's PID namespace, zombies included."""
-    ns = os.readlink(f"/proc/{run.pid1}/ns/pid")
-    found = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            if os.readlink(f"/proc/{name}/ns/pid") != ns:
-                continue
-        except OSError:
-            continue
-        state = proc_state(int(name))
-        if state:
-            found[int(name)] = state
-    return found
+    return {pid: fields[0].decode() for pid, fields in namespace_processes(run.pid1).items()}
 
 
 def host_pid(run, ns_pid: int) -> int:

@@ -11,12 +11,11 @@ import shutil
 import signal
 import stat
 import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import FSM_INIT, NOBODY, ROOT, Sandbox, needs_nobody, needs_pid_namespace, wait_for, wait_lines
+from tests.conftest import FSM_INIT, NOBODY, ROOT, needs_nobody, needs_pid_namespace, wait_for, wait_lines
 from tests.integration.nsbox import in_namespaces_of, launcher, netns  # noqa: F401  (netns: a fixture)
 
 pytestmark = [needs_pid_namespace, needs_nobody]
@@ -26,22 +25,6 @@ PY = "/usr/bin/python3"  # the workuser cannot reach a python under /root (pyenv
 SSH_TOOLS = ("dropbear", "dropbearkey", "ssh", "sshpass", "nc", "ssh-keygen", "iptables-save")
 needs_ssh = pytest.mark.skipif(any(shutil.which(t, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin") is None
                                    for t in SSH_TOOLS), reason=f"needs {', '.join(SSH_TOOLS)}")
-
-
-@pytest.fixture
-def box():
-    """(Sandbox, out): a /srv the workuser can reach (root-owned, 0711 above it) and an
-    out directory anyone may write (the scripts' reports)."""
-    root = Path(tempfile.mkdtemp(prefix="privilege-sandbox-"))
-    root.chmod(0o711)
-    sandbox = Sandbox(root)
-    out = root / "out"
-    out.mkdir()
-    out.chmod(0o1777)
-    yield sandbox, out
-    for running in sandbox.runs:
-        running.kill()
-    shutil.rmtree(root, ignore_errors=True)
 
 
 def supervised(**values) -> dict:
@@ -56,8 +39,8 @@ def nobody_owns(path: Path) -> None:
 # -- 1. the workuser becomes root through the target directory ---------------------------------
 
 
-def test_a_workuser_owning_the_target_directory_never_gets_root_to_run_its_files(box):
-    sandbox, out = box
+def test_a_workuser_owning_the_target_directory_never_gets_root_to_run_its_files(workuser_sandbox):
+    sandbox, out = workuser_sandbox
     # The service, as nobody, drops workuser from workcfg.json, plants an EnvResume-*, and
     # exits to force a restart: without the rule root re-reads the file and runs start.sh.
     attack = f"""#!/bin/sh
@@ -83,8 +66,8 @@ exit 1
     assert run.wait() == 143  # stopped in the idle wait: no service ever ran
 
 
-def test_an_env_resume_the_workuser_may_rewrite_is_never_run_by_root(box):
-    sandbox, out = box
+def test_an_env_resume_the_workuser_may_rewrite_is_never_run_by_root(workuser_sandbox):
+    sandbox, out = workuser_sandbox
     rewrite = f"""#!/bin/sh
 id -u >> {out}/start-uids
 printf '#!/bin/sh\\nid -u > {out}/pwned\\n' > ./EnvResume-setup && echo rewrote > {out}/attack
@@ -110,10 +93,10 @@ exec sleep 1000
     second.wait()
 
 
-def test_an_init_sh_the_workuser_plants_is_never_execd_by_root(box):
+def test_an_init_sh_the_workuser_plants_is_never_execd_by_root(workuser_sandbox):
     # A service directory the workuser owns, the config given in $SRVCFG (kept in memory):
     # the service plants ./init.sh, which root would exec at the next container start.
-    sandbox, out = box
+    sandbox, out = workuser_sandbox
     plant = f"""#!/bin/sh
 id -u >> {out}/start-uids
 printf '#!/bin/sh\\nid -u > {out}/pwned\\nexec sleep 1000\\n' > init.sh && chmod 755 init.sh && echo planted > {out}/attack
@@ -136,10 +119,10 @@ exec sleep 1000
     second.wait()
 
 
-def test_a_state_directory_the_workuser_owns_gets_nothing_of_roots(box):
+def test_a_state_directory_the_workuser_owns_gets_nothing_of_roots(workuser_sandbox):
     # Root's SSH host keys, its password record and the first-start marker live there: a
     # state directory the workuser owns (a volume, a chown -R of /var/lib) is not used.
-    sandbox, out = box
+    sandbox, out = workuser_sandbox
     sandbox.state_dir.mkdir()
     nobody_owns(sandbox.state_dir)
     look = f"#!/bin/sh\nls -A {sandbox.state_dir} > {out}/seen\nexec sleep 1000\n"
@@ -157,8 +140,8 @@ def test_a_state_directory_the_workuser_owns_gets_nothing_of_roots(box):
 # -- 10, 11. bad input ---------------------------------------------------------------------------
 
 
-def test_a_nul_in_a_workstart_argument_is_rejected_by_validate_and_at_start(box):
-    sandbox, out = box
+def test_a_nul_in_a_workstart_argument_is_rejected_by_validate_and_at_start(workuser_sandbox):
+    sandbox, out = workuser_sandbox
     config = {"initdelay": 0, "workstart": ["./start.sh", "a\u0000b"], "workwatch": 0}
     directory = sandbox.service("app", config, start__sh=f"#!/bin/sh\ntouch {out}/started\nexec sleep 1000\n")
     validate = subprocess.run([*FSM_INIT, "validate", str(directory / "workcfg.json")], capture_output=True,
@@ -173,10 +156,10 @@ def test_a_nul_in_a_workstart_argument_is_rejected_by_validate_and_at_start(box)
     assert run.wait() == 143  # stopped in the idle wait: no service ever ran
 
 
-def test_an_internal_error_never_exits_0(box, tmp_path):
+def test_an_internal_error_never_exits_0(workuser_sandbox, tmp_path):
     """A fault injected into the real PID 1 (a sitecustomize that makes the service's spawn
     raise as "embedded null byte" did): the stop path runs, and the status is 70."""
-    sandbox, _ = box
+    sandbox, _ = workuser_sandbox
     (tmp_path / "sitecustomize.py").write_text(
         "import fsm_init.system as s\n"
         "_spawn = s.System.spawn\n"
@@ -192,8 +175,8 @@ def test_an_internal_error_never_exits_0(box, tmp_path):
     assert "exiting with status 70: an internal error" in run.log
 
 
-def test_a_newline_in_a_workstart_argument_forges_no_log_line(box):
-    sandbox, out = box
+def test_a_newline_in_a_workstart_argument_forges_no_log_line(workuser_sandbox):
+    sandbox, out = workuser_sandbox
     forged = "x\nfsm-init[watch] error: forged by the config"
     sandbox.service("app", {"initdelay": 0, "workstart": ["./start.sh", forged]},
                     start__sh=f"#!/bin/sh\nprintf '%s' \"$1\" > {out}/argument\n")
@@ -252,8 +235,8 @@ def dropbear_host_pids(run) -> list[int]:
 
 
 @needs_ssh
-def test_the_workuser_cannot_read_roots_password_nor_log_in_with_it(box, netns, host_keys):
-    sandbox, out = box
+def test_the_workuser_cannot_read_roots_password_nor_log_in_with_it(workuser_sandbox, netns, host_keys):
+    sandbox, out = workuser_sandbox
     ns = netns()
     # The service, as nobody, reads sshsrv.rootpwd from workcfg.json (0644 as COPY makes
     # it) and logs in as root over SSH on loopback once dropbear listens.
@@ -287,8 +270,8 @@ exec sleep 1000
 
 
 @needs_ssh
-def test_helper_commands_get_the_masked_srvcfg(box, netns, host_keys):
-    sandbox, out = box
+def test_helper_commands_get_the_masked_srvcfg(workuser_sandbox, netns, host_keys):
+    sandbox, out = workuser_sandbox
     ns = netns()
     stand_in = sandbox.root / "chpasswd"
     stand_in.write_text(f"#!/bin/sh\ntr '\\0' '\\n' < /proc/$$/environ > {out}/chpasswd.environ\ncat > /dev/null\n")
@@ -311,8 +294,8 @@ def test_helper_commands_get_the_masked_srvcfg(box, netns, host_keys):
 
 
 @needs_ssh
-def test_keys_without_a_root_password_mean_key_logins_only_and_one_line_per_key(box, netns, host_keys, client_key):
-    sandbox, out = box
+def test_keys_without_a_root_password_mean_key_logins_only_and_one_line_per_key(workuser_sandbox, netns, host_keys, client_key):
+    sandbox, out = workuser_sandbox
     ns = netns()
     pubkey = client_key.with_suffix(".pub").read_text().strip()
     forged = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFAKE one\nssh-rsa AAAAB3NzaFORGED two"
@@ -339,8 +322,8 @@ def test_keys_without_a_root_password_mean_key_logins_only_and_one_line_per_key(
 
 
 @needs_ssh
-def test_the_ssh_port_is_permitted_only_while_dropbear_runs(box, netns, host_keys, client_key):
-    sandbox, out = box
+def test_the_ssh_port_is_permitted_only_while_dropbear_runs(workuser_sandbox, netns, host_keys, client_key):
+    sandbox, out = workuser_sandbox
     ns = netns()
     pubkey = client_key.with_suffix(".pub").read_text().strip()
     config = supervised(workuser="", workwatch=30, firewall={"enable": "yes"},

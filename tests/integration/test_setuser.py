@@ -16,9 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from fsm_init import start
 from fsm_init.system import System
-from tests.conftest import ROOT, Sandbox, needs_pid_namespace, wait_for
+from tests.conftest import ROOT, needs_pid_namespace, wait_for
 
 SETUSER = [sys.executable, "-P", "-m", "fsm_init.setuser"]
 
@@ -53,15 +52,6 @@ def status_of(*args) -> dict:
 
 def groups_of(user: str, gid: int) -> set[int]:
     return set(os.getgrouplist(user, gid))
-
-
-@pytest.fixture
-def shared_dir():
-    """A directory nobody can reach (pytest's tmp_path is under a 0700 directory)."""
-    path = Path(tempfile.mkdtemp(prefix="setuser-test-"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 # -- identity ----------------------------------------------------------------------------------
@@ -110,9 +100,9 @@ def test_python_command_sees_no_new_privs():
     assert (result.returncode, result.stdout.strip()) == (0, "1"), result.stderr
 
 
-def test_set_uid_binary_gives_no_privilege(shared_dir):
+def test_set_uid_binary_gives_no_privilege(public_dir):
     """A set-uid-root copy of id: as plain nobody it reports euid 0, under setuser 65534."""
-    setuid_id = shared_dir / "id"
+    setuid_id = public_dir / "id"
     shutil.copy2(shutil.which("id"), setuid_id)
     os.chown(setuid_id, 0, 0)
     setuid_id.chmod(0o4755)
@@ -214,18 +204,18 @@ def test_command_not_found_is_127():
     assert setuser("nobody", "/no/such/file").returncode == 127
 
 
-def test_not_executable_is_126(shared_dir):
-    plain = shared_dir / "plain"
+def test_not_executable_is_126(public_dir):
+    plain = public_dir / "plain"
     plain.write_text("#!/bin/sh\nexit 0\n")
     plain.chmod(0o644)
-    for target in (plain, shared_dir):
+    for target in (plain, public_dir):
         result = setuser("nobody", str(target))
         assert result.returncode == 126, result.stderr
         assert "Permission denied" in result.stderr
 
 
-def test_a_file_only_root_may_run_is_126_as_nobody(shared_dir):
-    script = shared_dir / "root-only"
+def test_a_file_only_root_may_run_is_126_as_nobody(public_dir):
+    script = public_dir / "root-only"
     script.write_text("#!/bin/sh\nexit 0\n")
     script.chmod(0o700)
     assert subprocess.run([str(script)]).returncode == 0
@@ -256,34 +246,14 @@ def test_not_root_may_only_become_itself():
 
 # -- workuser in a full fsm-init run --------------------------------------------------------------
 
-ENGINE_HOOKED = "start.as_user" in (ROOT / "fsm_init" / "engine.py").read_text()
-needs_engine_hook = pytest.mark.skipif(not (hasattr(start, "as_user") and ENGINE_HOOKED),
-                                       reason="the engine does not call start.as_user yet (workuser hook-up)")
-
 REPORT = """#!/bin/sh
 {{ id -u; id -G; echo "$HOME"; grep NoNewPrivs /proc/self/status; }} > {out}/{name}.tmp && mv {out}/{name}.tmp {out}/{name}
 """
 
 
-@pytest.fixture
-def open_sandbox():
-    """A sandbox whose /srv nobody can reach (the service and its scripts run as nobody)."""
-    root = Path(tempfile.mkdtemp(prefix="setuser-sandbox-"))
-    root.chmod(0o711)
-    box = Sandbox(root)
-    out = root / "out"
-    out.mkdir()
-    out.chmod(0o1777)
-    yield box, out
-    for running in box.runs:
-        running.kill()
-    shutil.rmtree(root, ignore_errors=True)
-
-
 @needs_pid_namespace
-@needs_engine_hook
-def test_workuser_runs_the_service_and_periodic_scripts_as_nobody(open_sandbox):
-    box, out = open_sandbox
+def test_workuser_runs_the_service_and_periodic_scripts_as_nobody(workuser_sandbox):
+    box, out = workuser_sandbox
     box.service("svc", {"initdelay": 0, "workstart": "./run", "workwatch": 1, "workintvl": 1, "workuser": "nobody"},
                 run=REPORT.format(out=out, name="service") + "exec sleep 1000\n",
                 PeriodicST_ok=REPORT.format(out=out, name="check"),
@@ -303,11 +273,10 @@ def test_workuser_runs_the_service_and_periodic_scripts_as_nobody(open_sandbox):
 
 
 @needs_pid_namespace
-@needs_engine_hook
-def test_workuser_children_start_with_a_clean_signal_state(open_sandbox):
+def test_workuser_children_start_with_a_clean_signal_state(workuser_sandbox):
     """Through setuser's exec: fsm-init (started with every signal it could inherit
     ignored and blocked) gives setuser a clean state, and setuser passes it on."""
-    box, out = open_sandbox
+    box, out = workuser_sandbox
     dump = "cat /proc/self/status > {out}/{name}.tmp && mv {out}/{name}.tmp {out}/{name}\n"
     box.service("svc", {"initdelay": 0, "workstart": "./run", "workwatch": 1, "workintvl": 1, "workuser": "nobody"},
                 run=dump.format(out=out, name="service") + "exec sleep 1000\n",
@@ -321,9 +290,8 @@ def test_workuser_children_start_with_a_clean_signal_state(open_sandbox):
 
 
 @needs_pid_namespace
-@needs_engine_hook
-def test_unknown_workuser_does_not_start_the_service(open_sandbox):
-    box, out = open_sandbox
+def test_unknown_workuser_does_not_start_the_service(workuser_sandbox):
+    box, out = workuser_sandbox
     box.service("svc", {"initdelay": 0, "workstart": "./run", "workuser": "no-such-user-zz"},
                 run=f"#!/bin/sh\ntouch {out}/started\n")
     run = box.start(SRVNAME="svc")

@@ -313,18 +313,26 @@ def test_without_go_nonblocking_log_writes_directly(capfd):
     assert log.write(2, b"plain\n") and capfd.readouterr().err == "plain\n"
 
 
-def test_a_process_with_a_stalled_stderr_keeps_going():
-    """The outlet in a real process whose stderr is a pipe nobody reads."""
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); from fsm_init import log; log.go_nonblocking()\n"
-            "for i in range(20000): log.warn('line %d ' % i + 'x' * 80)\n"
-            "print(log.dropped(), flush=True)")
+# Logs far more than a pipe holds, then prints how many lines the outlet dropped.
+FLOOD_THE_LOG = "for i in range(20000): log.warn('line %d ' % i + 'x' * 80)\nprint(log.dropped(), flush=True)"
+
+
+def with_a_stalled_stderr(code: str) -> subprocess.CompletedProcess:
+    """Run code in a new interpreter whose stderr is a pipe nobody reads (argv[1]: the
+    directory fsm_init is imported from)."""
     r, w = os.pipe()
     try:
-        done = subprocess.run([sys.executable, "-c", code, str(os.path.dirname(os.path.dirname(log.__file__)))],
+        return subprocess.run([sys.executable, "-c", code, str(os.path.dirname(os.path.dirname(log.__file__)))],
                               stderr=w, stdout=subprocess.PIPE, timeout=30)
     finally:
         os.close(w)
         os.close(r)
+
+
+def test_a_process_with_a_stalled_stderr_keeps_going():
+    """The outlet in a real process whose stderr is a pipe nobody reads."""
+    done = with_a_stalled_stderr("import sys; sys.path.insert(0, sys.argv[1]); from fsm_init import log; "
+                                 "log.go_nonblocking()\n" + FLOOD_THE_LOG)
     assert done.returncode == 0 and int(done.stdout) > 0
 
 
@@ -413,14 +421,6 @@ def test_the_poll_fallback_never_blocks_either():
             "    return real_open(path, *a, **k)\n"
             "os.open = no_proc\n"
             "log.go_nonblocking(); os.open = real_open\n"
-            "assert log.outlet(2).how == 'poll', log.outlet(2).how\n"
-            "for i in range(20000): log.warn('line %d ' % i + 'x' * 80)\n"
-            "print(log.dropped(), flush=True)")
-    r, w = os.pipe()
-    try:
-        done = subprocess.run([sys.executable, "-c", code, str(os.path.dirname(os.path.dirname(log.__file__)))],
-                              stderr=w, stdout=subprocess.PIPE, timeout=30)
-    finally:
-        os.close(w)
-        os.close(r)
+            "assert log.outlet(2).how == 'poll', log.outlet(2).how\n") + FLOOD_THE_LOG
+    done = with_a_stalled_stderr(code)
     assert done.returncode == 0 and int(done.stdout) > 0
