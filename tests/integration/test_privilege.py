@@ -294,7 +294,8 @@ def test_helper_commands_get_the_masked_srvcfg(workuser_sandbox, netns, host_key
 
 
 @needs_ssh
-def test_keys_without_a_root_password_mean_key_logins_only_and_one_line_per_key(workuser_sandbox, netns, host_keys, client_key):
+def test_keys_without_a_root_password_mean_key_logins_only_and_one_line_per_key(workuser_sandbox, netns, host_keys,
+                                                                                client_key):
     sandbox, out = workuser_sandbox
     ns = netns()
     pubkey = client_key.with_suffix(".pub").read_text().strip()
