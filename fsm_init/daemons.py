@@ -1,4 +1,4 @@
-"""Supporting daemons in runit's layout: /etc/service/NAME/run, as phusion
+"""The /etc/service daemons, in runit's layout: /etc/service/NAME/run, as phusion
 baseimage-docker images have them, supervised without runit.
 
 runit's rules, kept: ./run is started in its service directory and started again

@@ -264,7 +264,9 @@ class Engine:
         if self.state in STOPPABLE:
             self.network.sync_ssh_permit(self.config, self.has_config)
 
-    def supporting(self) -> dict[str, str]:
+    def side_services(self) -> dict[str, str]:
+        """The line of each service fsm-init runs beside the target: the firewall, dropbear,
+        pppd and the syslog relay (`srvctl status`'s "supporting")."""
         return self.network.status(self.syslog.status() if self.syslog.tried else None)
 
     # -- the service ---------------------------------------------------------------------

@@ -37,7 +37,7 @@ class Facts(Protocol):
     daemons: Daemons
     writes: FileWrites
 
-    def supporting(self) -> dict[str, str]: ...
+    def side_services(self) -> dict[str, str]: ...
 
 
 class Explain:
@@ -111,5 +111,5 @@ class Explain:
             target=f.target.directory, service_pid=running.pid if running else None,
             uptime=now - running.started if running else None, run_count=service.run_count,
             failures=service.failures, last_exit=service.last_exit, checks=[r._asdict() for r in service.last_checks],
-            healthy=self.health()[0], last_transition=f.history.last_transition, supporting=f.supporting(),
+            healthy=self.health()[0], last_transition=f.history.last_transition, supporting=f.side_services(),
             daemons=f.daemons.status(), pid=f.system.getpid(), write_problems=f.writes.status())

@@ -35,7 +35,7 @@ class Engine(Protocol):
     syslog: SyslogRelay
     oom: Watch
 
-    def supporting(self) -> dict[str, str]: ...
+    def side_services(self) -> dict[str, str]: ...
 
 
 def enter(engine: Engine) -> None:
@@ -57,7 +57,7 @@ def enter(engine: Engine) -> None:
         "pid": instance.pid, "by_session": instance.group.by_session, "started": instance.started,
         "target": engine.target.directory, "run_count": engine.service.run_count,
         "control_fd": control.sock.fileno() if control else None, "quiet": log.is_quiet(),
-        "supporting": engine.supporting(), "kill_all_on_exit": settings.kill_all_on_exit,
+        "supporting": engine.side_services(), "kill_all_on_exit": settings.kill_all_on_exit,
         "proof": engine.config["workintvl"], "last_transition": engine.history.last_transition,
         "run_dir": settings.run_dir, "state_dir": settings.state_dir, "oom": engine.oom.state()})
     # Only reached when the exec failed: this engine carries on reaping.

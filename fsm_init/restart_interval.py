@@ -19,7 +19,7 @@ def backoff(config: dict, failures: int) -> int:
 
 
 def daemon_backoff(config: dict, failures: int) -> int:
-    """The wait before restarting a supporting daemon's run (/etc/service/NAME) after
+    """The wait before restarting an /etc/service daemon's run (/etc/service/NAME/run) after
     its failures-th consecutive exit: runit's fixed 1 s pause, doubled per failure up
     to workbackoff, so a daemon that dies at once cannot spin the CPU either."""
     return backoff({**config, "workintvl": 1}, failures)

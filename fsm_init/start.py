@@ -41,16 +41,16 @@ def check_timeout(config: dict, period: int) -> int:
     return config["worktimeout"] or period
 
 
-def has_command(config: dict, override: list[str] | None) -> bool:
-    return bool(override) or config["workstart"] is not None
+def has_command(config: dict, command_line: list[str] | None) -> bool:
+    return bool(command_line) or config["workstart"] is not None
 
 
-def command(config: dict, override: list[str] | None, directory: str | None, system: System) -> Command:
+def command(config: dict, command_line: list[str] | None, directory: str | None, system: System) -> Command:
     """The argv to start.  A command line is run as given (a failure to execute it is
     the container's exit status, as with tini); a workstart that cannot be executed
     becomes ``DoNothing 600`` so the container stays up for debugging."""
-    if override:
-        return Command(list(override), None, "")
+    if command_line:
+        return Command(list(command_line), None, "")
     workstart = config["workstart"]
     if isinstance(workstart, list):
         argv = list(workstart)

@@ -646,7 +646,7 @@ def test_engine_shows_the_summary_and_reapplies_only_on_change(system, v4):
     h = engine_with(system, doc)
     try:
         h.begin()
-        assert h.engine.supporting()["firewall"] == "tcp 80,443 udp - icmp; ipv4"
+        assert h.engine.side_services()["firewall"] == "tcp 80,443 udp - icmp; ipv4"
         assert h.request("restart")["ok"]
         h.advance(10)
         assert h.engine.service.run_count >= 2 and len(v4.restores) == 1
@@ -655,7 +655,7 @@ def test_engine_shows_the_summary_and_reapplies_only_on_change(system, v4):
         assert h.request("restart")["ok"]
         h.advance(10)
         assert len(v4.restores) == 2
-        assert h.engine.supporting()["firewall"] == "tcp 8080 udp - icmp; ipv4"
+        assert h.engine.side_services()["firewall"] == "tcp 8080 udp - icmp; ipv4"
     finally:
         h.close()
 
@@ -664,7 +664,7 @@ def test_engine_marks_the_step_unavailable_and_starts_the_service(system, capfd)
     h = engine_with(system, {"initdelay": 0, "workstart": "./run.sh"})
     try:
         h.begin()
-        assert h.engine.supporting() == {"firewall": "unavailable: iptables-save not found (install iptables); "
+        assert h.engine.side_services() == {"firewall": "unavailable: iptables-save not found (install iptables); "
                                                      "inbound traffic is not filtered"}
         assert h.state == "foreground"
         errors = [line for line in capfd.readouterr().err.splitlines() if "error:" in line]

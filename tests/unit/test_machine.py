@@ -348,7 +348,7 @@ def test_network_steps_without_a_config_are_skipped(make):
     h.begin()
     assert h.engine.target.directory is None and h.engine.has_config is False
     assert ["firewall", "ssh", "pppoe"] == [s for s in h.states if s in ("firewall", "ssh", "pppoe")]
-    assert h.engine.supporting() == {}
+    assert h.engine.side_services() == {}
     assert h.system.chdirs == []
 
 
@@ -364,7 +364,7 @@ def test_enabled_network_steps_report_unavailable(make):
 def test_disabled_network_steps_are_left_alone(make):
     h = make(cfg(firewall={"enable": "no"}))
     h.begin()
-    assert h.engine.supporting() == {}
+    assert h.engine.side_services() == {}
     assert h.state == "foreground"
 
 
