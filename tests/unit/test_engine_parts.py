@@ -13,13 +13,14 @@ from fsm_init import config, start, table
 from fsm_init.control import NOT_SUPERVISED
 from fsm_init.history import History
 from fsm_init.journal import Journal
+from fsm_init.kill import Group
 from fsm_init.launch import Launch, service_env
 from fsm_init.oom import Watch
 from fsm_init.repeats import Repeats
 from fsm_init.resolve_target import Target
 from fsm_init.service import Service
 from fsm_init.verbs import Verbs
-from tests.unit.fakes import FakeSystem, ProcessReplaced, close_engine, killed, make_engine, make_settings
+from tests.unit.fakes import FakeSystem, ProcessReplaced, close_engine, exited, killed, make_engine, make_settings
 
 APP = Target("app", "/srv/app", first_start=True)
 
@@ -189,3 +190,42 @@ def test_oom_watch_remembers_the_latest_kill_with_who_and_when():
     assert watch.killed_by("daemon hog (pid 7)", killed(signal.SIGTERM)) == "" and watch.last == ""
     assert "out-of-memory killer" in watch.killed_by("daemon hog (pid 7)", killed(signal.SIGKILL))
     assert watch.last.startswith("daemon hog (pid 7) at ")
+
+
+# -- supervise.Supervise and script_steps.ScriptSteps, on an engine not driven -----------------
+
+
+def test_supervise_hears_only_the_service_leaders_exit():
+    engine = make_engine()
+    try:
+        engine.service.started(321, Group(321))
+        assert not engine.supervise.exited(999, exited(0))  # a daemon's or a script's pid
+        assert engine.supervise.exited(321, exited(3)) and engine.service.last_exit == 3
+        assert not engine.supervise.exited(321, exited(3))  # once reaped, the pid may be reused
+    finally:
+        close_engine(engine)
+
+
+def test_supervise_writes_the_run_count_only_into_a_target_directory():
+    system = FakeSystem()
+    system.add_dir("/srv/app")
+    engine = make_engine(system)
+    try:
+        engine.supervise.write_count("RestartCount: 1\n")
+        assert "service.run.count" not in "".join(system.files)
+        engine.target = APP
+        engine.supervise.write_count("RestartCount: 1\n")
+        assert system.files["/srv/app/service.run.count"] == b"RestartCount: 1\n"
+    finally:
+        close_engine(engine)
+
+
+def test_script_steps_know_whether_a_shutdown_script_waits():
+    system = FakeSystem()
+    engine = make_engine(system)
+    try:
+        assert not engine.scripts.shutdown_scripts()
+        system.add_script("/etc/my_init.post_shutdown.d/flush")
+        assert engine.scripts.shutdown_scripts()
+    finally:
+        close_engine(engine)
