@@ -28,6 +28,7 @@ from fsm_init.repeats import Repeats
 from fsm_init.writes import FileWrites
 from fsm_init.loop import STOP_SIGNALS, EventLoop
 from fsm_init.network import Network
+from fsm_init.reload import Reloader
 from fsm_init.service import Service
 from fsm_init.settings import Settings
 from fsm_init.kill import Group, Stopper
@@ -101,6 +102,7 @@ class Engine:
         self.state_since = system.now()
         self.writes = FileWrites(system.now, system.wall)
         self.journal = Journal(settings.run_dir, system, self.writes)
+        self.reloader = Reloader(self)  # srvctl reload
         self.guard_results: dict[str, bool] = {}
         self.taking = ("", "boot", "")
         self.took: tuple[str, str, str] | None = None  # the transition the trigger being processed took
@@ -611,6 +613,9 @@ class Engine:
         log.info(f"srvctl rescan: {message}")
         return ok, message
 
+    def request_reload(self, dry_run: bool) -> dict:
+        return self.reloader.request(dry_run)
+
     def request_live(self) -> tuple[bool, str]:
         if self.state == "gave_up":
             return False, f"fsm-init gave up: {self.service.gave_up_reason}"
@@ -662,6 +667,7 @@ class Engine:
             text += f"; restart {restart}"
         upcoming = self._upcoming()
         text = f"{text}; {upcoming}" if upcoming else text
+        text = f"{text}; {self.reloader.last}" if self.reloader.last else text
         return f"{text}; last out-of-memory kill: {self.last_oom}" if self.last_oom else text
 
     def _upcoming(self) -> str:
