@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         words = words[:1]
     if len(words) == 2 and words[0] in DAEMON_VERBS:
         fields["name"] = words.pop()
-    if len(words) != 1 or words[0] not in (DAEMON_VERBS if fields else VERBS):
+    if len(words) != 1 or words[0] not in (DAEMON_VERBS if "name" in fields else VERBS):
         sys.stderr.write(USAGE)
         return USAGE_ERROR
     from fsm_init.settings import Settings
