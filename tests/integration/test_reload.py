@@ -207,3 +207,33 @@ def test_a_broken_file_is_refused_whole_with_validates_words(sandbox):
     assert run.log.count("srvctl reload: configuration refused") == 2  # a dry run says nothing in the log
     write(directory, cfg)
     assert reload(run, "--dry-run").returncode == 0  # what runs is still the first file
+
+
+def test_a_daemon_whose_run_changed_is_restarted_alone(sandbox):
+    cfg = {"initdelay": 0, "workstart": "./run.sh", "workwatch": 0, "workintvl": 1}
+    directory = sandbox.service("app", cfg, run__sh=HOLD)
+    for name in ("alpha", "beta"):
+        sandbox.etc(f"service/{name}/run", "exec sleep 1000\n")
+    run = sandbox.start(SRVNAME="app")
+    run.wait_state("watch")
+
+    def daemons():
+        return {d["name"]: d["pid"] for d in run.status()["daemons"]}
+    before = wait_for(lambda: all(daemons().values()) and daemons(), what="both daemons")
+    service = run.status()["service_pid"]
+    # a new run for alpha, written inside the container (a change below /etc/service/alpha
+    # is no change of /etc/service itself: only a reload picks it up)
+    subprocess.run(["nsenter", "-t", str(run.pid1), "-m", "sh", "-c",
+                    "printf '#!/bin/sh\\nexec sleep 2000\\n' > /etc/service/alpha/run.new && "
+                    "chmod 755 /etc/service/alpha/run.new && mv /etc/service/alpha/run.new /etc/service/alpha/run"],
+                   check=True, timeout=15)
+    dry = reload(run, "--dry-run")
+    assert dry.returncode == 1 and dry.stdout.splitlines()[-1] == "daemons: run changed alpha: restart it", dry
+    assert daemons() == before
+    assert reload(run).returncode == 0
+    after = wait_for(lambda: (d := daemons())["alpha"] not in (None, before["alpha"]) and d, what="alpha restarted")
+    assert after["beta"] == before["beta"]
+    status = run.status()
+    assert status["service_pid"] == service and status["run_count"] == 1
+    assert lines(directory / "pids") == [str(service)]
+    assert reload(run, "--dry-run").returncode == 0

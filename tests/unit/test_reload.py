@@ -244,3 +244,42 @@ def test_secrets_never_in_the_reply(make):
     reply = h.request("reload", dry_run=True)
     assert "hunter2" not in json.dumps(reply) and "sshsrv.rootpwd changed" in reply["message"]
     assert config.MASK not in reply["message"]
+
+
+# -- srvctl reload: the request sent, the exit codes, the lines escaped --------------------------------
+
+
+@pytest.mark.parametrize("args, reply, code", [
+    (["reload"], {"ok": True, "changed": True}, 0),
+    (["reload"], {"ok": False, "changed": False}, 1),
+    (["reload", "--dry-run"], {"ok": True, "changed": False}, 0),
+    (["reload", "--dry-run"], {"ok": True, "changed": True}, 1),
+    (["reload", "--dry-run"], {"ok": False, "changed": False}, 1),
+])
+def test_srvctl_reload_exit_codes(monkeypatch, capsys, args, reply, code):
+    from fsm_init import srvctl
+
+    sent = []
+
+    def request(path, verb, **fields):
+        sent.append((verb, fields))
+        return dict(reply, message="x", lines=["one", "two \x1b[2K"])
+    monkeypatch.setattr("fsm_init.control.request", request)
+    assert srvctl.main(args) == code
+    assert sent == [("reload", {"dry_run": True} if "--dry-run" in args else {})]
+    assert capsys.readouterr().out == "one\ntwo \\x1b[2K\n"
+
+
+@pytest.mark.parametrize("args", [["reload", "--now"], ["reload", "app"], ["reload", "--dry-run", "x"]])
+def test_srvctl_reload_usage(args, capsys):
+    from fsm_init import srvctl
+
+    assert srvctl.main(args) == srvctl.USAGE_ERROR
+    assert "srvctl reload [--dry-run]" in capsys.readouterr().err
+
+
+def test_the_thin_reaper_refuses_a_reload():
+    from fsm_init import reaper, status
+
+    reply = status.answer(reaper.Reaper.__new__(reaper.Reaper), {"verb": "reload", "dry_run": True})
+    assert reply["ok"] is False and "restart the container" in reply["message"]
