@@ -164,10 +164,11 @@ class Reloader:
             return self._reply(True, lines + ["no change: nothing to apply"], changed=False)
         if dry_run:
             return self._reply(True, [f"would apply {len(changes)} change(s):", *lines], changed=True)
-        self._apply(changes, new, document, plan)
+        failed = self._apply(changes, new, document, plan)
         summary = "; ".join(c.line() for c in changes)
-        self.last = f"last reload at {log.clock(engine.system.wall())} applied {summary}"
-        return self._reply(True, [f"applied {len(changes)} change(s):", *lines], changed=True)
+        self.last = f"last reload at {log.clock(engine.system.wall())} applied {summary}" + \
+            "".join(f"; {line}" for line in failed)
+        return self._reply(not failed, [f"applied {len(changes)} change(s):", *lines, *failed], changed=True)
 
     @staticmethod
     def _reply(ok: bool, lines: list[str], changed: bool = False) -> dict:
@@ -203,13 +204,13 @@ class Reloader:
             adjusted.append(change)
         return adjusted
 
-    def _apply(self, changes: list[Change], new: dict | None, document: dict | None, plan: dict) -> None:
+    def _apply(self, changes: list[Change], new: dict | None, document: dict | None, plan: dict) -> list[str]:
+        """Each change by its step; returns a line for each step that cannot be done here."""
         engine = self.engine
+        failed = []
         steps = {c.step for c in changes}
         for change in changes:
             log.info(f"srvctl reload: {change.line()}")
-        # The journal first: a restart the reload sets off comes after it there.
-        self._journal("srvctl reload: " + "; ".join(c.line() for c in changes))
         if new is not None and document is not None:
             old_period = engine.mode.period
             engine.config, engine.mode = new, start.mode(new)
@@ -219,13 +220,18 @@ class Reloader:
             for step in ("ssh", "pppoe"):
                 if step in steps:
                     engine.network.apply(step, new, engine.has_config)
+            failed = [f"{step}: unavailable: {engine.network.unavailable[step]}"
+                      for step in ("firewall", "ssh", "pppoe") if step in steps and step in engine.network.unavailable]
             if "checks" in steps:
                 self._retime(old_period)
         if "daemons" in steps:
             engine.daemons.reload(plan["changed"])
+        # Journalled before the restart it may set off, which comes after it there.
+        self._journal("srvctl reload: " + "; ".join([c.line() for c in changes] + failed))
         if "service" in steps and engine.state != "foreground" and engine.may_restart_request():
             engine.service.restart_requested = True
             engine.fire("restart_request", "srvctl reload: " + next(c.what for c in changes if c.step == "service"))
+        return failed
 
     def _retime(self, old_period: int | None) -> None:
         """A new workwatch: the next cycle at the new period (daemon mode: no more cycles)."""

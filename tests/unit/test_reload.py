@@ -221,6 +221,16 @@ def test_firewall_change_applies_only_the_firewall(make, monkeypatch):
     assert calls == ["80"] and h.states.count("start") == 1
 
 
+def test_a_step_that_cannot_be_done_here_is_named_and_fails_the_reload(make):
+    h = in_watch(make)
+    write(h, cfg(workwatch=30, workintvl=5, firewall={"enable": "yes", "tcpportpmt": "80"}))
+    reply = h.request("reload")
+    assert reply["ok"] is False and reply["changed"] is True
+    assert reply["lines"][-1].startswith("firewall: unavailable: ")
+    assert h.engine.config["firewall"]["tcpportpmt"] == "80"  # taken: the next restart tries again
+    assert reply["lines"][-1] in h.engine.why()
+
+
 def test_a_changed_daemon_run_restarts_that_daemon_only(make):
     h = make(cfg(workwatch=0), service_dir="/etc/service")
     for name in ("a", "b"):
