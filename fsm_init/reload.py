@@ -239,7 +239,7 @@ class Reloader:
         if engine.mode.period == old_period:
             return
         if engine.mode.kind == STATUS_CHECK:
-            engine.checks.rebase()
+            engine.checks.rebase(engine.mode.period)
         if engine.state == "watch":
             engine.loop.cancel("cycle")
             engine.on_enter_watch()

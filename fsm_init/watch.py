@@ -87,11 +87,11 @@ class Checks:
     def new_instance(self) -> None:
         self.anchor, self.begun, self.cycle_count = None, None, 0
 
-    def rebase(self) -> None:
+    def rebase(self, period: int) -> None:
         """workwatch changed (`srvctl reload`): the fixed rate is counted again from the
-        latest cycle's start, so the next cycle comes at most one new period from now."""
-        if self.begun is not None:
-            self.anchor = self.begun
+        latest cycle's start, so the next cycle comes at most one new period from now (one
+        period from now when no cycle ran yet: daemon mode turned status-check)."""
+        self.anchor = self.begun if self.begun is not None else self.system.now() + period
 
     def schedule(self, period: int, due: Callable[[str], None]) -> None:
         """The next cycle at the next tick of this instance's fixed rate: due(cause)."""

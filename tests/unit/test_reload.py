@@ -190,6 +190,25 @@ def test_workwatch_retimes_the_next_cycle_without_a_restart(make):
     assert h.states.count("start") == 1 and h.state == "watch" and h.engine.mode.period == 10
 
 
+def test_daemon_mode_turned_status_check_checks_one_period_later_and_back(make):
+    h = make(cfg(workwatch=0, workintvl=1), scripts=("run.sh", "PeriodicST-a"))
+    h.begin()
+    h.advance(1)
+    assert h.state == "watch" and h.deadline("cycle") is None
+    write(h, cfg(workwatch=7, workintvl=1))
+    assert h.request("reload")["lines"][2] == "checks: workwatch 0 -> 7: from the next cycle, without a restart"
+    assert h.deadline("cycle") == pytest.approx(h.system.now() + 7)
+    h.advance(7)
+    assert h.state == "check" and h.states.count("start") == 1
+    h.advance(1)
+    h.exit([s.pid for s in h.system.spawns if s.argv == [f"{SRV}/PeriodicST-a"]][-1], exited(0))
+    write(h, cfg(workwatch=0, workintvl=1))
+    h.request("reload")
+    assert h.state == "watch" and h.deadline("cycle") is None and h.engine.mode.kind == "daemon"
+    h.exit(h.engine.service.instance.pid, exited(1))
+    assert h.states[-2:] == ["restart", "restart_interval"]  # daemon mode again: its exit restarts it
+
+
 def test_a_file_with_problems_is_refused_whole(make):
     h = in_watch(make)
     write(h, cfg(workwatch=10, workintvl="soon"))
