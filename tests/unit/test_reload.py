@@ -250,6 +250,26 @@ def test_a_step_that_cannot_be_done_here_is_named_and_fails_the_reload(make):
     assert reply["lines"][-1] in h.engine.why()
 
 
+def test_inetdail_redials_only_the_dial_up(make, monkeypatch):
+    h = in_watch(make)
+    calls = []
+    monkeypatch.setattr(h.engine.network, "apply_firewall", lambda *a: calls.append("firewall"))
+    monkeypatch.setattr(h.engine.network, "apply", lambda step, c, has: calls.append((step, c["inetdail"]["dialuser"])))
+    write(h, cfg(workwatch=30, workintvl=5, inetdail={"enable": "yes", "dialuser": "isp", "dialpswd": "pw"}))
+    assert h.request("reload")["ok"]
+    assert calls == [("pppoe", "isp")] and h.states.count("start") == 1
+
+
+def test_a_new_worktimeout_holds_from_the_next_check(make):
+    h = in_watch(make)
+    write(h, cfg(workwatch=30, workintvl=5, worktimeout=2))
+    h.request("reload")
+    assert h.state == "watch" and h.states.count("start") == 1
+    h.advance(30 - 1)  # the next cycle, 30 s after the first one began
+    assert h.state == "check"
+    assert h.deadline("script") == pytest.approx(h.system.now() + 2)
+
+
 def test_a_changed_daemon_run_restarts_that_daemon_only(make):
     h = make(cfg(workwatch=0), service_dir="/etc/service")
     for name in ("a", "b"):
