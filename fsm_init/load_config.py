@@ -126,16 +126,17 @@ class ConfigSource:
 
     def reread(self, dry_run: bool) -> tuple[dict | None, str]:
         """workcfg.json read again for `srvctl reload`, under the trust rules of a start:
-        (the document, "") or (None, why it cannot be used).  Nothing is kept (accept()
-        does that); a dry run does not make a file holding a secret private either."""
+        (the document, ""), (None, why it cannot be used) or (None, "") when there is no
+        file.  Nothing is kept (accept() does that); a dry run does not make a file holding
+        a secret private either."""
         path = self.path
         assert path is not None  # only called with a service directory
         why = trust.problem(path, self.system)
         if why:
             return None, f"refusing to take fsm-init's configuration from {path}: another user could change it: {why}"
         raw = self.system.read_bytes(path)
-        if raw is None:
-            return None, f"cannot read {path}"
+        if raw is None:  # no file: the running configuration stays, as at a restart ("", "")
+            return None, "" if self.system.owner_mode(path) is None else f"cannot read {path}"
         document, why = config.parse_document(raw)
         if document is None:
             return None, f"{path} is {why}"

@@ -184,6 +184,8 @@ class Reloader:
             return [f"config: {source.path} is not read: $SRVCFG serves from memory for this container start"], \
                 None, None
         document, error = source.reread(dry_run)
+        if document is None and not error:
+            return [f"config: no {source.path}: the running configuration is kept"], None, None
         if document is None:
             return Refusal([f"error: {error}"]), None, None
         from fsm_init import config_schema

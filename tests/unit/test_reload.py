@@ -270,6 +270,17 @@ def test_a_new_worktimeout_holds_from_the_next_check(make):
     assert h.deadline("script") == pytest.approx(h.system.now() + 2)
 
 
+def test_no_workcfg_keeps_the_running_configuration_and_reloads_the_daemons(make):
+    h = make(cfg(workwatch=0), service_dir="/etc/service")
+    h.begin()
+    del h.system.files[f"{SRV}/workcfg.json"]
+    h.system.add_script("/etc/service/new/run", "exec sleep 1000\n")
+    reply = h.request("reload")
+    assert reply["ok"] and reply["lines"] == ["applied 1 change(s):", f"config: no {SRV}/workcfg.json: the running "
+                                              "configuration is kept", "daemons: new service new: start it"]
+    assert h.engine.daemons.services["new"].pid is not None and h.engine.config["workwatch"] == 0
+
+
 def test_a_changed_daemon_run_restarts_that_daemon_only(make):
     h = make(cfg(workwatch=0), service_dir="/etc/service")
     for name in ("a", "b"):
