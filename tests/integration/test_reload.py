@@ -112,6 +112,12 @@ def test_sshsrv_only_restarts_dropbear(sandbox, netns, client_key, host_keys, sh
     status = run.status()
     assert status["service_pid"] == service and status["run_count"] == 1
     assert start_time(run, service) == started
+    # a change that is not sshsrv's leaves dropbear alone
+    restarted = sshtest.dropbear_pid(run)
+    write(sandbox.srv / "app", dict(sshtest.workcfg(sshport=2202, password="no", authkeys=[pubkey]), workintvl=2))
+    done = reload(run)
+    assert done.returncode == 0 and done.stdout.splitlines()[-1].startswith("checks: workintvl 1 -> 2"), done
+    assert sshtest.dropbear_pid(run) == restarted and run.status()["service_pid"] == service
 
 
 # -- the service's own keys ------------------------------------------------------------------------
