@@ -54,6 +54,12 @@ def _permanent(status: int) -> bool:
     return os.WIFEXITED(status) and os.WEXITSTATUS(status) == PERMANENT_FAILURE
 
 
+def run_digest(system: System, path: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(system.read_bytes(path) or b"").hexdigest()
+
+
 class Daemon:
     """One service directory: its run process, its finish script and its restarts."""
 
@@ -75,6 +81,7 @@ class Daemon:
         self.exit_status = 0  # run's last wait status, for finish
         self.removed = False  # its directory left the service directory: stop, then forget it
         self.out_of_memory = False  # run's last exit was the kernel's OOM killer
+        self.digest = ""  # run's content when it was last started
         self.stopper = Stopper(owner.system, owner.loop, self.deadline("stop"))
         self.finish_limit = Stopper(owner.system, owner.loop, self.deadline("finish"))
 
@@ -114,6 +121,7 @@ class Daemon:
             return e.strerror
         self.started = system.now()
         self.starts += 1
+        self.digest = run_digest(system, self.run)  # what runs: `srvctl reload` restarts it when run changes
         failed = self.owner.repeats.succeeded(self.name)
         log.info(f"daemon {self.name} started (pid {self.pid})"
                  + (f" after {failed} failed attempt(s)" if failed else ""))
@@ -484,3 +492,41 @@ class Daemons:
 
     def status(self) -> list[dict]:
         return [self.services[name].status() for name in self.names]
+
+    # -- srvctl reload -------------------------------------------------------------------
+
+    def reload_plan(self) -> dict[str, list[str]]:
+        """What `srvctl reload` would change, changing nothing: the services whose directory
+        appeared ("added") or left ("removed"), and the running ones whose run changed since
+        they started ("changed")."""
+        plan: dict[str, list[str]] = {"added": [], "removed": [], "changed": []}
+        if not self.directory or self.shutting_down or not self.system.is_dir(self.directory):
+            return plan
+        present = set()
+        for name in self.system.list_dir(self.directory):
+            path = os.path.join(self.directory, name)
+            if name.startswith(".") or not self.system.is_dir(path):
+                continue
+            present.add(name)
+            daemon = self.services.get(name)
+            if daemon is None or daemon.removed:
+                if self.system.is_executable(os.path.join(path, "run")) \
+                        and not trust.problem(os.path.join(path, "run"), self.system):
+                    plan["added"].append(name)
+            elif daemon.state == "running" and daemon.digest != run_digest(self.system, daemon.run):
+                plan["changed"].append(name)
+        plan["removed"] = [n for n in self.names if n not in present and not self.services[n].removed]
+        return plan
+
+    def reload(self, changed: list[str]) -> None:
+        """`srvctl reload`: the scan (new services started, removed ones stopped), then each
+        running service whose run changed restarted (its session stopped: TERM, grace, KILL)."""
+        if self.watch_fd is None and self.system.is_dir(self.directory):
+            self._watch()
+        self.scan()
+        for name in changed:
+            daemon = self.services.get(name)
+            if daemon is not None and daemon.state == "running":
+                log.info(f"daemon {name}: {daemon.run} changed; restarting it")
+                daemon.again = True
+                daemon.terminate()

@@ -26,6 +26,7 @@ from fsm_init.kill import Stopper
 from fsm_init.launch import Launch, service_env
 from fsm_init.loop import STOP_SIGNALS, EventLoop
 from fsm_init.network import Network
+from fsm_init.reload import Reloader
 from fsm_init.repeats import Repeats
 from fsm_init.script_steps import ScriptSteps
 from fsm_init.service import Service
@@ -91,6 +92,7 @@ class Engine:
         self.history = History(system, Journal(settings.run_dir, system, self.writes), lambda: self.state)
         self.explain = Explain(self)  # srvctl why, health and status
         self.verbs = Verbs(self)  # the answers to control requests
+        self.reloader = Reloader(self)  # srvctl reload
         self.scripts = ScriptSteps(self)  # startup_scripts, env_resume, pre_shutdown, post_shutdown
         self.supervise = Supervise(self)  # idle, restart_interval, watch, check, restart, gave_up, stopping
         self.internal_error = ""  # the first internal error: the exit status is then never 0

@@ -13,6 +13,7 @@ from fsm_init.history import History
 from fsm_init.kill import Stopper
 from fsm_init.loop import EventLoop
 from fsm_init.oom import Watch
+from fsm_init.reload import Reloader
 from fsm_init.resolve_target import Target
 from fsm_init.service import Service
 from fsm_init.system import System
@@ -36,6 +37,7 @@ class Facts(Protocol):
     checks: Checks
     daemons: Daemons
     writes: FileWrites
+    reloader: Reloader
 
     def side_services(self) -> dict[str, str]: ...
 
@@ -71,6 +73,7 @@ class Explain:
             text += f"; restart {restart}"
         upcoming = self.upcoming()
         text = f"{text}; {upcoming}" if upcoming else text
+        text = f"{text}; {f.reloader.last}" if f.reloader.last else text
         return f"{text}; last out-of-memory kill: {f.oom.last}" if f.oom.last else text
 
     def upcoming(self) -> str:

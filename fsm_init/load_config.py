@@ -124,6 +124,28 @@ class ConfigSource:
             errors.append(f"{problem}: using the built-in defaults")
         return self.last_read
 
+    def reread(self, dry_run: bool) -> tuple[dict | None, str]:
+        """workcfg.json read again for `srvctl reload`, under the trust rules of a start:
+        (the document, ""), (None, why it cannot be used) or (None, "") when there is no
+        file.  Nothing is kept (accept() does that); a dry run does not make a file holding
+        a secret private either."""
+        path = self.path
+        assert path is not None  # only called with a service directory
+        why = trust.problem(path, self.system)
+        if why:
+            return None, f"refusing to take fsm-init's configuration from {path}: another user could change it: {why}"
+        raw = self.system.read_bytes(path)
+        if raw is None:  # no file: the running configuration stays, as at a restart ("", "")
+            return None, "" if self.system.owner_mode(path) is None else f"cannot read {path}"
+        document, why = config.parse_document(raw)
+        if document is None:
+            return None, f"{path} is {why}"
+        return (document if dry_run else self._private(document)), ""
+
+    def accept(self, document: dict) -> None:
+        """A reload took document: it is the configuration read before from now on."""
+        self.last_read = document
+
     def _private(self, document: dict) -> dict:
         """A file that holds a secret is made 0600, owned by fsm-init's uid (root), so
         that no other user (the workuser) reads it; when that is impossible (a read-only

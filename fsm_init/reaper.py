@@ -176,6 +176,11 @@ class Reaper:
                        "only when that directory did not exist (or with --skip-runit); restart the container "
                        "to supervise services there")
 
+    def request_reload(self, dry_run: bool) -> dict:
+        message = ("the thin reaper reads no configuration: the service runs in non-daemon mode and fsm-init "
+                   "handed over; restart the container to apply a new one")
+        return {"ok": False, "message": message, "lines": [message], "changed": False}
+
     def health(self) -> tuple:
         ran = self.system.now() - self.started
         if self.last_exit is not None:

@@ -1,6 +1,7 @@
 """``srvctl``: steer the running fsm-init over its control socket.
 
-Exit codes: 0 done, 1 refused or failed, 2 usage, 3 no engine listening.
+Exit codes: 0 done, 1 refused or failed, 2 usage, 3 no engine listening; ``reload
+--dry-run``: 0 nothing would change, 1 something would (or the configuration is refused).
 Standard library only, so a Docker HEALTHCHECK or a probe answers fast.
 """
 
@@ -13,9 +14,11 @@ USAGE = """\
 usage: srvctl restart|stop|status|why|health|live [--json]
        srvctl restart|stop|start NAME     one /etc/service daemon
        srvctl rescan                      read /etc/service again: start new, stop removed
+       srvctl reload [--dry-run]          read workcfg.json and /etc/service again, apply
+                                          only what changed (--dry-run: exit 1 if anything would)
        srvctl history [-n N] [--json]
 """
-VERBS = ("restart", "stop", "status", "why", "health", "live", "history", "rescan")
+VERBS = ("restart", "stop", "status", "why", "health", "live", "history", "rescan", "reload")
 DAEMON_VERBS = ("restart", "stop", "start")
 DONE, REFUSED, USAGE_ERROR, NO_ENGINE = 0, 1, 2, 3
 
@@ -28,9 +31,12 @@ def main(argv: list[str] | None = None) -> int:
     if words[:1] == ["history"] and len(words) == 3 and words[1] == "-n" and words[2].isdigit():
         count, words = int(words[2]), words[:1]
     fields: dict = {}
+    if words[:1] == ["reload"] and words[1:] == ["--dry-run"]:
+        fields["dry_run"] = True
+        words = words[:1]
     if len(words) == 2 and words[0] in DAEMON_VERBS:
         fields["name"] = words.pop()
-    if len(words) != 1 or words[0] not in (DAEMON_VERBS if fields else VERBS):
+    if len(words) != 1 or words[0] not in (DAEMON_VERBS if "name" in fields else VERBS):
         sys.stderr.write(USAGE)
         return USAGE_ERROR
     from fsm_init.settings import Settings
@@ -50,10 +56,14 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(reply.get("status", reply), indent=2))
     elif "status" in reply:
         print(format_status(reply["status"]))
+    elif "lines" in reply:  # reload: one line per change, each escaped
+        print("\n".join(escape(str(line)) for line in reply["lines"]))
     else:
         # A check's output, a file name or a name from the network may be in the answer:
         # shown escaped, never raw (the same escaping as fsm-init's own log lines).
         print(escape(str(reply.get("message", ""))))
+    if fields.get("dry_run"):  # as diff: 0 nothing would change, 1 something would (or refused)
+        return DONE if reply.get("ok") and not reply.get("changed") else REFUSED
     return DONE if reply.get("ok") else REFUSED
 
 

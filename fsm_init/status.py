@@ -46,8 +46,9 @@ def snapshot(*, state, since, mode, period, target, service_pid, uptime, run_cou
 def answer(supervisor, request):
     """The reply to one control request.  supervisor (the engine or the thin reaper) has
     snapshot(), why(), health(), request_daemon(verb, name), request_live(),
-    request_restart(), request_stop(), request_rescan() and refused(verb); health and
-    the request_ ones return (ok, message)."""
+    request_restart(), request_stop(), request_rescan(), request_reload(dry_run) and
+    refused(verb); health and the request_ ones return (ok, message), request_reload the
+    whole reply (with its "lines" and whether anything "changed")."""
     verb = request.get("verb")
     if "name" in request:  # one /etc/service daemon
         ok, message = supervisor.request_daemon(verb, request["name"])
@@ -57,6 +58,8 @@ def answer(supervisor, request):
         ok, message = True, supervisor.why()
     elif verb == "health":
         ok, message = supervisor.health()
+    elif verb == "reload":
+        return supervisor.request_reload(request.get("dry_run") is True)
     elif verb in ("live", "restart", "stop", "rescan"):
         ok, message = getattr(supervisor, "request_" + verb)()
     else:

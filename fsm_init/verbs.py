@@ -9,6 +9,7 @@ from fsm_init import log, status
 from fsm_init.control import NOT_SUPERVISED
 from fsm_init.daemons import Daemons
 from fsm_init.explain import Explain
+from fsm_init.reload import Reloader
 from fsm_init.service import Service
 from fsm_init.table import STOPPABLE
 
@@ -19,6 +20,7 @@ class Engine(Protocol):
     service: Service
     daemons: Daemons
     explain: Explain
+    reloader: Reloader
     may_restart_request: Callable[[], bool]  # added by transitions
 
     def fire(self, trigger: str, cause: str = "") -> None: ...
@@ -52,6 +54,9 @@ class Verbs:
         ok, message = self.engine.daemons.rescan()
         log.info(f"srvctl rescan: {message}")
         return ok, message
+
+    def request_reload(self, dry_run: bool) -> dict:
+        return self.engine.reloader.request(dry_run)
 
     def request_live(self) -> tuple[bool, str]:
         if self.engine.state == "gave_up":

@@ -80,11 +80,18 @@ class Checks:
         self.cycle: Cycle | None = None
         self.cycle_count = 0
         self.anchor: float | None = None  # the fixed-rate cycles' first tick
+        self.begun: float | None = None  # when this instance's latest cycle began
         self.background: dict[str, int] = {}  # RT and MT scripts still running: name -> pid
         self._run: tuple = ()  # the running cycle's (directory, config, period, env, on_done)
 
     def new_instance(self) -> None:
-        self.anchor, self.cycle_count = None, 0
+        self.anchor, self.begun, self.cycle_count = None, None, 0
+
+    def rebase(self, period: int) -> None:
+        """workwatch changed (`srvctl reload`): the fixed rate is counted again from the
+        latest cycle's start, so the next cycle comes at most one new period from now (one
+        period from now when no cycle ran yet: daemon mode turned status-check)."""
+        self.anchor = self.begun if self.begun is not None else self.system.now() + period
 
     def schedule(self, period: int, due: Callable[[str], None]) -> None:
         """The next cycle at the next tick of this instance's fixed rate: due(cause)."""
@@ -102,6 +109,7 @@ class Checks:
         """Cycle number cycle_count (the caller counts it and writes it out first): RT in
         the background, then the ST checks, then MT if they passed; on_done(cycle) at the end."""
         env = self.env(service_env, period)
+        self.begun = self.system.now()
         self._run = (directory, config, period, env, on_done)
         self.start_background(directory, RT, config, env)
         self.cycle = Cycle(self.cycle_count, directory, self.system)

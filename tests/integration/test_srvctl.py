@@ -288,7 +288,7 @@ def test_usage_is_checked_while_an_engine_runs_too(sandbox):
     d = sandbox.service("app", DAEMON, run__sh=HOLD)
     run = sandbox.start(SRVNAME="app")
     wait_lines(d / "pids", 1)
-    assert run.srvctl("reload").returncode == 2
+    assert run.srvctl("frobnicate").returncode == 2
     assert run.srvctl().returncode == 2
     assert run.status()["restarts"] == 0
 

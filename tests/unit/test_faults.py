@@ -400,6 +400,7 @@ def test_no_scheduling_reads_the_wall_clock():
         ("oom.py", "killed_by"),  # `srvctl why`: when the out-of-memory kill was seen
         ("log.py", "_emit"), ("syslog_relay.py", "_format"), ("output.py", "pass_lines"),  # JSON log lines' "time"
         ("reaper.py", "_enter"),  # the thin reaper's journal lines
+        ("reload.py", "_journal"), ("reload.py", "request"),  # a reload's journal line, `srvctl why`'s "last reload at"
         ("status_view.py", "*"),  # the viewer's own "last seen" display
         ("system.py", "wall"),
         ("writes.py", "__init__"), ("writes.py", "failed"),  # "since" of a write problem in srvctl status

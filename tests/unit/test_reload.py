@@ -1,0 +1,345 @@
+"""srvctl reload: the diff of two effective configs (pure), and the engine applying it on the fake."""
+
+import json
+import signal
+
+import pytest
+
+from fsm_init import config, reload, table
+from fsm_init.daemons import run_digest
+
+from .fakes import FakeSystem, Harness, exited, make_settings
+
+SRV = "/srv/app"
+
+
+def effective(**values) -> dict:
+    from fsm_init import config_schema
+
+    document = {"initdelay": 0, "workstart": "./run.sh", "firewall": {"enable": "no"}, **values}
+    found, problems = config_schema.validate(document)
+    assert not problems, problems
+    return found
+
+
+def steps(changes) -> dict:
+    return {c.step: c for c in changes}
+
+
+# -- the diff ---------------------------------------------------------------------------------
+
+
+def test_no_change_no_step():
+    assert reload.diff(effective(), effective()) == []
+
+
+def test_a_firewall_port_is_the_firewall_step_only():
+    changes = reload.diff(effective(firewall={"tcpportpmt": "8080"}), effective(firewall={"tcpportpmt": "8081"}))
+    assert [c.step for c in changes] == ["firewall"]
+    assert changes[0].what == 'firewall.tcpportpmt "8080" -> "8081"'
+    assert "iptables-restore" in changes[0].action
+
+
+def test_sshsrv_restarts_dropbear_and_masks_the_password():
+    old = effective(sshsrv={"enable": "yes", "rootpwd": "old-secret"})
+    new = effective(sshsrv={"enable": "yes", "rootpwd": "new-secret", "sshport": 2222})
+    changes = reload.diff(old, new)
+    assert [c.step for c in changes] == ["ssh"]
+    assert changes[0].what == "sshsrv.rootpwd changed, sshsrv.sshport 8022 -> 2222"
+    assert changes[0].action == "restart dropbear"
+    assert "secret" not in changes[0].line()
+
+
+@pytest.mark.parametrize("was, now, action", [("no", "yes", "start dropbear"), ("yes", "no", "stop dropbear"),
+                                              ("no", "no", "nothing to run (sshsrv.enable is no)")])
+def test_sshsrv_enable(was, now, action):
+    changes = reload.diff(effective(sshsrv={"enable": was}), effective(sshsrv={"enable": now, "sshport": 9}))
+    assert steps(changes)["ssh"].action == action
+
+
+def test_inetdail_is_the_pppoe_step():
+    changes = reload.diff(effective(), effective(inetdail={"enable": "yes", "dialuser": "u", "dialpswd": "p"}))
+    assert [c.step for c in changes] == ["pppoe"]
+    assert changes[0].what == 'inetdail.dialpswd changed, inetdail.dialuser "" -> "u", inetdail.enable "no" -> "yes"'
+    assert changes[0].action == "start the dial-up (pppd)"
+
+
+def test_workstart_workuser_and_the_services_own_section_restart_the_service():
+    changes = reload.diff(effective(), effective(workstart="./other.sh"))
+    assert [(c.step, c.what) for c in changes] == [("service", 'workstart "./run.sh" -> "./other.sh"')]
+    assert steps(reload.diff(effective(), effective(workuser="nobody")))["service"]
+    changes = reload.diff(effective(app={"level": 1}), effective(app={"level": 2}))
+    assert [c.step for c in changes] == ["service"]
+    assert "'app'" in changes[0].what and "level" not in changes[0].what  # the service's values are its own
+
+
+def test_a_command_line_makes_workstart_no_restart():
+    changes = reload.diff(effective(), effective(workstart="./other.sh"), command_line=True)
+    assert [c.step for c in changes] == ["later"]
+
+
+def test_the_cycle_keys_take_effect_without_a_restart():
+    changes = reload.diff(effective(workwatch=30, workintvl=5), effective(workwatch=10, workintvl=2, worktimeout=4))
+    assert [c.step for c in changes] == ["checks"]
+    assert changes[0].what == "workwatch 30 -> 10, worktimeout null -> 4, workintvl 5 -> 2"
+    # daemon <-> status-check: in place
+    assert [c.step for c in reload.diff(effective(workwatch=0), effective(workwatch=10))] == ["checks"]
+
+
+def test_into_or_out_of_non_daemon_mode_is_a_new_instance():
+    for old, new in ((None, 10), (0, None)):
+        changes = reload.diff(effective(workwatch=old), effective(workwatch=new))
+        assert [c.step for c in changes] == ["service"], (old, new)
+
+
+def test_the_other_keys_at_their_next_use():
+    changes = reload.diff(effective(), effective(workbackoff=10, workretry={"max": 3}))
+    assert [c.step for c in changes] == ["later"]
+    assert changes[0].what == "workbackoff 300 -> 10, workretry.max 0 -> 3"
+
+
+def test_steps_in_boot_order():
+    old = effective(workwatch=30)
+    new = effective(workwatch=10, workstart="./b.sh", firewall={"tcpportpmt": "1"}, sshsrv={"enable": "yes"},
+                    initdelay=5)
+    assert [c.step for c in reload.diff(old, new)] == ["firewall", "ssh", "service", "checks", "later"]
+
+
+def test_daemon_changes():
+    changes = reload.daemon_changes({"added": ["a", "b"], "removed": [], "changed": ["c"]})
+    assert [c.line() for c in changes] == ["daemons: new service a, b: start them",
+                                           "daemons: run changed c: restart it"]
+
+
+# -- the engine on the fake -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def make():
+    made = []
+
+    def factory(workcfg, scripts=("run.sh",), **settings):
+        fake = FakeSystem()
+        fake.add_dir(SRV)
+        fake.add_file(f"{SRV}/workcfg.json", json.dumps(workcfg))
+        for script in scripts:
+            fake.add_script(f"{SRV}/{script}")
+        h = Harness(fake, make_settings(**settings), {"SRVNAME": "app", "PATH": "/usr/bin:/bin"})
+        made.append(h)
+        return h
+
+    yield factory
+    for h in made:
+        h.close()
+
+
+def cfg(**values) -> dict:
+    return {"initdelay": 0, "workstart": "./run.sh", "firewall": {"enable": "no"}, **values}
+
+
+def write(h: Harness, workcfg) -> None:
+    h.system.add_file(f"{SRV}/workcfg.json", workcfg if isinstance(workcfg, str) else json.dumps(workcfg))
+
+
+def in_watch(make, **values) -> Harness:
+    h = make(cfg(workwatch=30, workintvl=5, **values), scripts=("run.sh", "PeriodicST-a"))
+    h.begin()
+    h.advance(5)
+    assert h.state == "check"
+    h.advance(1)
+    h.exit([s.pid for s in h.system.spawns if s.argv == [f"{SRV}/PeriodicST-a"]][-1], exited(0))
+    assert h.state == "watch"
+    return h
+
+
+def test_dry_run_changes_nothing_and_says_what_would(make):
+    h = in_watch(make)
+    assert h.request("reload", dry_run=True) == {
+        "ok": True, "changed": False, "message": f"config: {SRV}/workcfg.json read again\nno change: nothing to apply",
+        "lines": [f"config: {SRV}/workcfg.json read again", "no change: nothing to apply"]}
+    write(h, cfg(workwatch=30, workintvl=5, workstart="./other.sh"))
+    reply = h.request("reload", dry_run=True)
+    assert reply["ok"] and reply["changed"]
+    assert reply["lines"][0] == "would apply 1 change(s):"
+    assert reply["lines"][2] == 'service: workstart "./run.sh" -> "./other.sh": restart the service'
+    assert h.engine.config["workstart"] == "./run.sh" and h.state == "watch" and h.states.count("start") == 1
+
+
+def test_workstart_restarts_the_service_once(make):
+    h = in_watch(make)
+    first = h.engine.service.instance.pid
+    write(h, cfg(workwatch=30, workintvl=5, workstart="./run.sh --new"))
+    reply = h.request("reload")
+    assert reply["ok"] and reply["changed"] and reply["lines"][0] == "applied 1 change(s):"
+    assert h.system.signals_to(first) == [signal.SIGTERM]
+    h.exit(first, exited(0))
+    assert h.states.count("start") == 2 and h.engine.service.instance.pid != first
+    assert h.engine.config["workstart"] == "./run.sh --new"
+    assert "srvctl reload: workstart" in h.engine.service.restart_cause
+    assert "last reload at" in h.engine.explain.why()
+
+
+def test_workwatch_retimes_the_next_cycle_without_a_restart(make):
+    h = in_watch(make)
+    began = h.engine.checks.begun
+    assert h.deadline("cycle") == pytest.approx(began + 30)
+    write(h, cfg(workwatch=10, workintvl=5))
+    reply = h.request("reload")
+    assert reply["lines"][2] == "checks: workwatch 30 -> 10: from the next cycle, without a restart"
+    assert h.deadline("cycle") == pytest.approx(began + 10)
+    assert h.states.count("start") == 1 and h.state == "watch" and h.engine.mode.period == 10
+
+
+def test_daemon_mode_turned_status_check_checks_one_period_later_and_back(make):
+    h = make(cfg(workwatch=0, workintvl=1), scripts=("run.sh", "PeriodicST-a"))
+    h.begin()
+    h.advance(1)
+    assert h.state == "watch" and h.deadline("cycle") is None
+    write(h, cfg(workwatch=7, workintvl=1))
+    assert h.request("reload")["lines"][2] == "checks: workwatch 0 -> 7: from the next cycle, without a restart"
+    assert h.deadline("cycle") == pytest.approx(h.system.now() + 7)
+    h.advance(7)
+    assert h.state == "check" and h.states.count("start") == 1
+    h.advance(1)
+    h.exit([s.pid for s in h.system.spawns if s.argv == [f"{SRV}/PeriodicST-a"]][-1], exited(0))
+    write(h, cfg(workwatch=0, workintvl=1))
+    h.request("reload")
+    assert h.state == "watch" and h.deadline("cycle") is None and h.engine.mode.kind == "daemon"
+    h.exit(h.engine.service.instance.pid, exited(1))
+    assert h.states[-2:] == ["restart", "restart_interval"]  # daemon mode again: its exit restarts it
+
+
+def test_a_file_with_problems_is_refused_whole(make):
+    h = in_watch(make)
+    write(h, cfg(workwatch=10, workintvl="soon"))
+    reply = h.request("reload")
+    assert reply["ok"] is False and reply["changed"] is False
+    assert reply["lines"] == ["configuration refused, the running one is kept:",
+                              "problem: config key 'workintvl' = 'soon': is not an integer; using 5"]
+    assert h.engine.config["workwatch"] == 30 and h.deadline("cycle") is not None
+    write(h, "{not json")
+    reply = h.request("reload", dry_run=True)
+    assert reply["ok"] is False and reply["lines"][1].startswith(f"error: {SRV}/workcfg.json is not valid JSON")
+
+
+def test_refused_while_stopping(make):
+    h = in_watch(make)
+    h.request("stop")
+    assert h.state in table.STOP_PATH
+    reply = h.request("reload")
+    assert reply["ok"] is False and reply["message"] == f"cannot reload during {h.state}: fsm-init is stopping"
+
+
+def test_firewall_change_applies_only_the_firewall(make, monkeypatch):
+    h = in_watch(make)
+    calls = []
+    monkeypatch.setattr(h.engine.network, "apply_firewall", lambda c, has: calls.append(c["firewall"]["tcpportpmt"]))
+    monkeypatch.setattr(h.engine.network, "apply", lambda *a: calls.append(a))
+    write(h, cfg(workwatch=30, workintvl=5, firewall={"enable": "no", "tcpportpmt": "80"}))
+    h.request("reload")
+    assert calls == ["80"] and h.states.count("start") == 1
+
+
+def test_a_step_that_cannot_be_done_here_is_named_and_fails_the_reload(make):
+    h = in_watch(make)
+    write(h, cfg(workwatch=30, workintvl=5, firewall={"enable": "yes", "tcpportpmt": "80"}))
+    reply = h.request("reload")
+    assert reply["ok"] is False and reply["changed"] is True
+    assert reply["lines"][-1].startswith("firewall: unavailable: ")
+    assert h.engine.config["firewall"]["tcpportpmt"] == "80"  # taken: the next restart tries again
+    assert reply["lines"][-1] in h.engine.explain.why()
+
+
+def test_inetdail_redials_only_the_dial_up(make, monkeypatch):
+    h = in_watch(make)
+    calls = []
+    monkeypatch.setattr(h.engine.network, "apply_firewall", lambda *a: calls.append("firewall"))
+    monkeypatch.setattr(h.engine.network, "apply", lambda step, c, has: calls.append((step, c["inetdail"]["dialuser"])))
+    write(h, cfg(workwatch=30, workintvl=5, inetdail={"enable": "yes", "dialuser": "isp", "dialpswd": "pw"}))
+    assert h.request("reload")["ok"]
+    assert calls == [("pppoe", "isp")] and h.states.count("start") == 1
+
+
+def test_a_new_worktimeout_holds_from_the_next_check(make):
+    h = in_watch(make)
+    write(h, cfg(workwatch=30, workintvl=5, worktimeout=2))
+    h.request("reload")
+    assert h.state == "watch" and h.states.count("start") == 1
+    h.advance(30 - 1)  # the next cycle, 30 s after the first one began
+    assert h.state == "check"
+    assert h.deadline("script") == pytest.approx(h.system.now() + 2)
+
+
+def test_no_workcfg_keeps_the_running_configuration_and_reloads_the_daemons(make):
+    h = make(cfg(workwatch=0), service_dir="/etc/service")
+    h.begin()
+    del h.system.files[f"{SRV}/workcfg.json"]
+    h.system.add_script("/etc/service/new/run", "exec sleep 1000\n")
+    reply = h.request("reload")
+    assert reply["ok"] and reply["lines"] == ["applied 1 change(s):", f"config: no {SRV}/workcfg.json: the running "
+                                              "configuration is kept", "daemons: new service new: start it"]
+    assert h.engine.daemons.services["new"].pid is not None and h.engine.config["workwatch"] == 0
+
+
+def test_a_changed_daemon_run_restarts_that_daemon_only(make):
+    h = make(cfg(workwatch=0), service_dir="/etc/service")
+    for name in ("a", "b"):
+        h.system.add_script(f"/etc/service/{name}/run", "exec sleep 1000\n")
+    h.begin()
+    pids = {d.name: d.pid for d in h.engine.daemons.services.values()}
+    assert h.engine.daemons.services["a"].digest == run_digest(h.system, "/etc/service/a/run")
+    h.system.add_script("/etc/service/a/run", "exec sleep 2000\n")
+    h.system.add_script("/etc/service/c/run", "exec sleep 1000\n")
+    reply = h.request("reload", dry_run=True)
+    assert reply["lines"][2:] == ["daemons: new service c: start it", "daemons: run changed a: restart it"]
+    assert "c" not in h.engine.daemons.services
+    h.request("reload")
+    assert h.system.signals_to(pids["a"]) == [signal.SIGTERM] and h.system.signals_to(pids["b"]) == []
+    assert h.engine.daemons.services["c"].pid is not None
+
+
+def test_secrets_never_in_the_reply(make):
+    h = in_watch(make)
+    write(h, cfg(workwatch=30, workintvl=5, sshsrv={"enable": "no", "rootpwd": "hunter2-secret"}))
+    reply = h.request("reload", dry_run=True)
+    assert "hunter2" not in json.dumps(reply) and "sshsrv.rootpwd changed" in reply["message"]
+    assert config.MASK not in reply["message"]
+
+
+# -- srvctl reload: the request sent, the exit codes, the lines escaped --------------------------------
+
+
+@pytest.mark.parametrize("args, reply, code", [
+    (["reload"], {"ok": True, "changed": True}, 0),
+    (["reload"], {"ok": False, "changed": False}, 1),
+    (["reload", "--dry-run"], {"ok": True, "changed": False}, 0),
+    (["reload", "--dry-run"], {"ok": True, "changed": True}, 1),
+    (["reload", "--dry-run"], {"ok": False, "changed": False}, 1),
+])
+def test_srvctl_reload_exit_codes(monkeypatch, capsys, args, reply, code):
+    from fsm_init import srvctl
+
+    sent = []
+
+    def request(path, verb, **fields):
+        sent.append((verb, fields))
+        return dict(reply, message="x", lines=["one", "two \x1b[2K"])
+    monkeypatch.setattr("fsm_init.control.request", request)
+    assert srvctl.main(args) == code
+    assert sent == [("reload", {"dry_run": True} if "--dry-run" in args else {})]
+    assert capsys.readouterr().out == "one\ntwo \\x1b[2K\n"
+
+
+@pytest.mark.parametrize("args", [["reload", "--now"], ["reload", "app"], ["reload", "--dry-run", "x"]])
+def test_srvctl_reload_usage(args, capsys):
+    from fsm_init import srvctl
+
+    assert srvctl.main(args) == srvctl.USAGE_ERROR
+    assert "srvctl reload [--dry-run]" in capsys.readouterr().err
+
+
+def test_the_thin_reaper_refuses_a_reload():
+    from fsm_init import reaper, status
+
+    reply = status.answer(reaper.Reaper.__new__(reaper.Reaper), {"verb": "reload", "dry_run": True})
+    assert reply["ok"] is False and "restart the container" in reply["message"]
