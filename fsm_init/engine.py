@@ -23,10 +23,12 @@ from fsm_init.control import NOT_SUPERVISED, ControlServer
 from fsm_init.daemons import Daemons
 from fsm_init.foreground import Foreground, carry_on
 from fsm_init.forwarded import ForwardLog
+from fsm_init.http_probes import HttpServer
 from fsm_init.journal import Journal
 from fsm_init.repeats import Repeats
 from fsm_init.writes import FileWrites
 from fsm_init.loop import STOP_SIGNALS, EventLoop
+from fsm_init.metrics import Metrics
 from fsm_init.network import Network
 from fsm_init.service import Service
 from fsm_init.settings import Settings
@@ -78,6 +80,8 @@ class Engine:
         self.foreground = Foreground(system, self.loop, self.repeats)  # one script at a time
         self.checks = watch.Checks(system, self.loop, self.foreground, self.repeats)
         self.control: ControlServer | None = None
+        self.http: HttpServer | None = None  # FSM_INIT_HTTP
+        self.metrics = Metrics()  # counted by small hooks: transitions, check cycles, OOM kills
         self.target: resolve_target.Target | None = None
         self.source: load_config.ConfigSource | None = None
         self.config = config.defaults()
@@ -130,6 +134,7 @@ class Engine:
         if self.system.getpid() != 1 and not self.system.set_subreaper():
             log.warn("not PID 1 and cannot become a child subreaper: orphans will not be reaped")
         self.control = ControlServer.listen(self.settings.control_socket, self.loop, self.handle_request)
+        self.http = HttpServer.start(self.settings.http, self.loop, self)
         if self.syslog_path != "off":
             self.syslog.start()
         self.fire("begin")
@@ -162,6 +167,7 @@ class Engine:
         source, dest, trigger = self.taking
         self.last_transition = status.transition(self.system.wall(), source, dest, trigger, self.guard_results,
                                                  self.cause, self.service.run_count)
+        self.metrics.transition(source, dest, trigger)
         self.journal.record(self.last_transition, self.snapshot())
 
     def fire(self, trigger: str, cause: str = "") -> None:
@@ -416,6 +422,8 @@ class Engine:
 
         if self.control:
             self.control.sock.set_inheritable(True)
+        if self.http:
+            self.http.sock.set_inheritable(True)
         relaying = self.syslog.sock is not None
         self.syslog.close()  # the thin reaper does not relay: remove /dev/log, not leave it stale
         # The exec replaces this process before transitions would record the entry.
@@ -429,10 +437,14 @@ class Engine:
             "control_fd": self.control.sock.fileno() if self.control else None, "quiet": log.is_quiet(),
             "supporting": self.supporting(), "kill_all_on_exit": self.settings.kill_all_on_exit,
             "proof": self.config["workintvl"], "last_transition": self.last_transition,
-            "run_dir": self.settings.run_dir, "state_dir": self.settings.state_dir, "oom": self.oom.state()})
+            "run_dir": self.settings.run_dir, "state_dir": self.settings.state_dir, "oom": self.oom.state(),
+            "http_fd": self.http.sock.fileno() if self.http else None,
+            "metrics": self.metrics.state((self.syslog.relayed, self.syslog.dropped))})
         # Only reached when the exec failed: this engine carries on reaping.
         if self.control:
             self.control.sock.set_inheritable(False)
+        if self.http:
+            self.http.sock.set_inheritable(False)
         if relaying:
             self.syslog.start()
 
@@ -461,6 +473,7 @@ class Engine:
 
     def _checks_done(self, cycle: watch.Cycle) -> None:
         failure = cycle.failure
+        self.metrics.checks_done(cycle.results)
         self.service.checks_done(cycle.results, failure is None)
         if failure:
             cause = f"check failed: {failure.describe()}"
@@ -554,6 +567,8 @@ class Engine:
             log.info(f"exiting with status {self.exit_status}")
         if self.control:
             self.control.close()
+        if self.http:
+            self.http.close()
         self.syslog.close()
         self.loop.stop()
 
@@ -594,6 +609,7 @@ class Engine:
         words = self.oom.killed(status)
         if words:
             self.last_oom = f"{who} at {log.clock(self.system.wall())}, {words}"
+            self.metrics.oom_kill("service" if who.startswith("the service") else "daemon")
         return words
 
     # -- control requests ---------------------------------------------------------------
@@ -642,6 +658,20 @@ class Engine:
             return False, f"no service instance ({self.state})"
         failure = self.checks.cycle.failure if self.checks.cycle and self.service.last_checks else None
         return self.service.health(self.mode, self.config, failure.describe() if failure else "")
+
+    def ready_since(self) -> float | None:
+        """When the service became ready (System.now's clock), None while it is not: one
+        place for /metrics to follow what `srvctl health` answers."""
+        if not self.health()[0] or self.service.instance is None:
+            return None
+        if self.mode.kind == start.STATUS_CHECK:
+            return self.service.healthy_since
+        return self.service.instance.started + restart_interval.seconds(self.config)
+
+    def metrics_text(self) -> str:
+        since = self.ready_since()
+        return self.metrics.render(self.state, None if since is None else self.system.now() - since,
+                                   self.daemons.status(), (self.syslog.relayed, self.syslog.dropped))
 
     def why(self) -> str:
         """The current state as a causal chain, in one paragraph."""

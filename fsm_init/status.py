@@ -45,7 +45,7 @@ def snapshot(*, state, since, mode, period, target, service_pid, uptime, run_cou
 
 def answer(supervisor, request):
     """The reply to one control request.  supervisor (the engine or the thin reaper) has
-    snapshot(), why(), health(), request_daemon(verb, name), request_live(),
+    snapshot(), why(), health(), metrics_text(), request_daemon(verb, name), request_live(),
     request_restart(), request_stop(), request_rescan() and refused(verb); health and
     the request_ ones return (ok, message)."""
     verb = request.get("verb")
@@ -53,6 +53,8 @@ def answer(supervisor, request):
         ok, message = supervisor.request_daemon(verb, request["name"])
     elif verb == "status":
         return {"ok": True, "status": supervisor.snapshot()}
+    elif verb == "metrics":
+        return {"ok": True, "metrics": supervisor.metrics_text()}
     elif verb == "why":
         ok, message = True, supervisor.why()
     elif verb == "health":

@@ -124,6 +124,23 @@ def listen_unix(path: str, backlog: int = 16):
     return sock
 
 
+def listen_tcp(host: str, port: int, family: int, backlog: int = 64):
+    """A non-blocking, close-on-exec TCP socket listening at host:port (FSM_INIT_HTTP)."""
+    import socket
+
+    sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((host, port))
+        sock.listen(backlog)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 # Descriptors held back for fd exhaustion (EMFILE under a low RLIMIT_NOFILE): the /proc
 # scan that tells whether a stopped session is gone needs two (the directory, one stat
 # file), and PID 1 must still be able to stop what it started.
@@ -560,6 +577,10 @@ class System:
     def listen_unix(self, path: str):
         """The control socket's listener (see listen_unix)."""
         return listen_unix(path)
+
+    def listen_tcp(self, host: str, port: int, family: int):
+        """The HTTP probes' listener (see listen_tcp)."""
+        return listen_tcp(host, port, family)
 
     # -- pipes, for a check's output -------------------------------------------------------
 
