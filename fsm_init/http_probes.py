@@ -43,14 +43,16 @@ def parse_address(raw: str) -> tuple:
     host, sep, port_text = raw.rpartition(":")
     if not sep or not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise ValueError(problem)
-    family = socket.AF_INET
-    if host.startswith("[") and host.endswith("]"):
-        host, family = host[1:-1], socket.AF_INET6
+    import ipaddress  # only when FSM_INIT_HTTP is set
+
+    bracketed = host.startswith("[") and host.endswith("]")
     try:
-        socket.inet_pton(family, host)
-    except (OSError, ValueError):
+        address = ipaddress.ip_address(host[1:-1] if bracketed else host)
+    except ValueError:
         raise ValueError(problem) from None
-    return host, int(port_text), family
+    if (address.version == 6) != bracketed:
+        raise ValueError(problem)
+    return str(address), int(port_text), socket.AF_INET6 if bracketed else socket.AF_INET
 
 
 class HttpServer:
