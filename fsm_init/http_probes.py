@@ -60,7 +60,10 @@ class HttpServer:
         """supervisor (the engine or the thin reaper) has request_live(), health(),
         snapshot() and metrics_text()."""
         self.sock, self.loop, self.supervisor = sock, loop, supervisor
-        self.conns: dict = {}  # socket -> [bytes read, bytes still to send or None], oldest first
+        # socket -> [bytes read, bytes still to send or None, its fd], oldest first.  The loop
+        # watches the fd, not the socket: a connection closed for a newer one may still be
+        # listed as ready in the same wake-up, and a closed socket has no fd to look up.
+        self.conns: dict = {}
         self.served = 0  # connections accepted, for unique deadline names
         self.names: dict = {}  # socket -> its deadline's name
         self.listening = False
@@ -114,11 +117,13 @@ class HttpServer:
         conn.setblocking(False)
         self.served += 1
         name = self.names[conn] = f"http-{self.served}"
-        self.conns[conn] = [b"", None]
-        self.loop.watch(conn, lambda: self._read(conn))
+        self.conns[conn] = [b"", None, conn.fileno()]
+        self.loop.watch(conn.fileno(), lambda: self._read(conn))
         self.loop.call_later(name, CONNECTION_TIMEOUT, lambda: self._close(conn))
 
     def _read(self, conn) -> None:
+        if conn not in self.conns:
+            return
         try:
             chunk = conn.recv(4096)
         except BlockingIOError:
@@ -173,7 +178,7 @@ class HttpServer:
         head = (f"HTTP/1.1 {status} {REASONS[status]}\r\nContent-Type: {kind}\r\nContent-Length: {len(body)}\r\n"
                 f"Cache-Control: no-store\r\nConnection: close\r\n" + ("Allow: GET\r\n" if status == 405 else "")
                 + "\r\n")
-        self.loop.unwatch(conn)
+        self.loop.unwatch(self.conns[conn][2])
         self.conns[conn][1] = head.encode() + body
         self._send(conn)
 
@@ -194,14 +199,15 @@ class HttpServer:
             self._close(conn)
             return
         entry[1] = data
-        if self.loop.selector.get_map().get(conn) is None:
-            self.loop.watch_writable(conn, lambda: self._send(conn))
+        if self.loop.selector.get_map().get(entry[2]) is None:
+            self.loop.watch_writable(entry[2], lambda: self._send(conn))
 
     def _close(self, conn) -> None:
-        if self.conns.pop(conn, None) is None:
+        entry = self.conns.pop(conn, None)
+        if entry is None:
             return
         self.loop.cancel(self.names.pop(conn))
-        self.loop.unwatch(conn)
+        self.loop.unwatch(entry[2])
         conn.close()
 
     def close(self) -> None:

@@ -223,3 +223,24 @@ def test_a_failing_supervisor_answers_500_and_closes(rig):
     rig.supervisor.snapshot = lambda: 1 / 0
     assert rig.get(b"GET /status HTTP/1.1\r\n\r\n")[0] == 500
     assert rig.server.conns == {}
+
+
+def test_a_flood_of_slow_clients_closing_the_oldest_in_the_same_wake_up_is_safe(rig):
+    """A connection dropped for a newer one may be readable in the same batch of the loop:
+    the loop must not trip over its closed socket (the server watches descriptors)."""
+    slow = [rig.connect() for _ in range(http_probes.MAX_CONNECTIONS)]
+    for round_ in range(5):
+        # the listener is ready first, then the oldest connections: accepting the new ones
+        # drops old ones the same batch still lists as readable
+        new = [socket.create_connection(("127.0.0.1", rig.port), timeout=5) for _ in range(4)]
+        for client in slow:
+            try:
+                client.send(b"G")
+            except OSError:
+                pass
+        slow += new
+        rig.serve(3)
+    assert len(rig.server.conns) <= http_probes.MAX_CONNECTIONS
+    assert rig.get(b"GET /livez HTTP/1.1\r\n\r\n")[0] == 200
+    for client in slow:
+        client.close()
