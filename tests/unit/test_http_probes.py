@@ -244,3 +244,25 @@ def test_a_flood_of_slow_clients_closing_the_oldest_in_the_same_wake_up_is_safe(
     assert rig.get(b"GET /livez HTTP/1.1\r\n\r\n")[0] == 200
     for client in slow:
         client.close()
+
+
+def test_accept_failing_pauses_listening_instead_of_spinning(capfd):
+    from .test_control import OutOfDescriptors
+
+    listener = OutOfDescriptors()
+    fake = FakeSystem()
+    loop = EventLoop(fake, lambda signum: None, lambda pid, status: None)
+    server = HttpServer(listener, loop, Supervisor())
+    try:
+        for _ in range(50):
+            loop.poll(0)
+        assert listener.accepts == 1 and not server.listening
+        assert "HTTP probes: cannot accept (Too many open files); listening again in 1s" in capfd.readouterr().err
+        fake.clock += http_probes.ACCEPT_PAUSE
+        loop.fire_due()
+        loop.poll(0)
+        assert listener.accepts == 2 and loop.due("http-accept") == fake.clock + 2 * http_probes.ACCEPT_PAUSE
+        assert "cannot accept" not in capfd.readouterr().err  # said once
+    finally:
+        server.close()
+        close_loop(loop)
