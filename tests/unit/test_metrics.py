@@ -195,3 +195,17 @@ def test_the_thin_reaper_carries_the_counts_on():
         assert value(samples, "fsm_init_service_ready") == 0
     finally:
         close_loop(thin.loop)
+
+
+def test_every_metric_and_endpoint_is_documented():
+    from pathlib import Path
+
+    from fsm_init import http_probes
+
+    page = (Path(__file__).resolve().parents[2] / "docs" / "metrics.md").read_text()
+    samples = parsed(metrics.Metrics().render("boot", None, [{"name": "d", "restarts": 0}]))
+    names = {name for name, _ in samples} | {"fsm_init_check_runs_total", "fsm_init_check_duration_seconds"}
+    for name in names:
+        assert f"| `{name}` |" in page, name
+    for path in http_probes.PATHS:
+        assert f"| `{path}` |" in page, path
