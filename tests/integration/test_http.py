@@ -113,6 +113,9 @@ def test_every_endpoint_while_the_service_runs_crashes_and_restarts(sandbox):
     assert curl(run, "/nothing").stdout.endswith("\n404")
     # crash: SIGKILL to the service; not ready until the new instance has run workintvl
     os.kill(run.host_pid(first), signal.SIGKILL)
+    status, _, body = wait_for(lambda: (r := get(run, "/readyz"))[0] == 503 and r, what="/readyz 503 after the crash")
+    assert body.startswith(("no service instance", "the service has run")), body
+    assert get(run, "/livez")[0] == 200  # fsm-init is repairing it: alive
     second = int(wait_lines(d / "pids", 2)[1])
     assert second != first
     samples = scrape(run)
@@ -259,3 +262,24 @@ def test_a_bad_value_is_one_error_and_fsm_init_carries_on(sandbox):
     assert log.count("FSM_INIT_HTTP='localhost:9000' is not ADDR:PORT") == 1, log
     assert run.srvctl("status").returncode == 0
     assert not serving(run)
+
+
+def test_daemon_restarts_and_relayed_syslog_messages_are_counted(sandbox):
+    sandbox.service("app", {"initdelay": 0, "workstart": "./run.sh", "workwatch": 0, "workintvl": 1,
+                            **NO_FIREWALL}, run__sh=HOLD)
+    sandbox.etc("service/brief/run", "exec sleep 0.5\n")  # a daemon that dies twice a second
+    log_socket = sandbox.root / "devlog"
+    run = sandbox.start(SRVNAME="app", FSM_INIT_HTTP=ADDRESS, FSM_INIT_SYSLOG_SOCKET=log_socket,
+                        FSM_INIT_SERVICE_DIRECTORY=sandbox.root / ".etc-up/service")
+    wait_for(lambda: serving(run), what="/livez")
+    wait_for(log_socket.exists, what="the syslog relay's socket")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
+        for n in range(3):
+            sender.sendto(b"<14>Dec  2 18:00:00 tester[1]: message %d" % n, str(log_socket))
+    samples = wait_for(lambda: (s := scrape(run)) and value(s, "fsm_init_syslog_messages_relayed_total") >= 3
+                       and value(s, "fsm_init_daemon_restarts_total", daemon="brief") >= 1 and s,
+                       what="the relayed messages and a daemon restart in /metrics")
+    assert value(samples, "fsm_init_syslog_messages_relayed_total") == 3
+    assert value(samples, "fsm_init_syslog_messages_dropped_total") == 0
+    assert value(samples, "fsm_init_log_lines_dropped_total") == 0
+    run.wait_log(r"tester\[1\]: message 2")
