@@ -174,7 +174,7 @@ def test_a_slowloris_client_does_not_stop_srvctl_probes_or_signals(sandbox):
     for sock in slow:
         with contextlib.suppress(OSError):
             sock.sendall(b"GET /status HTTP/1.1\r\nX-")
-    for round_ in range(3):
+    for _ in range(3):
         for sock in slow:
             with contextlib.suppress(OSError):
                 sock.send(b"a")

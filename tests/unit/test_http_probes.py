@@ -229,7 +229,7 @@ def test_a_flood_of_slow_clients_closing_the_oldest_in_the_same_wake_up_is_safe(
     """A connection dropped for a newer one may be readable in the same batch of the loop:
     the loop must not trip over its closed socket (the server watches descriptors)."""
     slow = [rig.connect() for _ in range(http_probes.MAX_CONNECTIONS)]
-    for round_ in range(5):
+    for _ in range(5):
         # the listener is ready first, then the oldest connections: accepting the new ones
         # drops old ones the same batch still lists as readable
         new = [socket.create_connection(("127.0.0.1", rig.port), timeout=5) for _ in range(4)]
