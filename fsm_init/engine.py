@@ -21,10 +21,12 @@ from fsm_init.explain import Explain
 from fsm_init.foreground import Foreground
 from fsm_init.forwarded import ForwardLog
 from fsm_init.history import History, RecordingMachine
+from fsm_init.http_probes import HttpServer
 from fsm_init.journal import Journal
 from fsm_init.kill import Stopper
 from fsm_init.launch import Launch, service_env
 from fsm_init.loop import STOP_SIGNALS, EventLoop
+from fsm_init.metrics import Metrics
 from fsm_init.network import Network
 from fsm_init.reload import Reloader
 from fsm_init.repeats import Repeats
@@ -65,6 +67,8 @@ class Engine:
         self.foreground = Foreground(system, self.loop, self.repeats)  # one script at a time
         self.checks = watch.Checks(system, self.loop, self.foreground, self.repeats)
         self.control: ControlServer | None = None
+        self.http: HttpServer | None = None  # FSM_INIT_HTTP
+        self.metrics = Metrics()  # counted by small hooks: transitions, check cycles, OOM kills
         self.target = NOT_RESOLVED
         self.source: load_config.ConfigSource | None = None
         self.config = config.defaults()
@@ -83,6 +87,7 @@ class Engine:
         self.daemons = Daemons(system, self.loop, settings.stop_grace, lambda: self.config)
         # The OOM kill count of fsm-init's memory cgroup, read now and on a SIGKILL death.
         self.oom = oom.Watch.start(system)
+        self.oom.observer = self.metrics.oom_kill
         self.daemons.killed_by_oom = self.oom.killed_by
         self.container_env = ContainerEnvironment.from_environ(system, self.environ)
         # FSM_INIT_SYSLOG_SOCKET moves /dev/log (tests), "off" disables the relay.
@@ -90,6 +95,7 @@ class Engine:
         self.syslog = SyslogRelay(self.loop, self.syslog_path)
         self.writes = FileWrites(system.now, system.wall)
         self.history = History(system, Journal(settings.run_dir, system, self.writes), lambda: self.state)
+        self.history.recorded = self.metrics.transition
         self.explain = Explain(self)  # srvctl why, health and status
         self.verbs = Verbs(self)  # the answers to control requests
         self.reloader = Reloader(self)  # srvctl reload
@@ -121,6 +127,7 @@ class Engine:
         if self.system.getpid() != 1 and not self.system.set_subreaper():
             log.warn("not PID 1 and cannot become a child subreaper: orphans will not be reaped")
         self.listen()
+        self.http = HttpServer.start(self.settings.http, self.loop, self.verbs)
         if self.syslog_path != "off":
             self.syslog.start()
         self.fire("begin")
@@ -317,6 +324,8 @@ class Engine:
             log.info(f"exiting with status {self.exit_status}")
         if self.control:
             self.control.close()
+        if self.http:
+            self.http.close()
         self.syslog.close()
         self.loop.stop()
 

@@ -6,16 +6,18 @@ requests) are built by ``status``, which the thin reaper uses too.
 
 from typing import Protocol
 
-from fsm_init import log, start, status
+from fsm_init import log, restart_interval, start, status
 from fsm_init.daemons import Daemons
 from fsm_init.foreground import Foreground
 from fsm_init.history import History
 from fsm_init.kill import Stopper
 from fsm_init.loop import EventLoop
+from fsm_init.metrics import Metrics
 from fsm_init.oom import Watch
 from fsm_init.reload import Reloader
 from fsm_init.resolve_target import Target
 from fsm_init.service import Service
+from fsm_init.syslog_relay import SyslogRelay
 from fsm_init.system import System
 from fsm_init.watch import Checks
 from fsm_init.writes import FileWrites
@@ -38,6 +40,8 @@ class Facts(Protocol):
     daemons: Daemons
     writes: FileWrites
     reloader: Reloader
+    metrics: Metrics
+    syslog: SyslogRelay
 
     def side_services(self) -> dict[str, str]: ...
 
@@ -53,6 +57,22 @@ class Explain:
             return False, f"no service instance ({f.state})"
         failure = f.checks.cycle.failure if f.checks.cycle and f.service.last_checks else None
         return f.service.health(f.mode, f.config, failure.describe() if failure else "")
+
+    def ready_since(self) -> float | None:
+        """When the service became ready (System.now's clock), None while it is not: one
+        place for /metrics to follow what `srvctl health` answers."""
+        f = self.facts
+        if not self.health()[0] or f.service.instance is None:
+            return None
+        if f.mode.kind == start.STATUS_CHECK:
+            return f.service.healthy_since
+        return f.service.instance.started + restart_interval.seconds(f.config)
+
+    def metrics_text(self) -> str:
+        f = self.facts
+        since = self.ready_since()
+        return f.metrics.render(f.state, None if since is None else f.system.now() - since,
+                                f.daemons.status(), (f.syslog.relayed, f.syslog.dropped))
 
     def why(self) -> str:
         """The current state as a causal chain, in one paragraph."""

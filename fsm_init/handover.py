@@ -11,7 +11,9 @@ from fsm_init.control import ControlServer
 from fsm_init.explain import Explain
 from fsm_init.forwarded import ForwardLog
 from fsm_init.history import History
+from fsm_init.http_probes import HttpServer
 from fsm_init.loop import EventLoop
+from fsm_init.metrics import Metrics
 from fsm_init.oom import Watch
 from fsm_init.resolve_target import Target
 from fsm_init.service import Service
@@ -25,6 +27,8 @@ class Engine(Protocol):
     config: dict
     target: Target
     control: ControlServer | None
+    http: HttpServer | None
+    metrics: Metrics
     system: System
     settings: Settings
     loop: EventLoop
@@ -45,8 +49,10 @@ def enter(engine: Engine) -> None:
     if instance is None:  # the table reaches handover from foreground only, where an instance runs
         raise RuntimeError("handover without a service instance")
     control = engine.control
-    if control:
-        control.sock.set_inheritable(True)
+    http = engine.http
+    for listening in (control, http):
+        if listening:
+            listening.sock.set_inheritable(True)
     relaying = engine.syslog.sock is not None
     engine.syslog.close()  # the thin reaper does not relay: remove /dev/log, not leave it stale
     # The exec replaces this process before transitions would record the entry.
@@ -59,9 +65,12 @@ def enter(engine: Engine) -> None:
         "control_fd": control.sock.fileno() if control else None, "quiet": log.is_quiet(),
         "supporting": engine.side_services(), "kill_all_on_exit": settings.kill_all_on_exit,
         "proof": engine.config["workintvl"], "last_transition": engine.history.last_transition,
-        "run_dir": settings.run_dir, "state_dir": settings.state_dir, "oom": engine.oom.state()})
+        "run_dir": settings.run_dir, "state_dir": settings.state_dir, "oom": engine.oom.state(),
+        "http_fd": http.sock.fileno() if http else None,
+        "metrics": engine.metrics.state((engine.syslog.relayed, engine.syslog.dropped))})
     # Only reached when the exec failed: this engine carries on reaping.
-    if control:
-        control.sock.set_inheritable(False)
+    for listening in (control, http):
+        if listening:
+            listening.sock.set_inheritable(False)
     if relaying:
         engine.syslog.start()

@@ -55,6 +55,8 @@ class History:
         self.causes: deque[str] = deque()
         self.last_transition: dict = {}
         self.entry_recorded = False
+        # Told each transition recorded, handover's early one included (the metrics count them).
+        self.recorded: Callable[[str, str, str], None] | None = None
 
     def queue(self, cause: str) -> None:
         """A trigger is fired: with queued=True one fired while another transition runs is
@@ -91,4 +93,6 @@ class History:
         source, dest, trigger = self.taking
         self.last_transition = status.transition(self.system.wall(), source, dest, trigger, self.guard_results,
                                                  self.cause, run_count)
+        if self.recorded:
+            self.recorded(source, dest, trigger)
         self.journal.record(self.last_transition, snapshot())

@@ -16,6 +16,10 @@ import signal
 from fsm_init import log
 from fsm_init.system import exit_code
 
+TYPE_CHECKING = False  # typing is not imported at run time (the thin reaper's budget)
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 V2_ROOT = "/sys/fs/cgroup"
 V1_ROOT = "/sys/fs/cgroup/memory"
 # cgroup v1 reports no limit as a number near 2**63.
@@ -82,6 +86,8 @@ class Watch:
     def __init__(self, system, counter: str | None = None, limit: str | None = None, seen: int = 0) -> None:
         self.system, self.counter, self.limit, self.seen = system, counter, limit, seen
         self.last = ""  # the latest out-of-memory kill that killed_by saw, for `srvctl why`
+        # Told "service" or "daemon" at each kill killed_by sees (the metrics count them).
+        self.observer: Callable[[str], None] | None = None
 
     @classmethod
     def start(cls, system) -> "Watch":
@@ -119,4 +125,6 @@ class Watch:
         words = self.killed(status)
         if words:
             self.last = f"{who} at {log.clock(self.system.wall())}, {words}"
+            if self.observer:
+                self.observer("service" if who.startswith("the service") else "daemon")
         return words

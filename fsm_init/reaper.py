@@ -20,6 +20,7 @@ from fsm_init.forwarded import ForwardLog
 from fsm_init.journal import Journal
 from fsm_init.kill import Group, Stopper
 from fsm_init.loop import CAUGHT, STOP_SIGNALS, EventLoop
+from fsm_init.metrics import Metrics
 from fsm_init.settings import Settings
 from fsm_init.system import System, exit_code
 
@@ -85,6 +86,16 @@ class Reaper:
             sock = socket.socket(fileno=state["control_fd"])
             sock.set_inheritable(False)
             self.control = ControlServer(sock, settings.control_socket, self.loop, self.handle_request)
+        # FSM_INIT_HTTP: the probes keep answering (an orchestrator's liveness probe must not
+        # fail because the engine handed over), and the metrics go on counting.
+        self.metrics = Metrics(state.get("metrics"))
+        self.http = None
+        if state.get("http_fd") is not None:
+            from fsm_init.http_probes import HttpServer
+
+            listener = socket.socket(fileno=state["http_fd"])
+            listener.set_inheritable(False)
+            self.http = HttpServer(listener, self.loop, self)
 
     def run(self) -> int:
         self._enter("handover")
@@ -104,6 +115,7 @@ class Reaper:
         if trigger:
             self.last_transition = status.transition(self.system.wall(), previous, state, trigger, {}, cause,
                                                      self.run_count)
+            self.metrics.transition(previous, state, trigger)
             self.journal.record(self.last_transition, self.snapshot())
 
     def _on_signal(self, signum: int) -> None:
@@ -130,6 +142,7 @@ class Reaper:
                 words = oom.Watch.from_state(self.system, self.oom_state).killed(status)
                 if words:
                     cause += f", {words}"
+                    self.metrics.oom_kill("service")
                     self.last_oom = f"the service (pid {pid}), {words}"
             (log.warn if self.last_oom else log.info)(cause)
             if self.state == "handover":
@@ -150,6 +163,8 @@ class Reaper:
         log.info(f"exiting with status {self.exit_status()}")
         if self.control:
             self.control.close()
+        if self.http:
+            self.http.close()
         self.loop.stop()
 
     def handle_request(self, request: dict) -> dict:
@@ -188,6 +203,14 @@ class Reaper:
         if ran >= self.proof:
             return True, f"the service has run {ran:.0f}s"
         return False, f"the service has run {ran:.1f}s of the {self.proof}s it needs"
+
+    def ready_since(self):
+        """When the service became ready (System.now's clock), None while it is not."""
+        return self.started + self.proof if self.health()[0] else None
+
+    def metrics_text(self) -> str:
+        since = self.ready_since()
+        return self.metrics.render(self.state, None if since is None else self.system.now() - since)
 
     def request_live(self) -> tuple:
         return True, f"fsm-init answers ({self.state})"

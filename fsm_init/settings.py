@@ -130,6 +130,7 @@ class Settings:
         self.startup_timeout = _seconds("FSM_INIT_STARTUP_TIMEOUT", 300.0)
         self.idle_wait = _seconds("FSM_INIT_IDLE_WAIT", 600.0)
         self.handover_after = _seconds("FSM_INIT_HANDOVER_AFTER", 1.0)
+        self.http = env.get("FSM_INIT_HTTP", "")  # ADDR:PORT of the HTTP probes (http_probes.py); off when empty
         self.exec_service = env.get("FSM_INIT_EXEC_SERVICE", "").lower() in ("1", "yes", "true")
         # my_init's directories; ENV_INIT_DIRECTORY is its own variable.
         self.init_dir = env.get("ENV_INIT_DIRECTORY") or "/etc/my_init.d"

@@ -12,13 +12,14 @@ from fsm_init.log import clock, escape
 
 USAGE = """\
 usage: srvctl restart|stop|status|why|health|live [--json]
+       srvctl metrics                     the OpenMetrics text of GET /metrics
        srvctl restart|stop|start NAME     one /etc/service daemon
        srvctl rescan                      read /etc/service again: start new, stop removed
        srvctl reload [--dry-run]          read workcfg.json and /etc/service again, apply
                                           only what changed (--dry-run: exit 1 if anything would)
        srvctl history [-n N] [--json]
 """
-VERBS = ("restart", "stop", "status", "why", "health", "live", "history", "rescan", "reload")
+VERBS = ("restart", "stop", "status", "why", "health", "live", "history", "rescan", "reload", "metrics")
 DAEMON_VERBS = ("restart", "stop", "start")
 DONE, REFUSED, USAGE_ERROR, NO_ENGINE = 0, 1, 2, 3
 
@@ -52,7 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as e:
         sys.stderr.write(f"srvctl: no fsm-init answers on {path} ({getattr(e, 'strerror', None) or e})\n")
         return NO_ENGINE
-    if as_json:
+    if "metrics" in reply:
+        # Label values (check and daemon names) come escaped by metrics.label_value.
+        sys.stdout.write(reply["metrics"])
+    elif as_json:
         print(json.dumps(reply.get("status", reply), indent=2))
     elif "status" in reply:
         print(format_status(reply["status"]))

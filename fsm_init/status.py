@@ -45,7 +45,7 @@ def snapshot(*, state, since, mode, period, target, service_pid, uptime, run_cou
 
 def answer(supervisor, request):
     """The reply to one control request.  supervisor (the engine or the thin reaper) has
-    snapshot(), why(), health(), request_daemon(verb, name), request_live(),
+    snapshot(), why(), health(), metrics_text(), request_daemon(verb, name), request_live(),
     request_restart(), request_stop(), request_rescan(), request_reload(dry_run) and
     refused(verb); health and the request_ ones return (ok, message), request_reload the
     whole reply (with its "lines" and whether anything "changed")."""
@@ -54,6 +54,8 @@ def answer(supervisor, request):
         ok, message = supervisor.request_daemon(verb, request["name"])
     elif verb == "status":
         return {"ok": True, "status": supervisor.snapshot()}
+    elif verb == "metrics":
+        return {"ok": True, "metrics": supervisor.metrics_text()}
     elif verb == "why":
         ok, message = True, supervisor.why()
     elif verb == "health":

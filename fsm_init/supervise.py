@@ -13,6 +13,7 @@ from fsm_init.foreground import Foreground
 from fsm_init.history import History
 from fsm_init.kill import Stopper
 from fsm_init.loop import EventLoop
+from fsm_init.metrics import Metrics
 from fsm_init.network import Network
 from fsm_init.oom import Watch
 from fsm_init.resolve_target import Target
@@ -28,6 +29,7 @@ class Engine(Protocol):
     config: dict
     mode: start.Mode
     target: Target
+    metrics: Metrics
     stop_signal: int
     system: System
     settings: Settings
@@ -96,6 +98,7 @@ class Supervise:
 
     def checks_done(self, cycle: Cycle) -> None:
         failure = cycle.failure
+        self.engine.metrics.checks_done(cycle.results)
         self.engine.service.checks_done(cycle.results, failure is None)
         if failure:
             cause = f"check failed: {failure.describe()}"

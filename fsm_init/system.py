@@ -164,6 +164,23 @@ def socket_file(path: str) -> tuple[int, int, bool] | None:
     return st.st_dev, st.st_ino, stat.S_ISSOCK(st.st_mode)
 
 
+def listen_tcp(host: str, port: int, family: int, backlog: int = 64):
+    """A non-blocking, close-on-exec TCP socket listening at host:port (FSM_INIT_HTTP)."""
+    import socket
+
+    sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((host, port))
+        sock.listen(backlog)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 # Descriptors held back for fd exhaustion (EMFILE under a low RLIMIT_NOFILE): the /proc
 # scan that tells whether a stopped session is gone needs two (the directory, one stat
 # file), and PID 1 must still be able to stop what it started.
@@ -655,6 +672,9 @@ class System:
     def write(self, fd: int, data) -> int:
         """os.write: the bytes written (BlockingIOError when a non-blocking fd is full)."""
         return os.write(fd, data)
+    def listen_tcp(self, host: str, port: int, family: int):
+        """The HTTP probes' listener (see listen_tcp)."""
+        return listen_tcp(host, port, family)
 
     # -- pipes, for a check's output -------------------------------------------------------
 

@@ -55,6 +55,9 @@ class Verbs:
         log.info(f"srvctl rescan: {message}")
         return ok, message
 
+    def metrics_text(self) -> str:
+        return self.engine.explain.metrics_text()
+
     def request_reload(self, dry_run: bool) -> dict:
         return self.engine.reloader.request(dry_run)
 

@@ -243,11 +243,16 @@ def test_every_shipped_service_config_validates(name):
         assert os.access(script, os.X_OK), f"{script} is not executable: fsm-init would skip it"
 
 
-def test_the_kubernetes_example_probes_with_srvctl_and_outlasts_the_stop_grace():
+def test_the_kubernetes_example_probes_over_http_and_outlasts_the_stop_grace():
+    from fsm_init.http_probes import parse_address
+
     text = (ROOT / "examples/kubernetes.yaml").read_text()
-    probe = lambda kind: re.search(kind + r":\s+exec:\s+command: (\[.*\])", text).group(1)  # noqa: E731
-    assert json.loads(probe("readinessProbe")) == ["srvctl", "health"]
-    assert json.loads(probe("livenessProbe")) == ["srvctl", "live"]
+    probe = lambda kind: re.search(kind + r":\s+httpGet:\s+path: (\S+)\s+port: (\S+)", text).groups()  # noqa: E731
+    assert probe("readinessProbe") == ("/readyz", "fsm-init")
+    assert probe("livenessProbe") == ("/livez", "fsm-init")
+    address = re.search(r"- name: FSM_INIT_HTTP\s+value: \"(\S+)\"", text).group(1)
+    port = re.search(r"- name: fsm-init\s+containerPort: (\d+)", text).group(1)
+    assert parse_address(address)[1] == int(port)
     env = dict(re.findall(r"- name: (FSM_INIT_\w+)\s+value: \"(\d+)\"", text))
     grace = int(re.search(r"terminationGracePeriodSeconds: (\d+)", text).group(1))
     assert grace > int(env.get("FSM_INIT_STOP_GRACE", 5)) + int(env.get("FSM_INIT_LEFTOVER_GRACE", 2))

@@ -89,6 +89,15 @@ def test_a_service_killed_for_memory_is_named_in_log_journal_and_why(sandbox, me
     journal = [json.loads(x) for x in (sandbox.run_dir / "journal.jsonl").read_text().splitlines()]
     causes = [e["cause"] for e in journal if e["trigger"] == "service_exit"]
     assert any("out-of-memory killer (memory limit 64 MiB" in cause for cause in causes), causes
+    # counted in the metrics (the restart it causes, cause="oom", comes after the back-off:
+    # tests/unit/test_metrics.py)
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families
+
+    text = run.srvctl("metrics").stdout
+    counted = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(text) for s in f.samples}
+    assert counted[("fsm_init_oom_kills_total", (("process", "service"),))] >= 1
+    assert counted[("fsm_init_oom_kills_total", (("process", "daemon"),))] == 0
 
 
 def test_the_thin_reaper_names_an_out_of_memory_kill_too(sandbox, memory_cgroup):

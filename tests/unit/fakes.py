@@ -534,6 +534,13 @@ class FakeSystem:
     def write(self, fd: int, data) -> int:
         self._maybe_fail("write")
         return os.write(fd, data)
+    def listen_tcp(self, host: str, port: int, family: int):
+        """A real listener on loopback (the tests connect to it), the call recorded."""
+        from fsm_init.system import listen_tcp
+
+        self.calls.append(("listen_tcp", host, port))
+        self._maybe_fail("listen_tcp", host)
+        return listen_tcp(host, port, family)
 
     # Pipes are real (the event loop selects on them); the calls are recorded, and fail on demand.
     def pipe(self) -> tuple[int, int]:

@@ -79,6 +79,18 @@ def test_thin_reaper_stays_in_the_standard_library(flags):
     assert not_stdlib(set(found["after"]) - set(found["before"])) == []
 
 
+@pytest.mark.parametrize("flags", [("-I", "-S"), ("-I",)], ids=["as-exec-ed", "with-site"])
+def test_the_thin_reapers_http_probes_and_metrics_stay_in_the_standard_library(flags):
+    found = run("""
+import fsm_init.reaper, fsm_init.http_probes, fsm_init.metrics
+fsm_init.http_probes.parse_address("127.0.0.1:9000")
+fsm_init.metrics.Metrics().render("handover", None)
+report()
+""", *flags)
+    assert loaded(found["after"], LIGHT_FORBIDDEN) == []
+    assert not_stdlib(set(found["after"]) - set(found["before"])) == []
+
+
 def test_srvctl_with_a_bad_verb_stays_in_the_standard_library():
     found = run("""
 import io, contextlib
