@@ -16,8 +16,8 @@ from functools import partial
 from transitions import Machine, Transition
 from transitions.core import Condition
 
-from fsm_init import (config, custom_init, delay, foreground, load_config, log, oom, resolve_target, restart_interval,
-                      start, status, trust, watch)
+from fsm_init import (budget, config, custom_init, delay, foreground, load_config, log, oom, resolve_target,
+                      restart_interval, start, status, trust, watch)
 from fsm_init.container_env import ContainerEnvironment
 from fsm_init.control import NOT_SUPERVISED, ControlServer
 from fsm_init.daemons import Daemons
@@ -72,7 +72,9 @@ class Engine:
         # tini; workstart and the target's scripts run in the target directory.
         self.caller_dir = system.getcwd()
         self.loop = EventLoop(system, self._on_signal, self._on_exit)
-        self.stopper = Stopper(system, self.loop)
+        # The stop path's clock and, with FSM_INIT_STOP_BUDGET, its deadline (budget.py).
+        self.budget = budget.StopBudget(settings.stop_budget, settings.stop_grace, settings.leftover_grace, system.now)
+        self.stopper = Stopper(system, self.loop, budget=self.budget)
         self.forwards = ForwardLog(self.loop, system)
         self.repeats = Repeats()  # spawn failures said once while they repeat
         self.foreground = Foreground(system, self.loop, self.repeats)  # one script at a time
@@ -89,7 +91,7 @@ class Engine:
         self.stopped_by_signal = False  # SIGTERM/SIGINT, not srvctl stop or an internal error
         self.network = Network(system, self.loop, settings)  # steps firewall, ssh, pppoe
         self.network.supporters["ssh"].on_change = self._sync_ssh_permit
-        self.daemons = Daemons(system, self.loop, settings.stop_grace, lambda: self.config)
+        self.daemons = Daemons(system, self.loop, settings.stop_grace, lambda: self.config, self.budget)
         # The OOM kill count of fsm-init's memory cgroup, read now and on a SIGKILL death.
         self.oom = oom.Watch.start(system)
         self.last_oom = ""  # the latest out-of-memory kill, for `srvctl why`
@@ -150,6 +152,7 @@ class Engine:
 
     def _taking(self, trigger: str, dest: str) -> None:
         self.taking = self.took = (self.state, dest, trigger)
+        self.budget.entering(dest)
 
     def _leaving_state(self) -> None:
         self.loop.cancel("state")
@@ -162,6 +165,7 @@ class Engine:
         source, dest, trigger = self.taking
         self.last_transition = status.transition(self.system.wall(), source, dest, trigger, self.guard_results,
                                                  self.cause, self.service.run_count)
+        self.last_transition.update(self.budget.journal(dest))  # the stop's time line, on the way to exited
         self.journal.record(self.last_transition, self.snapshot())
 
     def fire(self, trigger: str, cause: str = "") -> None:
@@ -284,6 +288,8 @@ class Engine:
             log.info(f"--skip-runit: {self.settings.service_dir} is not read")
         else:
             self.daemons.start_all(self.settings.service_dir, self.environ)
+        budget.check_graces(self.settings, len(self._shutdown_scripts(self.settings.pre_shutdown_dir)),
+                            *self.daemons.stop_counts(), len(self._shutdown_scripts(self.settings.post_shutdown_dir)))
         self.fire("done")
 
     def on_enter_load_config(self) -> None:
@@ -530,8 +536,8 @@ class Engine:
     def _run_shutdown_scripts(self, directory: str) -> None:
         paths, grace = self._shutdown_scripts(directory), self.settings.stop_grace
         cause = f"{len(paths)} script(s) of {directory} run" if paths else f"no script in {directory}"
-        self.foreground.run_in_turn(paths, grace, lambda: self.environ, partial(carry_on, grace),
-                                    lambda: self.fire("done", cause), "shutdown script")
+        self.foreground.run_in_turn(paths, partial(self.budget.grace, grace, False), lambda: self.environ,
+                                    self.budget.script_done, lambda: self.fire("done", cause), "shutdown script")
 
     def on_enter_teardown(self) -> None:
         self.loop.cancel("cycle")
