@@ -104,7 +104,7 @@ class _Span:
         self.items: list[_Span] = []
 
     def text(self) -> str:
-        inner = [f"{item.name} {item.took:.1f}s" + (f" {', '.join(item.notes)}" if item.notes else "")
+        inner = [f"{item.name} {item.took:.1f}s" + (f": {', '.join(item.notes)}" if item.notes else "")
                  for item in self.items] + self.notes
         return f"{self.name} {self.took:.1f}s" + (f" ({'; '.join(inner)})" if inner else "")
 
@@ -225,7 +225,7 @@ class StopBudget:
     def killed(self, given: float, own: float) -> None:
         """A TERM → grace → KILL ended in KILL (kill.Stopper), after given of its own grace."""
         if given < own:
-            self.note(f"KILL after {given:.1f}s, its {own:g}s grace cut by the budget")
+            self.note(f"KILL after {given:.1f}s of {own:g}s grace")
         else:
             self.note("KILL after grace")
 
