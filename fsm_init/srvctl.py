@@ -73,6 +73,9 @@ def history(run_dir: str, count: int, as_json: bool) -> int:
         when = clock(e["time"])
         line = f"{when} {e['from'] or '-'} -> {e['to']} ({e['trigger']}{' ' + guards if guards else ''})"
         print(escape(line + (f": {e['cause']}" if e.get("cause") else "")))
+        stop = e.get("stop")
+        if isinstance(stop, dict) and stop.get("line"):  # where the stop's time went (budget.py)
+            print(escape(f"  {stop['line']}"))
     return DONE
 
 
