@@ -9,7 +9,10 @@ import pytest
 
 from fsm_init import budget, log
 from fsm_init.budget import KILL_WAIT, StopBudget
+from fsm_init.daemons import Daemons
+from fsm_init.loop import EventLoop
 
+from . import fakes
 from .fakes import FakeSystem, Harness, make_settings
 
 PRE_D, POST_D, SERVICE = "/etc/my_init.pre_shutdown.d", "/etc/my_init.post_shutdown.d", "/etc/service"
@@ -254,3 +257,65 @@ def test_without_a_budget_the_engine_keeps_todays_graces_and_warns_once_at_start
     h.exit(spawned(h, f"{PRE_D}/10-pre"), 0)
     assert h.deadline("stop-kill") == pytest.approx(began + 5.0)
     h.close()
+
+
+def test_a_startup_script_interrupted_by_the_stop_gets_what_the_pre_shutdown_part_may_take():
+    system = FakeSystem()
+    system.add_script("/etc/my_init.d/10-slow")
+    h = Harness(system, make_settings(stop_budget=4.0), {"PATH": "/usr/bin:/bin"}, ["sleep", "1000"])
+    h.begin()
+    script = spawned(h, "/etc/my_init.d/10-slow")
+    system.stubborn(script)
+    began = system.clock
+    h.signal(signal.SIGTERM)
+    assert h.state == "pre_shutdown"
+    # 4 s less the service's share (1 s) and the leftovers' (0.6 s), less the wait after its KILL.
+    assert h.deadline("stop-kill") == pytest.approx(began + 4 - 1.0 - 0.6 - KILL_WAIT)
+    h.advance(4.0)
+    assert h.state == "exited" and system.signals_to(script) == [signal.SIGTERM, signal.SIGKILL]
+    h.close()
+
+
+class DaemonRig:
+    """Daemons on a FakeSystem with a real EventLoop and a stop budget (as test_daemons.Rig)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.system = FakeSystem()
+        self.budget = StopBudget(seconds, 5.0, 2.0, self.system.now)
+        self.loop = EventLoop(self.system, lambda signum: None, lambda pid, status: self.daemons.exited(pid, status))
+        self.daemons = Daemons(self.system, self.loop, 5.0, lambda: {"workbackoff": 300, "workstable": 60},
+                               self.budget)
+
+
+def test_each_daemon_and_its_finish_script_get_no_more_than_what_is_left(lines):
+    rig = DaemonRig(9.0)  # shares: service 2.25 s, leftovers 1.35 s
+    for name in ("alpha", "beta"):
+        rig.system.add_dir(f"{SERVICE}/{name}")
+        rig.system.add_script(f"{SERVICE}/{name}/run")
+    rig.system.add_script(f"{SERVICE}/beta/finish")
+    rig.daemons.start_all(SERVICE, {})
+    fakes.pump(rig)
+    for spawn in rig.system.spawns:
+        rig.system.stubborn(spawn.pid)
+    began = rig.system.clock
+    rig.budget.entering("pre_shutdown")
+    rig.system.clock += 3.0
+    rig.budget.entering("stop_daemons")
+    done = []
+    rig.daemons.stop_all(lambda: done.append(rig.system.clock))
+    # beta first (reverse order): 9 - 1.35 - 3 = 4.65 s left, less the wait after its KILL.
+    assert rig.loop.due("daemon-beta-stop-kill") == pytest.approx(began + 9 - 1.35 - KILL_WAIT)
+    fakes.advance(rig, 4.4)
+    finish = rig.system.spawns[-1]
+    assert finish.argv[0] == f"{SERVICE}/beta/finish"
+    # Its finish script: nothing left but the wait after a KILL: killed at once.
+    assert rig.system.signals_to(finish.pid) == [signal.SIGKILL]
+    fakes.advance(rig, 1.0)
+    assert done and done[0] - began < 9 - 1.35 + 1.0
+    assert not rig.system.alive(finish.pid)
+    rig.budget.entering("teardown")
+    rig.budget.entering("exited")
+    assert re.search(r"daemons \d\.\ds \(beta \d\.\ds: KILL after 4\.4s of 5s grace, KILL after 0\.0s of 5s grace; "
+                     r"alpha \d\.\ds: KILL after 0\.0s of 5s grace\)", lines[-1]), lines[-1]
+    fakes.close_loop(rig.loop)
+    rig.system.close_watches()
