@@ -56,7 +56,7 @@ def test_a_4s_budget_ends_a_stop_that_would_need_20s_and_says_where_the_time_wen
     parts = line.group(2)
     # Each part named, in order; the service and both daemons KILLed within the budget,
     # the daemons in reverse name order.
-    assert re.fullmatch(r"pre-shutdown 0\.\ds, service \d\.\ds \(KILL after \d\.\ds of 5s grace\), "
+    assert re.fullmatch(r"pre-shutdown \d\.\ds, service \d\.\ds \(KILL after \d\.\ds of 5s grace\), "
                         r"daemons \d\.\ds \(beta \d\.\ds: KILL after \d\.\ds of 5s grace; alpha \d\.\ds: KILL after "
                         r"\d\.\ds of 5s grace\), post-shutdown \d\.\ds, leftovers \d\.\ds", parts), parts
     # The journal's last entry, the transition to exited, carries the time line.
