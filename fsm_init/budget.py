@@ -222,12 +222,14 @@ class StopBudget:
         if span is not None and text not in span.notes:
             span.notes.append(text)
 
-    def killed(self, given: float, own: float) -> None:
-        """A TERM → grace → KILL ended in KILL (kill.Stopper), after given of its own grace."""
+    def killed(self, given: float, own: float, what: str = "") -> None:
+        """A TERM → grace → KILL (or, what "time limit", a finish script's time limit) ended in
+        KILL (kill.Stopper), after given of its own grace."""
+        prefix = f"{what}: " if what else ""
         if given < own:
-            self.note(f"KILL after {given:.1f}s of {own:g}s grace")
+            self.note(f"{prefix}KILL after {given:.1f}s of {own:g}s grace")
         else:
-            self.note("KILL after grace")
+            self.note(f"{prefix}KILL after grace")
 
     def item(self, name: str) -> None:
         """One thing of the current part is stopped now (a daemon, in turn): it is timed on its own."""

@@ -84,7 +84,7 @@ class Stopper:
     def __init__(self, system: System, loop, name: str = "stop", budget=None) -> None:
         self.system, self.loop, self.budget = system, loop, budget
         self.kill_deadline, self.poll_deadline = f"{name}-kill", f"{name}-poll"
-        self.graces = (0.0, 0.0)  # the grace given and the caller's own, for the budget's note
+        self.graces = (0.0, 0.0, "")  # the grace given, the caller's own and what it was for: the budget's note
         # Set by _start (or time_limit) while a group is being stopped.
         self.find: Callable[[], object] | None = None
         self.send: Callable[[int], int] | None = None
@@ -104,9 +104,9 @@ class Stopper:
 
         self._start(lambda: leftovers(self.system), send, signal.SIGTERM, grace, then, "leftover processes")
 
-    def _limit(self, grace: float) -> float:
+    def _limit(self, grace: float, what: str = "") -> float:
         given = self.budget.grace(grace) if self.budget else grace
-        self.graces = (given, grace)
+        self.graces = (given, grace, what)
         return given
 
     def _start(self, find, send, sig: int, grace: float, then, label: str) -> None:
@@ -125,7 +125,7 @@ class Stopper:
         once the kernel has had KILL_SETTLE to finish the kill.  For a process that is
         waited for by its exit (a daemon's finish script): cancel() when it exits in time."""
         self.find, self.send, self.then, self.label = None, lambda s: group.signal(self.system, s), then, label
-        self.loop.call_later(self.kill_deadline, self._limit(grace), self._kill)
+        self.loop.call_later(self.kill_deadline, self._limit(grace, "time limit"), self._kill)
 
     def cancel(self) -> None:
         """Drop the stop or time limit under way; then() is not called."""

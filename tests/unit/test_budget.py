@@ -315,7 +315,8 @@ def test_each_daemon_and_its_finish_script_get_no_more_than_what_is_left(lines):
     assert not rig.system.alive(finish.pid)
     rig.budget.entering("teardown")
     rig.budget.entering("exited")
-    assert re.search(r"daemons \d\.\ds \(beta \d\.\ds: KILL after 4\.4s of 5s grace, KILL after 0\.0s of 5s grace; "
+    assert re.search(r"daemons \d\.\ds \(beta \d\.\ds: KILL after 4\.4s of 5s grace, time limit: KILL after 0\.0s of 5s "
+                     r"grace; "
                      r"alpha \d\.\ds: KILL after 0\.0s of 5s grace\)", lines[-1]), lines[-1]
     fakes.close_loop(rig.loop)
     rig.system.close_watches()
