@@ -57,6 +57,9 @@ RUN ["image-install", "srv"]
 
 WORKDIR /srv
 STOPSIGNAL SIGTERM
+# docker stop sends SIGKILL after 10 s by default: the whole stop path (the service, cron,
+# any other daemon, the leftovers) shares 9 s out (docs/lifecycle.md, "The stop budget").
+ENV FSM_INIT_STOP_BUDGET=9
 # Healthy once the service has proved itself: in status-check mode the latest check cycle
 # passed, otherwise it has run for workintvl seconds (srvctl health; exit 0 or 1).
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 CMD ["srvctl", "health"]

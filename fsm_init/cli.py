@@ -36,6 +36,7 @@ with CMD and no $SRVNAME no service directory is used: CMD runs as under tini.
 environment: SRVNAME SRVCFG FSM_INIT_SRV_ROOT FSM_INIT_STATE_DIR FSM_INIT_RUN_DIR
              FSM_INIT_STOP_GRACE (KILL_PROCESS_TIMEOUT) FSM_INIT_LEFTOVER_GRACE
              (KILL_ALL_PROCESSES_TIMEOUT) FSM_INIT_IDLE_WAIT FSM_INIT_HANDOVER_AFTER
+             FSM_INIT_STOP_BUDGET (the whole stop path's deadline)
              FSM_INIT_EXEC_SERVICE FSM_INIT_STARTUP_TIMEOUT ENV_INIT_DIRECTORY
              FSM_INIT_PRE_SHUTDOWN_DIRECTORY FSM_INIT_POST_SHUTDOWN_DIRECTORY
              FSM_INIT_SERVICE_DIRECTORY FSM_INIT_SYSLOG_SOCKET
@@ -120,6 +121,8 @@ def run(args: list[str]) -> int:
     undo_locale_coercion(system, os.environ)
     for level, note in settle_dirs(settings, system):
         getattr(log, level)(note)
+    if settings.stop_budget_error:
+        log.error(settings.stop_budget_error)
     environ = dict(os.environ)
     if environ.get("SRVCFG"):
         from fsm_init import config

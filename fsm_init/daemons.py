@@ -82,8 +82,8 @@ class Daemon:
         self.removed = False  # its directory left the service directory: stop, then forget it
         self.out_of_memory = False  # run's last exit was the kernel's OOM killer
         self.digest = ""  # run's content when it was last started
-        self.stopper = Stopper(owner.system, owner.loop, self.deadline("stop"))
-        self.finish_limit = Stopper(owner.system, owner.loop, self.deadline("finish"))
+        self.stopper = Stopper(owner.system, owner.loop, self.deadline("stop"), owner.budget)
+        self.finish_limit = Stopper(owner.system, owner.loop, self.deadline("finish"), owner.budget)
 
     def deadline(self, what: str) -> str:
         return f"daemon-{self.name}-{what}"
@@ -248,8 +248,9 @@ class Daemon:
 class Daemons:
     """Every service of one runit-style directory, for the engine to drive."""
 
-    def __init__(self, system: System, loop, grace: float, config) -> None:
+    def __init__(self, system: System, loop, grace: float, config, budget=None) -> None:
         self.system, self.loop, self.grace, self.config = system, loop, grace, config
+        self.budget = budget  # the stop budget (budget.StopBudget) the stoppers ask on the stop path
         self.directory = ""
         self.environ: dict = {}
         self.services: dict[str, Daemon] = {}
@@ -483,6 +484,8 @@ class Daemons:
         for name in reversed(self.names):
             daemon = self.services[name]
             if daemon.busy:
+                if self.budget:
+                    self.budget.item(name)  # the time line shows each daemon's stop
                 if daemon.state == "running":
                     daemon.terminate()
                 return
@@ -530,3 +533,8 @@ class Daemons:
                 log.info(f"daemon {name}: {daemon.run} changed; restarting it")
                 daemon.again = True
                 daemon.terminate()
+
+    def stop_counts(self) -> tuple[int, int]:
+        """How many daemons the stop path stops, and how many of them have a finish script
+        (each its own grace): for the start-up's sum of the stop path's graces."""
+        return len(self.services), sum(1 for d in self.services.values() if self.system.is_executable(d.finish))

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 from functools import partial
 
-from fsm_init import config, custom_init, delay, handover, load_config, log, oom, resolve_target, start, watch
+from fsm_init import budget, config, custom_init, delay, handover, load_config, log, oom, resolve_target, start, watch
 from fsm_init.container_env import ContainerEnvironment
 from fsm_init.control import ControlServer
 from fsm_init.daemons import Daemons
@@ -61,7 +61,9 @@ class Engine:
             self.environ["SRVCFG"] = config.masked_text(self.srvcfg)
         self.command_line = command  # the command given to fsm-init, run instead of workstart
         self.loop = EventLoop(system, self._on_signal, self._on_exit)
-        self.stopper = Stopper(system, self.loop)
+        # The stop path's clock and, with FSM_INIT_STOP_BUDGET, its deadline (budget.py).
+        self.budget = budget.StopBudget(settings.stop_budget, settings.stop_grace, settings.leftover_grace, system.now)
+        self.stopper = Stopper(system, self.loop, budget=self.budget)
         self.forwards = ForwardLog(self.loop, system)
         self.repeats = Repeats()  # spawn failures said once while they repeat
         self.foreground = Foreground(system, self.loop, self.repeats)  # one script at a time
@@ -84,7 +86,7 @@ class Engine:
         self.stopped_by_signal = False  # SIGTERM/SIGINT, not srvctl stop or an internal error
         self.network = Network(system, self.loop, settings)  # steps firewall, ssh, pppoe
         self.network.supporters["ssh"].on_change = self._sync_ssh_permit
-        self.daemons = Daemons(system, self.loop, settings.stop_grace, lambda: self.config)
+        self.daemons = Daemons(system, self.loop, settings.stop_grace, lambda: self.config, self.budget)
         # The OOM kill count of fsm-init's memory cgroup, read now and on a SIGKILL death.
         self.oom = oom.Watch.start(system)
         self.oom.observer = self.metrics.oom_kill
@@ -96,6 +98,7 @@ class Engine:
         self.writes = FileWrites(system.now, system.wall)
         self.history = History(system, Journal(settings.run_dir, system, self.writes), lambda: self.state)
         self.history.recorded = self.metrics.transition
+        self.history.annotate = self.budget.journal  # the stop's time line, on the way to exited
         self.explain = Explain(self)  # srvctl why, health and status
         self.verbs = Verbs(self)  # the answers to control requests
         self.reloader = Reloader(self)  # srvctl reload
@@ -111,8 +114,8 @@ class Engine:
         self.machine = RecordingMachine(
             model=self, states=[{"name": name, "on_enter": [work[name]] if name in work else []} for name, _ in STATES],
             # Each transition's own "before" callbacks run once its guards passed: the one taken.
-            transitions=[dict(row, before=partial(self.history.take, row["trigger"], row["dest"]))
-                         for row in TRANSITIONS],
+            transitions=[dict(row, before=[partial(self.history.take, row["trigger"], row["dest"]),
+                                           partial(self.budget.entering, row["dest"])]) for row in TRANSITIONS],
             initial="boot", auto_transitions=False, queued=True, ignore_invalid_triggers=True,
             prepare_event=self.history.new_event, before_state_change=partial(self.loop.cancel, "state"),
             after_state_change=self._entered_state, on_exception=self._on_error,
@@ -240,6 +243,7 @@ class Engine:
             log.info(f"--skip-runit: {self.settings.service_dir} is not read")
         else:
             self.daemons.start_all(self.settings.service_dir, self.environ)
+        self.scripts.check_graces(*self.daemons.stop_counts())
         self.fire("done")
 
     def on_enter_load_config(self) -> None:

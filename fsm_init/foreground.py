@@ -100,9 +100,10 @@ class Foreground:
         self.in_turn: list[str] = []  # the foreground scripts still to run in this state
         self.retry: tuple[str, str] | None = None  # a check that could not be started: (name, why)
 
-    def run_in_turn(self, paths: list[str], timeout: float, env: Callable[[], dict], after_each, after_all,
-                    what: str = "") -> None:
-        """Run paths one at a time, each with env() as it is then; ``after_each(path, status)``
+    def run_in_turn(self, paths: list[str], timeout: float | Callable[[], float], env: Callable[[], dict],
+                    after_each, after_all, what: str = "") -> None:
+        """Run paths one at a time, each with env() as it is then, and timeout (or timeout()
+        as it is then: what the stop budget leaves); ``after_each(path, status)``
         (status None: timed out and killed) returns False to stop there, without ``after_all``.
         ``what`` ("start-up script"): each is logged as it starts, and when it succeeds with
         its duration, as my_init's "Running /etc/my_init.d/..." lines."""
@@ -121,7 +122,7 @@ class Foreground:
             path = self.in_turn.pop(0)
             if what:
                 log.info(f"running {what} {path}")
-            self.run(path, timeout, partial(done, path), env())
+            self.run(path, timeout() if callable(timeout) else timeout, partial(done, path), env())
 
         next_one()
 

@@ -57,6 +57,8 @@ class History:
         self.entry_recorded = False
         # Told each transition recorded, handover's early one included (the metrics count them).
         self.recorded: Callable[[str, str, str], None] | None = None
+        # More fields for the entry of a state (the stop budget's time line in exited's).
+        self.annotate: Callable[[str], dict] | None = None
 
     def queue(self, cause: str) -> None:
         """A trigger is fired: with queued=True one fired while another transition runs is
@@ -93,6 +95,8 @@ class History:
         source, dest, trigger = self.taking
         self.last_transition = status.transition(self.system.wall(), source, dest, trigger, self.guard_results,
                                                  self.cause, run_count)
+        if self.annotate:
+            self.last_transition.update(self.annotate(dest))
         if self.recorded:
             self.recorded(source, dest, trigger)
         self.journal.record(self.last_transition, snapshot())

@@ -77,11 +77,14 @@ KILL_SETTLE = 1.0
 
 class Stopper:
     """A signal, a grace time, SIGKILL; ``then`` runs once nothing is left.  ``name``
-    prefixes the loop's deadlines, so that several stoppers can run at once."""
+    prefixes the loop's deadlines, so that several stoppers can run at once.  ``budget``
+    (a budget.StopBudget): on the stop path the grace and the wait after SIGKILL are what
+    it allows, and a KILL is noted in its time line."""
 
-    def __init__(self, system: System, loop, name: str = "stop") -> None:
-        self.system, self.loop = system, loop
+    def __init__(self, system: System, loop, name: str = "stop", budget=None) -> None:
+        self.system, self.loop, self.budget = system, loop, budget
         self.kill_deadline, self.poll_deadline = f"{name}-kill", f"{name}-poll"
+        self.graces = (0.0, 0.0, "")  # the grace given, the caller's own and what it was for: the budget's note
         # Set by _start (or time_limit) while a group is being stopped.
         self.find: Callable[[], object] | None = None
         self.send: Callable[[int], int] | None = None
@@ -101,8 +104,14 @@ class Stopper:
 
         self._start(lambda: leftovers(self.system), send, signal.SIGTERM, grace, then, "leftover processes")
 
+    def _limit(self, grace: float, what: str = "") -> float:
+        given = self.budget.grace(grace) if self.budget else grace
+        self.graces = (given, grace, what)
+        return given
+
     def _start(self, find, send, sig: int, grace: float, then, label: str) -> None:
         self.find, self.send, self.then, self.label = find, send, then, label
+        grace = self._limit(grace)
         count = send(sig)
         if not count:
             self._finish()
@@ -116,7 +125,7 @@ class Stopper:
         once the kernel has had KILL_SETTLE to finish the kill.  For a process that is
         waited for by its exit (a daemon's finish script): cancel() when it exits in time."""
         self.find, self.send, self.then, self.label = None, lambda s: group.signal(self.system, s), then, label
-        self.loop.call_later(self.kill_deadline, grace, self._kill)
+        self.loop.call_later(self.kill_deadline, self._limit(grace, "time limit"), self._kill)
 
     def cancel(self) -> None:
         """Drop the stop or time limit under way; then() is not called."""
@@ -144,7 +153,10 @@ class Stopper:
         count = self.send(signal.SIGKILL)
         if count:
             log.warn(f"{self.label} outlived the grace time: sent SIGKILL to {count} process(es)")
-        self.loop.call_later(self.kill_deadline, KILL_SETTLE, self._finish)
+            if self.budget:
+                self.budget.killed(*self.graces)
+        settle = self.budget.settle(KILL_SETTLE) if self.budget else KILL_SETTLE
+        self.loop.call_later(self.kill_deadline, settle, self._finish)
 
     def _finish(self) -> None:
         self.loop.cancel(self.kill_deadline)

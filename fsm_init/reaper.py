@@ -5,7 +5,8 @@ interpreter plus transitions and marshmallow in memory for nothing.  Once the
 service has settled, the engine execs this module (same PID, same children, the
 control socket's fd kept open), which imports only the standard library and
 fsm-init's standard-library modules: it forwards signals, reaps, answers srvctl,
-and runs the same stop path (``stop.Stopper``) as the engine.
+and runs the same stop path (``kill.Stopper``) as the engine, within the same stop
+budget (``budget.StopBudget``: its parts are the service and the leftovers).
 """
 
 import json
@@ -14,7 +15,7 @@ import signal
 import socket
 import sys
 
-from fsm_init import log, status
+from fsm_init import budget, log, status
 from fsm_init.control import NOT_SUPERVISED, ControlServer
 from fsm_init.forwarded import ForwardLog
 from fsm_init.journal import Journal
@@ -79,7 +80,8 @@ class Reaper:
         self.state = "handover"
         self.since = system.now()
         self.loop = EventLoop(system, self._on_signal, self._on_exit)
-        self.stopper = Stopper(system, self.loop)
+        self.budget = budget.StopBudget(settings.stop_budget, settings.stop_grace, settings.leftover_grace, system.now)
+        self.stopper = Stopper(system, self.loop, budget=self.budget)
         self.forwards = ForwardLog(self.loop, system)
         self.control = None
         if state["control_fd"] is not None:
@@ -112,10 +114,12 @@ class Reaper:
         engine recorded the handover itself, before its exec)."""
         previous, self.state, self.since = self.state, state, self.system.now()
         log.set_state(state)
+        self.budget.entering(state)
         if trigger:
             self.last_transition = status.transition(self.system.wall(), previous, state, trigger, {}, cause,
                                                      self.run_count)
             self.metrics.transition(previous, state, trigger)
+            self.last_transition.update(self.budget.journal(state))
             self.journal.record(self.last_transition, self.snapshot())
 
     def _on_signal(self, signum: int) -> None:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Protocol
 
-from fsm_init import foreground, log
+from fsm_init import budget, foreground, log
 from fsm_init.container_env import ContainerEnvironment
 from fsm_init.foreground import Foreground, carry_on
 from fsm_init.kill import Group, Stopper
@@ -27,6 +27,7 @@ class Engine(Protocol):
     service: Service
     foreground: Foreground
     stopper: Stopper
+    budget: budget.StopBudget
     container_env: ContainerEnvironment
 
     def fire(self, trigger: str, cause: str = "") -> None: ...
@@ -99,5 +100,12 @@ class ScriptSteps:
         paths = foreground.shutdown_scripts(directory, engine.settings, engine.system)
         grace = engine.settings.stop_grace
         cause = f"{len(paths)} script(s) of {directory} run" if paths else f"no script in {directory}"
-        engine.foreground.run_in_turn(paths, grace, self.environ, partial(carry_on, grace),
-                                      lambda: engine.fire("done", cause), "shutdown script")
+        engine.foreground.run_in_turn(paths, partial(engine.budget.grace, grace, False), self.environ,
+                                      engine.budget.script_done, lambda: engine.fire("done", cause), "shutdown script")
+
+    def check_graces(self, daemons: int, finish_scripts: int) -> None:
+        """At start-up, once: do the stop path's graces fit Docker's 10 s (budget.check_graces)?"""
+        settings, system = self.engine.settings, self.engine.system
+        budget.check_graces(settings, len(foreground.shutdown_scripts(settings.pre_shutdown_dir, settings, system)),
+                            daemons, finish_scripts,
+                            len(foreground.shutdown_scripts(settings.post_shutdown_dir, settings, system)))

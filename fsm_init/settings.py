@@ -127,6 +127,11 @@ class Settings:
         self.run_dir = env.get("FSM_INIT_RUN_DIR") or locate_run_dir()
         self.stop_grace = _seconds("FSM_INIT_STOP_GRACE", 5.0, "KILL_PROCESS_TIMEOUT")
         self.leftover_grace = _seconds("FSM_INIT_LEFTOVER_GRACE", 2.0, "KILL_ALL_PROCESSES_TIMEOUT")
+        from fsm_init import budget
+
+        # The whole stop path's deadline (None: each part its own grace); a bad value is
+        # refused with stop_budget_error, which fsm-init says once at start-up.
+        self.stop_budget, self.stop_budget_error = budget.parse(env.get("FSM_INIT_STOP_BUDGET"))
         self.startup_timeout = _seconds("FSM_INIT_STARTUP_TIMEOUT", 300.0)
         self.idle_wait = _seconds("FSM_INIT_IDLE_WAIT", 600.0)
         self.handover_after = _seconds("FSM_INIT_HANDOVER_AFTER", 1.0)

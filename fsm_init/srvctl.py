@@ -86,7 +86,11 @@ def history(run_dir: str, count: int, as_json: bool) -> int:
         guards = " ".join(f"{g}={'yes' if v else 'no'}" for g, v in e.get("guards", {}).items())
         when = clock(e["time"])
         line = f"{when} {e['from'] or '-'} -> {e['to']} ({e['trigger']}{' ' + guards if guards else ''})"
-        print(escape(line + (f": {e['cause']}" if e.get("cause") else "")))
+        cause = e.get("cause") or ""
+        stop = e.get("stop")  # on the way to exited: where the stop's time went (budget.py)
+        if isinstance(stop, dict) and stop.get("line"):
+            cause = f"{cause}; {stop['line']}" if cause else stop["line"]
+        print(escape(line + (f": {cause}" if cause else "")))
     return DONE
 
 

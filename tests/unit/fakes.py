@@ -579,7 +579,8 @@ def make_settings(**overrides) -> Settings:
     settings = Settings.__new__(Settings)
     values = dict(srv_root="/srv", state_dir="/var/lib/fsm-init", run_dir="/run/fsm-init",
                   run_dir_given=True, state_dir_given=True,
-                  stop_grace=5.0, leftover_grace=2.0, idle_wait=600.0, handover_after=1.0,
+                  stop_grace=5.0, leftover_grace=2.0, stop_budget=None, stop_budget_error="", idle_wait=600.0,
+                  handover_after=1.0,
                   exec_service=False, startup_timeout=300.0, init_dir="/etc/my_init.d",
                   pre_shutdown_dir="/etc/my_init.pre_shutdown.d", post_shutdown_dir="/etc/my_init.post_shutdown.d",
                   service_dir="/etc/service", skip_startup_files=False, skip_runit=False, kill_all_on_exit=True)
