@@ -28,7 +28,7 @@ import json
 from typing import NamedTuple
 
 from fsm_init import config, log, start, status
-from fsm_init.table import NON_DAEMON, STATUS_CHECK, STOPPABLE
+from fsm_init.table import DAEMON, NON_DAEMON, STATUS_CHECK, STOPPABLE
 
 SERVICE_KEYS = ("workstart", "workuser")
 CYCLE_KEYS = ("workwatch", "worktimeout", "workintvl")
@@ -97,9 +97,10 @@ def _toggle(old: dict, new: dict, section: str, daemon: str) -> str:
     return f"nothing to run ({section}.enable is no)"
 
 
-def diff(old: dict, new: dict, command_line: bool = False) -> list[Change]:
+def diff(old: dict, new: dict, command_line: bool = False, leader_gone: bool = False) -> list[Change]:
     """The changes from the running effective config old to new, one per step, in boot order.
-    command_line: fsm-init was given a command, which runs instead of workstart."""
+    command_line: fsm-init was given a command, which runs instead of workstart.
+    leader_gone: the instance runs on without its leader (status-check mode allows that)."""
     changes = []
     for section, step in NETWORK_SECTIONS.items():
         said = _section_changes(old, new, section)
@@ -112,10 +113,14 @@ def diff(old: dict, new: dict, command_line: bool = False) -> list[Change]:
     later = list(LATER_KEYS) + (["workstart"] if command_line else [])
     checks = list(CYCLE_KEYS)
     modes = start.mode(old).kind, start.mode(new).kind
-    if modes[0] != modes[1] and NON_DAEMON in modes:
+    gone = modes == (STATUS_CHECK, DAEMON) and leader_gone  # daemon mode would wait for an exit that has been
+    if modes[0] != modes[1] and NON_DAEMON in modes or gone:
         checks.remove("workwatch")  # into or out of non-daemon mode: a new instance
         service.append("workwatch")
     said = _changed_keys(old, new, service)
+    if gone:
+        said = [f"{s} (daemon mode, and the service's leader has exited: nothing to watch)"
+                if s.startswith("workwatch ") else s for s in said]
     said += [f"the service's own section {k!r} (its $SRVCFG)" for k in sorted((set(old) | set(new)) - own)
              if old.get(k) != new.get(k)]
     if said:
@@ -132,7 +137,8 @@ def daemon_changes(plan: dict[str, list[str]]) -> list[Change]:
     actions = {"added": "start it", "removed": "stop it", "changed": "restart it"}
     words = {"added": "new service", "removed": "removed service", "changed": "run changed"}
     return [Change("daemons", f"{words[kind]} {', '.join(names)}", actions[kind].replace(
-        "it", "them") if len(names) > 1 else actions[kind]) for kind, names in plan.items() if names]
+        "it", "them") if len(names) > 1 else actions[kind])
+        for kind, names in plan.items() if names and kind in actions]
 
 
 class Reloader:
@@ -155,10 +161,12 @@ class Reloader:
                 log.error(f"{verb}: configuration refused, the running one is kept: " + "; ".join(notes.lines))
                 self._journal(f"{verb} refused: " + "; ".join(notes.lines))
             return self._reply(False, ["configuration refused, the running one is kept:", *notes.lines])
-        changes = diff(engine.config, new, engine.command_line is not None) if new is not None else []
+        gone = engine.service.instance is not None and not engine.service.leader_alive
+        changes = diff(engine.config, new, engine.command_line is not None, gone) if new is not None else []
         plan = engine.daemons.reload_plan()
         changes += daemon_changes(plan)
         changes = self._adjust(changes)
+        notes += [f"daemons: {line}" for line in plan.get("unread", [])]
         lines = notes + [c.line() for c in changes]
         if not changes:
             return self._reply(True, lines + ["no change: nothing to apply"], changed=False)
@@ -215,7 +223,9 @@ class Reloader:
             log.info(f"srvctl reload: {change.line()}")
         if new is not None and document is not None:
             old_period = engine.mode.period
-            engine.config, engine.mode = new, start.mode(new)
+            engine.config = new
+            if engine.state != "foreground":  # there the instance keeps its non-daemon mode (_adjust)
+                engine.mode = start.mode(new)
             engine.source.accept(document)
             if "firewall" in steps:
                 engine.network.apply_firewall(new, engine.has_config)
@@ -224,6 +234,8 @@ class Reloader:
                     engine.network.apply(step, new, engine.has_config)
             failed = [f"{step}: unavailable: {engine.network.unavailable[step]}"
                       for step in ("firewall", "ssh", "pppoe") if step in steps and step in engine.network.unavailable]
+            if "firewall" in steps:  # IPv4 applied, IPv6 not: its rules in force are the old ones
+                failed += [f"firewall: IPv6 not applied: {p}" for p in engine.network.firewall.problems]
             if "checks" in steps:
                 self._retime(old_period)
         if "daemons" in steps:

@@ -343,3 +343,70 @@ def test_the_thin_reaper_refuses_a_reload():
 
     reply = status.answer(reaper.Reaper.__new__(reaper.Reaper), {"verb": "reload", "dry_run": True})
     assert reply["ok"] is False and "restart the container" in reply["message"]
+
+
+# -- review: what a reload must not leave half done ------------------------------------------------
+
+
+def test_status_check_turned_daemon_after_the_leader_exited_restarts_the_service(make):
+    # In status-check mode the leader may exit (a start script that daemonised) and the
+    # checks watch on; daemon mode watches the leader's exit, which has been: without a
+    # restart fsm-init would sit in watch for ever with nothing to watch.
+    h = in_watch(make)
+    first = h.engine.service.instance.pid
+    h.exit(first, exited(0))
+    assert h.state == "watch" and not h.engine.service.leader_alive
+    write(h, cfg(workwatch=0, workintvl=5))
+    reply = h.request("reload", dry_run=True)
+    assert reply["lines"][2] == ("service: workwatch 30 -> 0 (daemon mode, and the service's leader has exited: "
+                                 "nothing to watch): restart the service")
+    reply = h.request("reload")
+    assert reply["ok"] and h.states.count("restart") == 1
+    h.advance(11)
+    assert h.states.count("start") == 2 and h.engine.mode.kind == "daemon" and h.engine.service.leader_alive
+
+
+def test_a_mode_switch_not_applied_in_non_daemon_mode_keeps_the_mode(make):
+    h = make(cfg())  # no workwatch: non-daemon
+    h.begin()
+    assert h.state == "foreground"
+    write(h, cfg(workwatch=10))
+    reply = h.request("reload")
+    assert reply["lines"][2].startswith("service: workwatch null -> 10: not applied")
+    # The instance running is still the non-daemon one: no status-check health, no checks.
+    assert h.engine.mode.kind == "non-daemon" and h.engine.snapshot()["mode"] == "non-daemon"
+    assert h.state == "foreground" and h.deadline("cycle") is None
+
+
+def test_an_ipv6_firewall_left_unchanged_fails_the_reload(make):
+    from fsm_init import firewall
+    from fsm_init import iptables_rules as rules
+
+    from .test_firewall import Netfilter
+
+    h = make(cfg(workwatch=30, workintvl=5, firewall={"enable": "yes", "tcpportpmt": "80"}))
+    Netfilter(rules.IPV4).install(h.system)
+    h.system.add_file(firewall.IF_INET6, "00000000000000000000000000000001 01 80 10 80       lo\n")
+    h.begin()  # no ip6tables here: IPv6 not filtered from the start
+    write(h, cfg(workwatch=30, workintvl=5, firewall={"enable": "yes", "tcpportpmt": "81"}))
+    reply = h.request("reload")
+    assert reply["ok"] is False and reply["changed"] is True
+    assert reply["lines"][-1].startswith("firewall: IPv6 not applied: IPv6 inbound traffic is not filtered: "
+                                         "ip6tables-save not found (install iptables)")
+    assert reply["lines"][-1] in h.engine.why()
+
+
+def test_a_daemon_run_another_user_could_change_is_not_read(make):
+    h = make(cfg(workwatch=0), service_dir="/etc/service")
+    h.system.add_script("/etc/service/a/run", "exec sleep 1000\n")
+    h.begin()
+    pid = h.engine.daemons.services["a"].pid
+    h.system.dir_modes["/etc/service/a"] = 0o777  # a workuser could put a FIFO there: PID 1 would block reading it
+    h.system.add_script("/etc/service/a/run", "exec sleep 2000\n")
+    h.system.calls.clear()
+    reply = h.request("reload")
+    assert ("read_bytes", "/etc/service/a/run") not in h.system.calls
+    assert reply["lines"][1].startswith("daemons: a: /etc/service/a/run is not read, another user could change it: "
+                                        "/etc/service/a is writable by")
+    assert reply["lines"][-1] == "no change: nothing to apply"
+    assert h.system.signals_to(pid) == []
