@@ -38,6 +38,9 @@ STEPS = ("firewall", "ssh", "pppoe", "service", "checks", "later", "daemons")
 # Where a reload can be taken: the service's own states once the start-up is done.
 # Elsewhere the boot path or a restart is reading the configuration anyway, or fsm-init stops.
 RELOADABLE = ("idle", "delay", "restart_interval", "watch", "check", "gave_up", "foreground")
+# What the boot path applies after the initdelay: a reload during it does none of it early.
+BOOT_STEPS = ("firewall", "ssh", "pppoe", "service")
+AT_DELAY_END = "when the initdelay ends"
 ACTIONS = {
     "firewall": "re-apply the rules (one iptables-restore per family, atomically)",
     "service": "restart the service",
@@ -208,7 +211,9 @@ class Reloader:
         engine = self.engine
         adjusted = []
         for change in changes:
-            if change.step == "service" and engine.state == "foreground":
+            if change.step in BOOT_STEPS and engine.state == "delay":
+                change = change._replace(action=AT_DELAY_END)  # nothing of it runs yet: the boot path applies it
+            elif change.step == "service" and engine.state == "foreground":
                 change = change._replace(action="not applied: the service runs in non-daemon mode and fsm-init "
                                                 "does not restart it (restart the container)")
             adjusted.append(change)
@@ -218,7 +223,7 @@ class Reloader:
         """Each change by its step; returns a line for each step that cannot be done here."""
         engine = self.engine
         failed = []
-        steps = {c.step for c in changes}
+        steps = {c.step for c in changes if c.action != AT_DELAY_END}
         for change in changes:
             log.info(f"srvctl reload: {change.line()}")
         if new is not None and document is not None:

@@ -410,3 +410,27 @@ def test_a_daemon_run_another_user_could_change_is_not_read(make):
                                         "/etc/service/a is writable by")
     assert reply["lines"][-1] == "no change: nothing to apply"
     assert h.system.signals_to(pid) == []
+
+
+def test_a_reload_during_the_initdelay_applies_at_its_end(make, monkeypatch):
+    # Nothing of the network side or the service runs yet: the boot path applies the new
+    # configuration when the initdelay ends; the reload neither cuts it short nor starts
+    # dropbear or the firewall before it.
+    h = make(cfg(initdelay=10, workwatch=0))
+    h.begin()
+    assert h.state == "delay"
+    due = h.deadline("state")
+    calls = []
+    monkeypatch.setattr(h.engine.network, "apply_firewall", lambda c, has: calls.append(c["firewall"]["tcpportpmt"]))
+    monkeypatch.setattr(h.engine.network, "apply", lambda step, c, has: calls.append(step))
+    write(h, cfg(initdelay=10, workwatch=0, workstart="./run.sh --new", firewall={"enable": "no", "tcpportpmt": "80"},
+                 sshsrv={"enable": "yes"}))
+    reply = h.request("reload")
+    assert reply["ok"] and reply["lines"][2:] == [
+        'firewall: firewall.tcpportpmt "" -> "80": when the initdelay ends',
+        'ssh: sshsrv.enable "no" -> "yes": when the initdelay ends',
+        'service: workstart "./run.sh" -> "./run.sh --new": when the initdelay ends']
+    assert h.state == "delay" and h.deadline("state") == due and calls == [] and h.system.spawns == []
+    h.advance(10)
+    assert calls == ["80", "ssh", "pppoe"] and h.state == "watch"
+    assert h.system.spawns[-1].argv[-1] == "--new" and h.states.count("start") == 1
