@@ -144,6 +144,19 @@ def daemon_changes(plan: dict[str, list[str]]) -> list[Change]:
         for kind, names in plan.items() if names and kind in actions]
 
 
+def with_environment(changes: list[Change], names: list[str], directory: str) -> list[Change]:
+    """changes with the container environment's changed variables (names only: a value may
+    be a password) in the service step: the service restarted, once, with the new one."""
+    if not names:
+        return changes
+    what = f"environment {', '.join(names)} changed ({directory})"
+    service = [c for c in changes if c.step == "service"]
+    if service:
+        return [c._replace(what=f"{c.what}, {what}") if c.step == "service" else c for c in changes]
+    changed = changes + [Change("service", what, ACTIONS["service"])]
+    return sorted(changed, key=lambda c: STEPS.index(c.step))
+
+
 class Reloader:
     """The engine's `srvctl reload`: reads, compares and applies through the engine's steps."""
 
@@ -166,6 +179,10 @@ class Reloader:
             return self._reply(False, ["configuration refused, the running one is kept:", *notes.lines])
         gone = engine.service.instance is not None and not engine.service.leader_alive
         changes = diff(engine.config, new, engine.command_line is not None, gone) if new is not None else []
+        environ, found, names, why = engine.container_env.reread(engine.environ)
+        if why:
+            notes = notes + [f"environment: {why}"]
+        changes = with_environment(changes, names, engine.container_env.directory)
         plan = engine.daemons.reload_plan()
         changes += daemon_changes(plan)
         changes = self._adjust(changes)
@@ -175,6 +192,9 @@ class Reloader:
             return self._reply(True, lines + ["no change: nothing to apply"], changed=False)
         if dry_run:
             return self._reply(True, [f"would apply {len(changes)} change(s):", *lines], changed=True)
+        if found is not None and names:
+            engine.environ = engine.daemons.environ = environ  # the daemons: at their next start
+            engine.container_env.accept(environ, found)
         failed = self._apply(changes, new, document, plan)
         summary = "; ".join(c.line() for c in changes)
         self.last = f"last reload at {log.clock(engine.system.wall())} applied {summary}" + \

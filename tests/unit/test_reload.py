@@ -434,3 +434,61 @@ def test_a_reload_during_the_initdelay_applies_at_its_end(make, monkeypatch):
     h.advance(10)
     assert calls == ["80", "ssh", "pppoe"] and h.state == "watch"
     assert h.system.spawns[-1].argv[-1] == "--new" and h.states.count("start") == 1
+
+
+# -- the environment the service gets: /etc/container_environment -----------------------------------
+
+ENV_DIR = "/etc/container_environment"
+
+
+def with_env_dir(make, environ_extra=None) -> Harness:
+    h = make(cfg(workwatch=0, workintvl=5))
+    h.system.add_dir(ENV_DIR)
+    h.system.add_file(f"{ENV_DIR}/FOO", "one\n")
+    h.system.add_file(f"{ENV_DIR}/GONE", "x")
+    h.engine.environ.update(environ_extra or {})
+    h.begin()
+    assert h.state == "watch"
+    return h
+
+
+def test_an_untouched_container_environment_is_no_change(make):
+    # fsm-init itself dumps its environment there at the start (a value ending in a newline
+    # reads back without it): only what changed since counts, or every reload would restart.
+    h = with_env_dir(make, {"TRAILING": "text\n"})
+    assert h.system.files[f"{ENV_DIR}/TRAILING"] == b"text\n"
+    reply = h.request("reload", dry_run=True)
+    assert reply["changed"] is False, reply
+
+
+def test_a_changed_container_environment_restarts_the_service_with_it(make):
+    h = with_env_dir(make)
+    first = h.engine.service.instance.pid
+    assert h.system.spawns[-1].env["FOO"] == "one"
+    h.system.add_file(f"{ENV_DIR}/FOO", "two-secret\n")
+    h.system.add_file(f"{ENV_DIR}/NEW", "3")
+    del h.system.files[f"{ENV_DIR}/GONE"]
+    reply = h.request("reload", dry_run=True)
+    assert reply["lines"][2:] == [f"service: environment FOO, GONE, NEW changed ({ENV_DIR}): restart the service"]
+    assert "two-secret" not in json.dumps(reply)  # names only: a value may be a password
+    assert h.engine.environ["FOO"] == "one" and h.system.signals_to(first) == []
+    reply = h.request("reload")
+    assert reply["ok"] and reply["lines"][0] == "applied 1 change(s):"
+    assert h.system.signals_to(first) == [signal.SIGTERM]
+    h.exit(first, exited(0))
+    env = h.system.spawns[-1].env
+    assert env["FOO"] == "two-secret" and env["NEW"] == "3" and "GONE" not in env and h.states.count("start") == 2
+    assert h.request("reload", dry_run=True)["changed"] is False  # taken: the new baseline
+    assert "NEW" in h.engine.why() and "two-secret" not in h.engine.why()
+
+
+def test_a_container_environment_another_user_could_change_is_not_read(make):
+    h = with_env_dir(make)
+    h.system.dir_modes[ENV_DIR] = 0o777
+    h.system.add_file(f"{ENV_DIR}/LD_PRELOAD", "/tmp/evil.so")
+    h.system.calls.clear()
+    reply = h.request("reload")
+    assert ("read_bytes", f"{ENV_DIR}/LD_PRELOAD") not in h.system.calls
+    assert reply["changed"] is False and any(line.startswith(f"environment: {ENV_DIR} is not read, another user "
+                                                             "could change it") for line in reply["lines"])
+    assert "LD_PRELOAD" not in h.engine.environ
