@@ -82,6 +82,7 @@ class Firewall:
         """firewall.enable turned "no" after fsm-init applied its rules: open INPUT and
         FORWARD again and empty FSMINIT (the service chains and their rules stay).
         Does nothing when fsm-init applied nothing."""
+        self.problems = []
         if not self.families:
             return ""
         families, self.families, self.applied, self.summary = self.families, [], None, ""

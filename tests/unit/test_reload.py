@@ -394,6 +394,9 @@ def test_an_ipv6_firewall_left_unchanged_fails_the_reload(make):
     assert reply["lines"][-1].startswith("firewall: IPv6 not applied: IPv6 inbound traffic is not filtered: "
                                          "ip6tables-save not found (install iptables)")
     assert reply["lines"][-1] in h.engine.why()
+    write(h, cfg(workwatch=30, workintvl=5, firewall={"enable": "no", "tcpportpmt": "81"}))
+    reply = h.request("reload")  # withdrawn: no stale IPv6 line
+    assert reply["ok"] is True and not any("IPv6" in line for line in reply["lines"]), reply
 
 
 def test_a_daemon_run_another_user_could_change_is_not_read(make):
