@@ -11,13 +11,16 @@ that acts on it, in boot order:
   ssh       ``sshsrv.*``: dropbear restarted (started, stopped)
   pppoe     ``inetdail.*``: the dial-up restarted (started, stopped)
   service   ``workstart``, ``workuser``, the service's own sections (in its $SRVCFG), a
-            switch to or from non-daemon mode: the service restarted, once
+            switch to or from non-daemon mode (or to daemon mode once the leader has
+            exited), a variable of /etc/container_environment (the names only: a value
+            may be a password): the service restarted, once
   checks    ``workwatch`` (between daemon and status-check modes), ``worktimeout``,
             ``workintvl``: from the next cycle, without a restart
   later     ``initdelay``, ``workbackoff``, ``workstable``, ``workretry``: at their next use
   daemons   /etc/service: new services started, removed ones stopped, a running one
             whose ./run changed since it started restarted
 
+During the initdelay the boot path applies the network and service changes at its end.
 A change that touches nothing else touches nothing else: a new firewall port leaves the
 service, dropbear and the daemons running.  A dry run reports the same list and changes
 nothing.  The reload and what it changed go to the log and the journal; ``srvctl why``
