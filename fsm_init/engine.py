@@ -490,6 +490,7 @@ class Engine:
 
     def on_enter_pre_shutdown(self) -> None:
         self.loop.cancel("cycle")
+        self.network.shut_down()  # dropbear, pppd: a restart under way does not start them again
         # A script still running (start-up, EnvResume, check) is cut short: its session gets
         # SIGTERM now (teardown kills what is left), and its exit must not start the next one.
         # As my_init does, the script gets one SIGTERM and the stop grace to finish (what its

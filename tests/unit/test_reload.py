@@ -495,3 +495,21 @@ def test_a_container_environment_another_user_could_change_is_not_read(make):
     assert reply["changed"] is False and any(line.startswith(f"environment: {ENV_DIR} is not read, another user "
                                                              "could change it") for line in reply["lines"])
     assert "LD_PRELOAD" not in h.engine.environ
+
+
+def test_a_stop_during_the_dropbear_restart_a_reload_began_does_not_start_it_again(make, monkeypatch):
+    from fsm_init import ssh
+    from fsm_init.supporting import Spec
+
+    monkeypatch.setattr(ssh, "spec", lambda c, system, settings: Spec(
+        ["/usr/sbin/dropbear", "-p", str(c["sshsrv"]["sshport"])], {}, str(c["sshsrv"]["sshport"]), "port"))
+    h = in_watch(make, sshsrv={"enable": "yes", "sshport": 2201})
+    old = h.engine.network.supporters["ssh"].pid
+    assert old is not None
+    h.system.stubborn(old)  # it takes its time over the TERM
+    write(h, cfg(workwatch=30, workintvl=5, sshsrv={"enable": "yes", "sshport": 2202}))
+    assert h.request("reload")["ok"]
+    assert h.system.signals_to(old) == [signal.SIGTERM]
+    h.request("stop")
+    h.exit(old, exited(143))  # its TERM came: the restart would start the new one now
+    assert [s for s in h.system.spawns if s.argv[0] == "/usr/sbin/dropbear"][-1].pid == old
