@@ -54,9 +54,20 @@ def _permanent(status: int) -> bool:
     return os.WIFEXITED(status) and os.WEXITSTATUS(status) == PERMANENT_FAILURE
 
 
+DIGEST_LIMIT = 1 << 20  # a run up to this size (a script) is compared by content
+
+
 def run_digest(system: System, path: str) -> str:
+    """What run is, to tell a change (`srvctl reload`): a script by its content (rewritten
+    the same, it is no change); a larger file, a program, by its inode, size and time,
+    not read whole on the event loop."""
     import hashlib
 
+    identity = system.file_identity(path)
+    if identity is None:
+        return ""
+    if identity[1] > DIGEST_LIMIT:
+        return "identity:" + ":".join(map(str, identity))
     return hashlib.sha256(system.read_bytes(path) or b"").hexdigest()
 
 

@@ -513,3 +513,37 @@ def test_a_stop_during_the_dropbear_restart_a_reload_began_does_not_start_it_aga
     h.request("stop")
     h.exit(old, exited(143))  # its TERM came: the restart would start the new one now
     assert [s for s in h.system.spawns if s.argv[0] == "/usr/sbin/dropbear"][-1].pid == old
+
+
+def test_a_large_daemon_run_is_not_read_whole_on_the_event_loop(make):
+    # A run that is a big program (a symlink to a server binary): its size and time tell a
+    # change; reading and hashing it at each start would hold PID 1 up.
+    from fsm_init import daemons
+
+    h = make(cfg(workwatch=0), service_dir="/etc/service")
+    big = "#!/bin/sh\n" + "#" * (daemons.DIGEST_LIMIT + 1)
+    h.system.add_file("/etc/service/big/run", big, 0o755)
+    h.system.add_script("/etc/service/small/run", "exec sleep 1000\n")
+    h.begin()
+    assert ("read_bytes", "/etc/service/big/run") not in h.system.calls
+    assert ("read_bytes", "/etc/service/small/run") in h.system.calls  # a script: by content
+    assert h.request("reload", dry_run=True)["changed"] is False
+    h.system.add_file("/etc/service/big/run", big + "#", 0o755)
+    assert h.request("reload", dry_run=True)["lines"][-1] == "daemons: run changed big: restart it"
+    assert ("read_bytes", "/etc/service/big/run") not in h.system.calls
+
+
+def test_the_real_file_identity(tmp_path):
+    from fsm_init.system import System
+
+    system = System.__new__(System)  # file_identity needs no set-up
+    path = tmp_path / "run"
+    path.write_bytes(b"#!/bin/sh\n")
+    first = system.file_identity(str(path))
+    assert first is not None and first[1] == 10
+    link = tmp_path / "link"
+    link.symlink_to(path)
+    assert system.file_identity(str(link)) == first  # a link followed: what runs
+    path.write_bytes(b"#!/bin/sh\nexit 1\n")
+    assert system.file_identity(str(path)) != first
+    assert system.file_identity(str(tmp_path / "none")) is None
