@@ -192,6 +192,9 @@ class ContainerEnvironment:
         self.dumped: frozenset = frozenset()
         self.warned: set[str] = set()
         self.untrusted = False  # another user could change the directory: neither read nor written
+        # The directory's variables as fsm-init last read or wrote them (None: no directory at
+        # the start): `srvctl reload` takes what changed there since, and only that.
+        self.seen: dict[str, str] | None = None
 
     @classmethod
     def from_environ(cls, system, environ: dict) -> "ContainerEnvironment":
@@ -208,8 +211,13 @@ class ContainerEnvironment:
         if self.system.is_dir(self.directory) and not self.system.can_list(self.directory):
             log.warn(f"container environment: cannot list {self.directory} (running as uid {self.system.euid()}); "
                      "its variables are not imported")
-        env = import_env(environ, self.system, self.directory)
-        self._export(env, to_dir=True)
+        found = read_directory(self.system, self.directory)
+        env = dict(environ)
+        for name, value in (found or {}).items():
+            env.setdefault(name, value)
+        written = self._export(env, to_dir=True)
+        if found is not None:  # as a read gives it back: one trailing newline stripped
+            self.seen = {**found, **{name: _as_read(env[name]) for name in written}}
         return env
 
     def after_script(self, environ: dict) -> dict:
@@ -219,10 +227,35 @@ class ContainerEnvironment:
         env = _reload(environ, found, self.dumped)
         if found is not None:
             self.dumped = frozenset(found)
+            self.seen = found
         self._export(env, to_dir=False)
         return env
 
-    def _export(self, env: dict, to_dir: bool) -> None:
+    def reread(self, environ: dict) -> tuple[dict, dict | None, list[str], str]:
+        """`srvctl reload`: the directory read again, writing nothing.  (the environment
+        with what changed there since the last read or write taken: set, changed or
+        unset; the directory's variables; the names changed; why it is not read, or "").
+        The start's rule holds: a directory another user could change is not read."""
+        if self.untrusted or self.seen is None:
+            return environ, None, [], ""
+        why = trust.problem(self.directory, self.system)
+        if why:
+            return environ, None, [], f"{self.directory} is not read, another user could change it: {why}"
+        found = read_directory(self.system, self.directory)
+        if found is None:
+            return environ, None, [], ""
+        seen = self.seen
+        names = sorted(name for name in set(found) | set(seen) if found.get(name) != seen.get(name))
+        env = {name: value for name, value in environ.items() if name not in names or name in found}
+        env.update((name, found[name]) for name in names if name in found)
+        return env, found, names, ""
+
+    def accept(self, env: dict, found: dict) -> None:
+        """A reload took found: the new baseline; the .sh and .json follow (as after a script)."""
+        self.seen, self.dumped = found, frozenset(found)
+        self._export(env, to_dir=False)
+
+    def _export(self, env: dict, to_dir: bool) -> frozenset:
         result = export_env(env, self.system, self.directory, self.sh_path, self.json_path,
                             to_dir=to_dir, warn=False)
         if to_dir:
@@ -232,3 +265,9 @@ class ContainerEnvironment:
             self.warned.update(p.split(" (", 1)[0] for p in new)
             who = "" if self.system.euid() == 0 else f" (running as uid {self.system.euid()})"
             log.warn(f"container environment: cannot write {'; '.join(new)}{who}; skipped")
+        return result.written
+
+
+def _as_read(value: str) -> str:
+    """A value as read_directory gives back what export_env wrote of it."""
+    return value[:-1] if value.endswith("\n") else value

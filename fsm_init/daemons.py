@@ -54,9 +54,20 @@ def _permanent(status: int) -> bool:
     return os.WIFEXITED(status) and os.WEXITSTATUS(status) == PERMANENT_FAILURE
 
 
+DIGEST_LIMIT = 1 << 20  # a run up to this size (a script) is compared by content
+
+
 def run_digest(system: System, path: str) -> str:
+    """What run is, to tell a change (`srvctl reload`): a script by its content (rewritten
+    the same, it is no change); a larger file, a program, by its inode, size and time,
+    not read whole on the event loop."""
     import hashlib
 
+    identity = system.file_identity(path)
+    if identity is None:
+        return ""
+    if identity[1] > DIGEST_LIMIT:
+        return "identity:" + ":".join(map(str, identity))
     return hashlib.sha256(system.read_bytes(path) or b"").hexdigest()
 
 
@@ -500,9 +511,10 @@ class Daemons:
 
     def reload_plan(self) -> dict[str, list[str]]:
         """What `srvctl reload` would change, changing nothing: the services whose directory
-        appeared ("added") or left ("removed"), and the running ones whose run changed since
-        they started ("changed")."""
-        plan: dict[str, list[str]] = {"added": [], "removed": [], "changed": []}
+        appeared ("added") or left ("removed"), the running ones whose run changed since
+        they started ("changed"), and lines for the running ones whose run is not read, as
+        another user could change it ("unread": a FIFO there would block PID 1)."""
+        plan: dict[str, list[str]] = {"added": [], "removed": [], "changed": [], "unread": []}
         if not self.directory or self.shutting_down or not self.system.is_dir(self.directory):
             return plan
         present = set()
@@ -516,8 +528,12 @@ class Daemons:
                 if self.system.is_executable(os.path.join(path, "run")) \
                         and not trust.problem(os.path.join(path, "run"), self.system):
                     plan["added"].append(name)
-            elif daemon.state == "running" and daemon.digest != run_digest(self.system, daemon.run):
-                plan["changed"].append(name)
+            elif daemon.state == "running":
+                why = trust.problem(daemon.run, self.system)
+                if why:
+                    plan["unread"].append(f"{name}: {daemon.run} is not read, another user could change it: {why}")
+                elif daemon.digest != run_digest(self.system, daemon.run):
+                    plan["changed"].append(name)
         plan["removed"] = [n for n in self.names if n not in present and not self.services[n].removed]
         return plan
 

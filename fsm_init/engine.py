@@ -302,6 +302,7 @@ class Engine:
 
     def on_enter_pre_shutdown(self) -> None:
         self.loop.cancel("cycle")
+        self.network.shut_down()  # dropbear, pppd: a restart under way does not start them again
         self.scripts.pre_shutdown()
 
     def on_enter_stop_daemons(self) -> None:

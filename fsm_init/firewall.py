@@ -36,12 +36,14 @@ class Firewall:
         self.applied: str | None = None  # the policy text in force, as last applied
         self.families: list[rules.Family] = []  # where it is in force
         self.summary = ""
+        self.problems: list[str] = []  # the last apply's family not filtered (IPv6), for `srvctl reload`
 
     def apply(self, config: dict, ssh_up: bool = True, quiet: bool = False) -> str:
         """A one-line summary of what is in force; raises Unavailable when it cannot be done here.
 
         ssh_up: dropbear runs, so its port is permitted; otherwise it is not (a local user
         could bind the port dropbear could not).  quiet: no line when nothing changes."""
+        self.problems = []
         self._refuse_host_network()
         permits = rules.Permits.from_config(config)
         if not ssh_up:
@@ -65,7 +67,7 @@ class Firewall:
                 failures.append(f"IPv6 inbound traffic is not filtered: {e}")
             else:
                 done.append(family)
-        self.families = done
+        self.families, self.problems = done, failures
         self.summary = f"{permits.summary()}; {'+'.join(f.name for f in done)}"
         if failures:
             self.summary += " (IPv6 not filtered)"
@@ -80,6 +82,7 @@ class Firewall:
         """firewall.enable turned "no" after fsm-init applied its rules: open INPUT and
         FORWARD again and empty FSMINIT (the service chains and their rules stay).
         Does nothing when fsm-init applied nothing."""
+        self.problems = []
         if not self.families:
             return ""
         families, self.families, self.applied, self.summary = self.families, [], None, ""

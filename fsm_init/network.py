@@ -62,6 +62,10 @@ class Network:
             log.error(f"{name} unavailable: {e}")
             return ""
 
+    def shut_down(self) -> None:
+        for supporter in self.supporters.values():
+            supporter.shut_down()
+
     def keepalive(self) -> None:
         for supporter in self.supporters.values():
             supporter.keepalive()

@@ -11,13 +11,16 @@ that acts on it, in boot order:
   ssh       ``sshsrv.*``: dropbear restarted (started, stopped)
   pppoe     ``inetdail.*``: the dial-up restarted (started, stopped)
   service   ``workstart``, ``workuser``, the service's own sections (in its $SRVCFG), a
-            switch to or from non-daemon mode: the service restarted, once
+            switch to or from non-daemon mode (or to daemon mode once the leader has
+            exited), a variable of /etc/container_environment (the names only: a value
+            may be a password): the service restarted, once
   checks    ``workwatch`` (between daemon and status-check modes), ``worktimeout``,
             ``workintvl``: from the next cycle, without a restart
   later     ``initdelay``, ``workbackoff``, ``workstable``, ``workretry``: at their next use
   daemons   /etc/service: new services started, removed ones stopped, a running one
             whose ./run changed since it started restarted
 
+During the initdelay the boot path applies the network and service changes at its end.
 A change that touches nothing else touches nothing else: a new firewall port leaves the
 service, dropbear and the daemons running.  A dry run reports the same list and changes
 nothing.  The reload and what it changed go to the log and the journal; ``srvctl why``
@@ -28,7 +31,7 @@ import json
 from typing import NamedTuple
 
 from fsm_init import config, log, start, status
-from fsm_init.table import NON_DAEMON, STATUS_CHECK, STOPPABLE
+from fsm_init.table import DAEMON, NON_DAEMON, STATUS_CHECK, STOPPABLE
 
 SERVICE_KEYS = ("workstart", "workuser")
 CYCLE_KEYS = ("workwatch", "worktimeout", "workintvl")
@@ -38,6 +41,9 @@ STEPS = ("firewall", "ssh", "pppoe", "service", "checks", "later", "daemons")
 # Where a reload can be taken: the service's own states once the start-up is done.
 # Elsewhere the boot path or a restart is reading the configuration anyway, or fsm-init stops.
 RELOADABLE = ("idle", "delay", "restart_interval", "watch", "check", "gave_up", "foreground")
+# What the boot path applies after the initdelay: a reload during it does none of it early.
+BOOT_STEPS = ("firewall", "ssh", "pppoe", "service")
+AT_DELAY_END = "when the initdelay ends"
 ACTIONS = {
     "firewall": "re-apply the rules (one iptables-restore per family, atomically)",
     "service": "restart the service",
@@ -97,9 +103,10 @@ def _toggle(old: dict, new: dict, section: str, daemon: str) -> str:
     return f"nothing to run ({section}.enable is no)"
 
 
-def diff(old: dict, new: dict, command_line: bool = False) -> list[Change]:
+def diff(old: dict, new: dict, command_line: bool = False, leader_gone: bool = False) -> list[Change]:
     """The changes from the running effective config old to new, one per step, in boot order.
-    command_line: fsm-init was given a command, which runs instead of workstart."""
+    command_line: fsm-init was given a command, which runs instead of workstart.
+    leader_gone: the instance runs on without its leader (status-check mode allows that)."""
     changes = []
     for section, step in NETWORK_SECTIONS.items():
         said = _section_changes(old, new, section)
@@ -112,10 +119,14 @@ def diff(old: dict, new: dict, command_line: bool = False) -> list[Change]:
     later = list(LATER_KEYS) + (["workstart"] if command_line else [])
     checks = list(CYCLE_KEYS)
     modes = start.mode(old).kind, start.mode(new).kind
-    if modes[0] != modes[1] and NON_DAEMON in modes:
+    gone = modes == (STATUS_CHECK, DAEMON) and leader_gone  # daemon mode would wait for an exit that has been
+    if modes[0] != modes[1] and NON_DAEMON in modes or gone:
         checks.remove("workwatch")  # into or out of non-daemon mode: a new instance
         service.append("workwatch")
     said = _changed_keys(old, new, service)
+    if gone:
+        said = [f"{s} (daemon mode, and the service's leader has exited: nothing to watch)"
+                if s.startswith("workwatch ") else s for s in said]
     said += [f"the service's own section {k!r} (its $SRVCFG)" for k in sorted((set(old) | set(new)) - own)
              if old.get(k) != new.get(k)]
     if said:
@@ -132,7 +143,21 @@ def daemon_changes(plan: dict[str, list[str]]) -> list[Change]:
     actions = {"added": "start it", "removed": "stop it", "changed": "restart it"}
     words = {"added": "new service", "removed": "removed service", "changed": "run changed"}
     return [Change("daemons", f"{words[kind]} {', '.join(names)}", actions[kind].replace(
-        "it", "them") if len(names) > 1 else actions[kind]) for kind, names in plan.items() if names]
+        "it", "them") if len(names) > 1 else actions[kind])
+        for kind, names in plan.items() if names and kind in actions]
+
+
+def with_environment(changes: list[Change], names: list[str], directory: str) -> list[Change]:
+    """changes with the container environment's changed variables (names only: a value may
+    be a password) in the service step: the service restarted, once, with the new one."""
+    if not names:
+        return changes
+    what = f"environment {', '.join(names)} changed ({directory})"
+    service = [c for c in changes if c.step == "service"]
+    if service:
+        return [c._replace(what=f"{c.what}, {what}") if c.step == "service" else c for c in changes]
+    changed = changes + [Change("service", what, ACTIONS["service"])]
+    return sorted(changed, key=lambda c: STEPS.index(c.step))
 
 
 class Reloader:
@@ -155,15 +180,24 @@ class Reloader:
                 log.error(f"{verb}: configuration refused, the running one is kept: " + "; ".join(notes.lines))
                 self._journal(f"{verb} refused: " + "; ".join(notes.lines))
             return self._reply(False, ["configuration refused, the running one is kept:", *notes.lines])
-        changes = diff(engine.config, new, engine.command_line is not None) if new is not None else []
+        gone = engine.service.instance is not None and not engine.service.leader_alive
+        changes = diff(engine.config, new, engine.command_line is not None, gone) if new is not None else []
+        environ, found, names, why = engine.container_env.reread(engine.environ)
+        if why:
+            notes = notes + [f"environment: {why}"]
+        changes = with_environment(changes, names, engine.container_env.directory)
         plan = engine.daemons.reload_plan()
         changes += daemon_changes(plan)
         changes = self._adjust(changes)
+        notes += [f"daemons: {line}" for line in plan.get("unread", [])]
         lines = notes + [c.line() for c in changes]
         if not changes:
             return self._reply(True, lines + ["no change: nothing to apply"], changed=False)
         if dry_run:
             return self._reply(True, [f"would apply {len(changes)} change(s):", *lines], changed=True)
+        if found is not None and names:
+            engine.environ = engine.daemons.environ = environ  # the daemons: at their next start
+            engine.container_env.accept(environ, found)
         failed = self._apply(changes, new, document, plan)
         summary = "; ".join(c.line() for c in changes)
         self.last = f"last reload at {log.clock(engine.system.wall())} applied {summary}" + \
@@ -200,7 +234,9 @@ class Reloader:
         engine = self.engine
         adjusted = []
         for change in changes:
-            if change.step == "service" and engine.state == "foreground":
+            if change.step in BOOT_STEPS and engine.state == "delay":
+                change = change._replace(action=AT_DELAY_END)  # nothing of it runs yet: the boot path applies it
+            elif change.step == "service" and engine.state == "foreground":
                 change = change._replace(action="not applied: the service runs in non-daemon mode and fsm-init "
                                                 "does not restart it (restart the container)")
             adjusted.append(change)
@@ -210,12 +246,14 @@ class Reloader:
         """Each change by its step; returns a line for each step that cannot be done here."""
         engine = self.engine
         failed = []
-        steps = {c.step for c in changes}
+        steps = {c.step for c in changes if c.action != AT_DELAY_END}
         for change in changes:
             log.info(f"srvctl reload: {change.line()}")
         if new is not None and document is not None:
             old_period = engine.mode.period
-            engine.config, engine.mode = new, start.mode(new)
+            engine.config = new
+            if engine.state != "foreground":  # there the instance keeps its non-daemon mode (_adjust)
+                engine.mode = start.mode(new)
             engine.source.accept(document)
             if "firewall" in steps:
                 engine.network.apply_firewall(new, engine.has_config)
@@ -224,6 +262,8 @@ class Reloader:
                     engine.network.apply(step, new, engine.has_config)
             failed = [f"{step}: unavailable: {engine.network.unavailable[step]}"
                       for step in ("firewall", "ssh", "pppoe") if step in steps and step in engine.network.unavailable]
+            if "firewall" in steps:  # IPv4 applied, IPv6 not: its rules in force are the old ones
+                failed += [f"firewall: IPv6 not applied: {p}" for p in engine.network.firewall.problems]
             if "checks" in steps:
                 self._retime(old_period)
         if "daemons" in steps:

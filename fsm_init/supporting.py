@@ -46,6 +46,7 @@ class Supporting:
         self.started = 0.0
         self.last_exit: int | None = None
         self.restart_when_gone = False
+        self.ended = False  # the stop path began: never started again
         self.repeats = Repeats()
         self.stopper = Stopper(system, loop, f"support-{name}")
 
@@ -58,6 +59,11 @@ class Supporting:
         elif spec is None or old is None or spec.fingerprint != old.fingerprint:
             log.info(f"{self.name}: settings changed, restarting it" if spec else f"{self.name}: disabled, stopping it")
             self._stop(restart=spec is not None)
+
+    def shut_down(self) -> None:
+        """fsm-init stops: a restart under way (new settings, `srvctl reload`) does not start
+        the process again; teardown stops what still runs."""
+        self.ended, self.restart_when_gone = True, False
 
     def keepalive(self) -> None:
         if self.spec and self.pid is None and not self.restart_when_gone:
@@ -86,6 +92,8 @@ class Supporting:
 
     def _start(self) -> None:
         assert self.spec is not None  # only started with a spec
+        if self.ended:
+            return
         try:
             self.pid = self.system.spawn(self.spec.argv, self.spec.env)
         except OSError as e:

@@ -518,6 +518,14 @@ class System:
             return None
         return found.st_uid, found.st_mode
 
+    def file_identity(self, path: str) -> tuple[int, int, int] | None:
+        """(inode, size, modification time in ns) of what path names (a link followed), or None."""
+        try:
+            found = os.stat(path)
+        except OSError:
+            return None
+        return found.st_ino, found.st_size, found.st_mtime_ns
+
     def realpath(self, path: str) -> str:
         return os.path.realpath(path)
 

@@ -243,3 +243,31 @@ def test_a_daemon_whose_run_changed_is_restarted_alone(sandbox):
     assert status["service_pid"] == service and status["run_count"] == 1
     assert lines(directory / "pids") == [str(service)]
     assert reload(run, "--dry-run").returncode == 0
+
+
+# -- the environment the service gets ----------------------------------------------------------------
+
+
+def test_a_changed_container_environment_restarts_the_service_with_it(sandbox):
+    env_dir = sandbox.root / "container_environment"
+    env_dir.mkdir(mode=0o755)
+    (env_dir / "GREETING").write_text("one\n")
+    cfg = {"initdelay": 0, "workstart": "./run.sh", "workwatch": 0, "workintvl": 1}
+    directory = sandbox.service("app", cfg, run__sh='echo "$GREETING" >> seen\n' + HOLD)
+    run = sandbox.start(SRVNAME="app")
+    first = int(wait_lines(directory / "pids", 1)[0])
+    run.wait_state("watch")
+    # fsm-init dumped its whole environment there at the start: that is no change
+    nothing = reload(run, "--dry-run")
+    assert nothing.returncode == 0 and nothing.stdout.splitlines()[-1] == "no change: nothing to apply", nothing
+
+    (env_dir / "GREETING").write_text("two-secret\n")
+    dry = reload(run, "--dry-run")
+    assert dry.returncode == 1
+    assert dry.stdout.splitlines()[-1] == f"service: environment GREETING changed ({env_dir}): restart the service"
+    assert "two-secret" not in dry.stdout and lines(directory / "seen") == ["one"]
+    assert reload(run).returncode == 0
+    second = int(wait_lines(directory / "pids", 2)[1])
+    assert second != first and lines(directory / "seen") == ["one", "two-secret"]
+    assert reload(run, "--dry-run").returncode == 0
+    assert "two-secret" not in (sandbox.run_dir / "journal.jsonl").read_text()

@@ -343,3 +343,207 @@ def test_the_thin_reaper_refuses_a_reload():
 
     reply = status.answer(reaper.Reaper.__new__(reaper.Reaper), {"verb": "reload", "dry_run": True})
     assert reply["ok"] is False and "restart the container" in reply["message"]
+
+
+# -- review: what a reload must not leave half done ------------------------------------------------
+
+
+def test_status_check_turned_daemon_after_the_leader_exited_restarts_the_service(make):
+    # In status-check mode the leader may exit (a start script that daemonised) and the
+    # checks watch on; daemon mode watches the leader's exit, which has been: without a
+    # restart fsm-init would sit in watch for ever with nothing to watch.
+    h = in_watch(make)
+    first = h.engine.service.instance.pid
+    h.exit(first, exited(0))
+    assert h.state == "watch" and not h.engine.service.leader_alive
+    write(h, cfg(workwatch=0, workintvl=5))
+    reply = h.request("reload", dry_run=True)
+    assert reply["lines"][2] == ("service: workwatch 30 -> 0 (daemon mode, and the service's leader has exited: "
+                                 "nothing to watch): restart the service")
+    reply = h.request("reload")
+    assert reply["ok"] and h.states.count("restart") == 1
+    h.advance(11)
+    assert h.states.count("start") == 2 and h.engine.mode.kind == "daemon" and h.engine.service.leader_alive
+
+
+def test_a_mode_switch_not_applied_in_non_daemon_mode_keeps_the_mode(make):
+    h = make(cfg())  # no workwatch: non-daemon
+    h.begin()
+    assert h.state == "foreground"
+    write(h, cfg(workwatch=10))
+    reply = h.request("reload")
+    assert reply["lines"][2].startswith("service: workwatch null -> 10: not applied")
+    # The instance running is still the non-daemon one: no status-check health, no checks.
+    assert h.engine.mode.kind == "non-daemon" and h.engine.explain.snapshot()["mode"] == "non-daemon"
+    assert h.state == "foreground" and h.deadline("cycle") is None
+
+
+def test_an_ipv6_firewall_left_unchanged_fails_the_reload(make):
+    from fsm_init import firewall
+    from fsm_init import iptables_rules as rules
+
+    from .test_firewall import Netfilter
+
+    h = make(cfg(workwatch=30, workintvl=5, firewall={"enable": "yes", "tcpportpmt": "80"}))
+    Netfilter(rules.IPV4).install(h.system)
+    h.system.add_file(firewall.IF_INET6, "00000000000000000000000000000001 01 80 10 80       lo\n")
+    h.begin()  # no ip6tables here: IPv6 not filtered from the start
+    write(h, cfg(workwatch=30, workintvl=5, firewall={"enable": "yes", "tcpportpmt": "81"}))
+    reply = h.request("reload")
+    assert reply["ok"] is False and reply["changed"] is True
+    assert reply["lines"][-1].startswith("firewall: IPv6 not applied: IPv6 inbound traffic is not filtered: "
+                                         "ip6tables-save not found (install iptables)")
+    assert reply["lines"][-1] in h.engine.explain.why()
+    write(h, cfg(workwatch=30, workintvl=5, firewall={"enable": "no", "tcpportpmt": "81"}))
+    reply = h.request("reload")  # withdrawn: no stale IPv6 line
+    assert reply["ok"] is True and not any("IPv6" in line for line in reply["lines"]), reply
+
+
+def test_a_daemon_run_another_user_could_change_is_not_read(make):
+    h = make(cfg(workwatch=0), service_dir="/etc/service")
+    h.system.add_script("/etc/service/a/run", "exec sleep 1000\n")
+    h.begin()
+    pid = h.engine.daemons.services["a"].pid
+    h.system.dir_modes["/etc/service/a"] = 0o777  # a workuser could put a FIFO there: PID 1 would block reading it
+    h.system.add_script("/etc/service/a/run", "exec sleep 2000\n")
+    h.system.calls.clear()
+    reply = h.request("reload")
+    assert ("read_bytes", "/etc/service/a/run") not in h.system.calls
+    assert reply["lines"][1].startswith("daemons: a: /etc/service/a/run is not read, another user could change it: "
+                                        "/etc/service/a is writable by")
+    assert reply["lines"][-1] == "no change: nothing to apply"
+    assert h.system.signals_to(pid) == []
+
+
+def test_a_reload_during_the_initdelay_applies_at_its_end(make, monkeypatch):
+    # Nothing of the network side or the service runs yet: the boot path applies the new
+    # configuration when the initdelay ends; the reload neither cuts it short nor starts
+    # dropbear or the firewall before it.
+    h = make(cfg(initdelay=10, workwatch=0))
+    h.begin()
+    assert h.state == "delay"
+    due = h.deadline("state")
+    calls = []
+    monkeypatch.setattr(h.engine.network, "apply_firewall", lambda c, has: calls.append(c["firewall"]["tcpportpmt"]))
+    monkeypatch.setattr(h.engine.network, "apply", lambda step, c, has: calls.append(step))
+    write(h, cfg(initdelay=10, workwatch=0, workstart="./run.sh --new", firewall={"enable": "no", "tcpportpmt": "80"},
+                 sshsrv={"enable": "yes"}))
+    reply = h.request("reload")
+    assert reply["ok"] and reply["lines"][2:] == [
+        'firewall: firewall.tcpportpmt "" -> "80": when the initdelay ends',
+        'ssh: sshsrv.enable "no" -> "yes": when the initdelay ends',
+        'service: workstart "./run.sh" -> "./run.sh --new": when the initdelay ends']
+    assert h.state == "delay" and h.deadline("state") == due and calls == [] and h.system.spawns == []
+    h.advance(10)
+    assert calls == ["80", "ssh", "pppoe"] and h.state == "watch"
+    assert h.system.spawns[-1].argv[-1] == "--new" and h.states.count("start") == 1
+
+
+# -- the environment the service gets: /etc/container_environment -----------------------------------
+
+ENV_DIR = "/etc/container_environment"
+
+
+def with_env_dir(make, environ_extra=None) -> Harness:
+    h = make(cfg(workwatch=0, workintvl=5))
+    h.system.add_dir(ENV_DIR)
+    h.system.add_file(f"{ENV_DIR}/FOO", "one\n")
+    h.system.add_file(f"{ENV_DIR}/GONE", "x")
+    h.engine.environ.update(environ_extra or {})
+    h.begin()
+    assert h.state == "watch"
+    return h
+
+
+def test_an_untouched_container_environment_is_no_change(make):
+    # fsm-init itself dumps its environment there at the start (a value ending in a newline
+    # reads back without it): only what changed since counts, or every reload would restart.
+    h = with_env_dir(make, {"TRAILING": "text\n"})
+    assert h.system.files[f"{ENV_DIR}/TRAILING"] == b"text\n"
+    reply = h.request("reload", dry_run=True)
+    assert reply["changed"] is False, reply
+
+
+def test_a_changed_container_environment_restarts_the_service_with_it(make):
+    h = with_env_dir(make)
+    first = h.engine.service.instance.pid
+    assert h.system.spawns[-1].env["FOO"] == "one"
+    h.system.add_file(f"{ENV_DIR}/FOO", "two-secret\n")
+    h.system.add_file(f"{ENV_DIR}/NEW", "3")
+    del h.system.files[f"{ENV_DIR}/GONE"]
+    reply = h.request("reload", dry_run=True)
+    assert reply["lines"][2:] == [f"service: environment FOO, GONE, NEW changed ({ENV_DIR}): restart the service"]
+    assert "two-secret" not in json.dumps(reply)  # names only: a value may be a password
+    assert h.engine.environ["FOO"] == "one" and h.system.signals_to(first) == []
+    reply = h.request("reload")
+    assert reply["ok"] and reply["lines"][0] == "applied 1 change(s):"
+    assert h.system.signals_to(first) == [signal.SIGTERM]
+    h.exit(first, exited(0))
+    env = h.system.spawns[-1].env
+    assert env["FOO"] == "two-secret" and env["NEW"] == "3" and "GONE" not in env and h.states.count("start") == 2
+    assert h.request("reload", dry_run=True)["changed"] is False  # taken: the new baseline
+    assert "NEW" in h.engine.explain.why() and "two-secret" not in h.engine.explain.why()
+
+
+def test_a_container_environment_another_user_could_change_is_not_read(make):
+    h = with_env_dir(make)
+    h.system.dir_modes[ENV_DIR] = 0o777
+    h.system.add_file(f"{ENV_DIR}/LD_PRELOAD", "/tmp/evil.so")
+    h.system.calls.clear()
+    reply = h.request("reload")
+    assert ("read_bytes", f"{ENV_DIR}/LD_PRELOAD") not in h.system.calls
+    assert reply["changed"] is False and any(line.startswith(f"environment: {ENV_DIR} is not read, another user "
+                                                             "could change it") for line in reply["lines"])
+    assert "LD_PRELOAD" not in h.engine.environ
+
+
+def test_a_stop_during_the_dropbear_restart_a_reload_began_does_not_start_it_again(make, monkeypatch):
+    from fsm_init import ssh
+    from fsm_init.supporting import Spec
+
+    monkeypatch.setattr(ssh, "spec", lambda c, system, settings: Spec(
+        ["/usr/sbin/dropbear", "-p", str(c["sshsrv"]["sshport"])], {}, str(c["sshsrv"]["sshport"]), "port"))
+    h = in_watch(make, sshsrv={"enable": "yes", "sshport": 2201})
+    old = h.engine.network.supporters["ssh"].pid
+    assert old is not None
+    h.system.stubborn(old)  # it takes its time over the TERM
+    write(h, cfg(workwatch=30, workintvl=5, sshsrv={"enable": "yes", "sshport": 2202}))
+    assert h.request("reload")["ok"]
+    assert h.system.signals_to(old) == [signal.SIGTERM]
+    h.request("stop")
+    h.exit(old, exited(143))  # its TERM came: the restart would start the new one now
+    assert [s for s in h.system.spawns if s.argv[0] == "/usr/sbin/dropbear"][-1].pid == old
+
+
+def test_a_large_daemon_run_is_not_read_whole_on_the_event_loop(make):
+    # A run that is a big program (a symlink to a server binary): its size and time tell a
+    # change; reading and hashing it at each start would hold PID 1 up.
+    from fsm_init import daemons
+
+    h = make(cfg(workwatch=0), service_dir="/etc/service")
+    big = "#!/bin/sh\n" + "#" * (daemons.DIGEST_LIMIT + 1)
+    h.system.add_file("/etc/service/big/run", big, 0o755)
+    h.system.add_script("/etc/service/small/run", "exec sleep 1000\n")
+    h.begin()
+    assert ("read_bytes", "/etc/service/big/run") not in h.system.calls
+    assert ("read_bytes", "/etc/service/small/run") in h.system.calls  # a script: by content
+    assert h.request("reload", dry_run=True)["changed"] is False
+    h.system.add_file("/etc/service/big/run", big + "#", 0o755)
+    assert h.request("reload", dry_run=True)["lines"][-1] == "daemons: run changed big: restart it"
+    assert ("read_bytes", "/etc/service/big/run") not in h.system.calls
+
+
+def test_the_real_file_identity(tmp_path):
+    from fsm_init.system import System
+
+    system = System.__new__(System)  # file_identity needs no set-up
+    path = tmp_path / "run"
+    path.write_bytes(b"#!/bin/sh\n")
+    first = system.file_identity(str(path))
+    assert first is not None and first[1] == 10
+    link = tmp_path / "link"
+    link.symlink_to(path)
+    assert system.file_identity(str(link)) == first  # a link followed: what runs
+    path.write_bytes(b"#!/bin/sh\nexit 1\n")
+    assert system.file_identity(str(path)) != first
+    assert system.file_identity(str(tmp_path / "none")) is None
