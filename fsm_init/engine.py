@@ -16,8 +16,8 @@ from functools import partial
 from transitions import Machine, Transition
 from transitions.core import Condition
 
-from fsm_init import (config, custom_init, delay, foreground, load_config, log, oom, resolve_target, restart_interval,
-                      start, status, trust, watch)
+from fsm_init import (config, custom_init, delay, foreground, load_config, log, oom, readiness, resolve_target,
+                      restart_interval, start, status, trust, watch)
 from fsm_init.container_env import ContainerEnvironment
 from fsm_init.control import NOT_SUPERVISED, ControlServer
 from fsm_init.daemons import Daemons
@@ -84,6 +84,9 @@ class Engine:
         self.has_config = False
         self.mode = start.mode(self.config)
         self.service = Service(system.now)
+        # workready notify / fd:N: the service's own word, heard in the loop (readiness.py)
+        self.notifier = readiness.Notifier(system, self.loop, settings.run_dir, self.service.declared,
+                                           self._readiness_failed)
         self.exit_status = 0
         self.stop_signal = signal.SIGTERM
         self.stopped_by_signal = False  # SIGTERM/SIGINT, not srvctl stop or an internal error
@@ -222,7 +225,8 @@ class Engine:
 
     def keeps_supervising(self) -> bool:
         # A watched service directory, even empty, may gain a service at run time.
-        return bool(self.daemons.names or self.daemons.watching or self._shutdown_scripts(self.settings.pre_shutdown_dir)
+        return bool(self.daemons.names or self.daemons.watching or self.notifier.needs_engine
+                    or self._shutdown_scripts(self.settings.pre_shutdown_dir)
                     or self._shutdown_scripts(self.settings.post_shutdown_dir))
 
     # -- boot path -------------------------------------------------------------------
@@ -264,6 +268,7 @@ class Engine:
             if self.control:
                 self.control.close()
             self.syslog.close()
+            self.notifier.close()
             try:
                 # init.sh takes over every step, the SSH password included: $SRVCFG as given.
                 self.system.execve([path], dict(self.environ, **({"SRVCFG": self.srvcfg} if self.srvcfg else {})))
@@ -368,7 +373,8 @@ class Engine:
         log.info(f"starting the service (run {self.service.run_count}, {self.mode.kind} mode){as_whom}: {start.shown(cmd.argv)}")
         if workuser:
             cmd = start.Command(start.as_user(cmd.argv, workuser, cmd.executable), None, cmd.note)
-        env = self._service_env()
+        notify_env, fds = self.notifier.prepare(self.config)
+        env = dict(self._service_env(), **notify_env)
         tty = self.system.terminal() if self.non_daemon() else None
         try:
             if self.non_daemon() and self.settings.exec_service:
@@ -377,8 +383,10 @@ class Engine:
                              "need fsm-init to stay PID 1")
                 else:
                     self._exec_service(cmd, env)
-            pid = self.system.spawn(cmd.argv, env, cmd.executable, tty, cwd=self.caller_dir if self.command_line else None)
+            pid = self.system.spawn(cmd.argv, env, cmd.executable, tty, cwd=self.caller_dir if self.command_line else None,
+                                    fds=fds)
         except OSError as e:
+            self.notifier.end()
             self.service.last_exit = spawn_error_code(e)
             hint = start.exec_hint(cmd.executable or cmd.argv[0], e, self.system)
             cause = f"cannot execute {start.shown([cmd.argv[0]])}: {e.strerror}{hint} (status {self.service.last_exit})"
@@ -392,6 +400,7 @@ class Engine:
         if failed:
             log.info(f"the service started (pid {pid}) after {failed} failed attempt(s)")
         self.service.started(pid, Group(pid, by_session=tty is None))
+        self.notifier.started(pid, self.service.instance.group)
         # The pid in the journal: each start the service records can be matched to its line.
         self.fire("spawned", f"service started (pid {pid}, run {self.service.run_count})")
 
@@ -402,6 +411,7 @@ class Engine:
             self.control.close()
             self.control = None
         self.syslog.close()
+        self.notifier.close()
         if self.command_line:
             self.system.chdir(self.caller_dir)
         self.system.execve(cmd.argv, env, cmd.executable or which(cmd.argv[0]) or cmd.argv[0])
@@ -418,6 +428,7 @@ class Engine:
             self.control.sock.set_inheritable(True)
         relaying = self.syslog.sock is not None
         self.syslog.close()  # the thin reaper does not relay: remove /dev/log, not leave it stale
+        self.notifier.close()
         # The exec replaces this process before transitions would record the entry.
         self._entered_state()
         self.entry_recorded = True
@@ -515,6 +526,7 @@ class Engine:
             self.stopper.stop_group(self.service.instance.group, sig, self.settings.stop_grace, self._instance_gone)
 
     def _instance_gone(self) -> None:
+        self.notifier.end()
         self.service.gone()
         self.fire("group_gone", "the service's session is gone")
 
@@ -555,6 +567,7 @@ class Engine:
         if self.control:
             self.control.close()
         self.syslog.close()
+        self.notifier.close()
         self.loop.stop()
 
     # -- events from the loop ---------------------------------------------------------------
@@ -587,6 +600,14 @@ class Engine:
         elif not self.foreground.exited(pid, code):
             self.checks.exited(pid)
         self.stopper.check_soon()
+
+    def _readiness_failed(self, cause: str) -> None:
+        """The watchdog missed (readiness.Notifier): a failure restart, its cause named."""
+        if not self.may_restart_request():
+            log.error(f"{cause}; not restarted in {self.state}")
+            return
+        log.error(f"{cause}; restarting the service")
+        self.fire("restart_request", cause)
 
     def killed_by_oom(self, who: str, status: int) -> str:
         """"" unless the child died of the kernel's OOM killer (only a SIGKILL death reads
@@ -662,6 +683,8 @@ class Engine:
             text += f"; restart {restart}"
         upcoming = self._upcoming()
         text = f"{text}; {upcoming}" if upcoming else text
+        said = readiness.said(self.service.declared) if self.service.instance else ""
+        text = f"{text}; {said}" if said else text
         return f"{text}; last out-of-memory kill: {self.last_oom}" if self.last_oom else text
 
     def _upcoming(self) -> str:
@@ -705,6 +728,7 @@ class Engine:
             service_pid=running.pid if running else None, uptime=now - running.started if running else None,
             run_count=service.run_count, failures=service.failures, last_exit=service.last_exit,
             checks=[r._asdict() for r in service.last_checks], healthy=self.health()[0],
+            readiness=readiness.snapshot(service.readiness(self.mode, self.config), service.declared, self.notifier, now),
             last_transition=self.last_transition, supporting=self.supporting(), daemons=self.daemons.status(),
             pid=self.system.getpid(), write_problems=self.writes.status())
 

@@ -52,6 +52,7 @@ class Spawn(NamedTuple):
     executable: str | None
     tty_fd: int | None
     cwd: str | None = None
+    fds: tuple = ()  # (fd, number) pairs passed beside stdin/stdout/stderr
 
 
 class Exec(NamedTuple):
@@ -114,6 +115,8 @@ class FakeSystem:
         # fault injection: (method, key) -> exception; key None matches any call
         self.faults: dict[tuple[str, str | None], BaseException] = {}
         self.calls: list[tuple] = []  # every call, in order: (method, *args)
+        # the notify socket: real (the loop selects on it); the sender's pid is this one's
+        self.notify_sender: int | None = None
 
     # -- fault injection ------------------------------------------------------------------
 
@@ -139,7 +142,7 @@ class FakeSystem:
 
     # -- processes ---------------------------------------------------------------------
 
-    def spawn(self, argv, env, executable=None, tty_fd=None, stdout=None, stderr=None, cwd=None) -> int:
+    def spawn(self, argv, env, executable=None, tty_fd=None, stdout=None, stderr=None, cwd=None, fds=()) -> int:
         self.calls.append(("spawn", list(argv)))
         program = executable or argv[0]
         self._maybe_fail("spawn", program)
@@ -150,7 +153,7 @@ class FakeSystem:
         # A new session of its own, or (given a terminal) a new process group in ours.
         sid = pid if tty_fd is None else self.procs[self.pid].sid
         self.procs[pid] = ProcInfo(pid, self.pid, pid, sid, "S")
-        self.spawns.append(Spawn(pid, list(argv), dict(env), executable, tty_fd, cwd))
+        self.spawns.append(Spawn(pid, list(argv), dict(env), executable, tty_fd, cwd, tuple(fds)))
         if tty_fd is not None:
             self.give_terminal(tty_fd, pid)
         return pid
@@ -490,6 +493,31 @@ class FakeSystem:
 
     def set_nonblocking(self, fd: int) -> None:
         os.set_blocking(fd, False)
+
+    def pipe_for_child(self, number: int) -> tuple[int, int]:
+        self.calls.append(("pipe_for_child", number))
+        self._maybe_fail("pipe_for_child")
+        return os.pipe2(os.O_CLOEXEC)
+
+    def notify_socket(self, path: str):
+        """A real datagram socket at path (tests send to it); the sender's credentials are
+        notify_sender's (see receive_credentials)."""
+        import socket
+
+        self.calls.append(("notify_socket", path))
+        self._maybe_fail("notify_socket", path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+        sock.bind(path)
+        return sock
+
+    def receive_credentials(self, sock, buffer: bytearray) -> tuple[int, int | None]:
+        import socket
+
+        size = sock.recv_into(buffer, len(buffer), socket.MSG_TRUNC)
+        return size, self.notify_sender
+
+    def process_of(self, pid: int):
+        return self.procs.get(pid)
 
     def read(self, fd: int, size: int) -> bytes:
         self._maybe_fail("read")
