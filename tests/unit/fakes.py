@@ -117,6 +117,7 @@ class FakeSystem:
         self.calls: list[tuple] = []  # every call, in order: (method, *args)
         # the notify socket: real (the loop selects on it); the sender's pid is this one's
         self.notify_sender: int | None = None
+        self.child_ends: dict[int, int] = {}  # fd:N -> the service's copy of the pipe (pipe_for_child)
 
     # -- fault injection ------------------------------------------------------------------
 
@@ -495,9 +496,13 @@ class FakeSystem:
         os.set_blocking(fd, False)
 
     def pipe_for_child(self, number: int) -> tuple[int, int]:
+        """A real pipe; the copy of the write end the child would hold is kept in
+        child_ends[number] (the caller closes it) for a test to write the newline to."""
         self.calls.append(("pipe_for_child", number))
         self._maybe_fail("pipe_for_child")
-        return os.pipe2(os.O_CLOEXEC)
+        read_end, write_end = os.pipe2(os.O_CLOEXEC)
+        self.child_ends[number] = os.dup(write_end)
+        return read_end, write_end
 
     def notify_socket(self, path: str):
         """A real datagram socket at path (tests send to it); the sender's credentials are
