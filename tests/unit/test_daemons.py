@@ -623,7 +623,7 @@ def test_a_removed_service_is_stopped_with_term_grace_kill_and_forgotten(make, l
     assert rig.system.signals_to(pid) == [signal.SIGTERM, signal.SIGKILL] and not rig.system.alive(pid)
     rig.advance(60)
     assert rig.daemons.names == ["cron"] and len(rig.runs("web")) == 1, "a removed service came back"
-    assert "daemon web stopped and forgotten: its directory was removed" in "\n".join(lines)
+    assert f"daemon web stopped and forgotten: its directory was removed" in "\n".join(lines)
     assert rig.system.signals_to(rig.pid("cron")) == []
 
 
