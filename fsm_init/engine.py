@@ -603,6 +603,8 @@ class Engine:
 
     def _readiness_failed(self, cause: str) -> None:
         """The watchdog missed (readiness.Notifier): a failure restart, its cause named."""
+        if self.state == "restart" or self.state not in STOPPABLE:
+            return  # the instance is being stopped already
         if not self.may_restart_request():
             log.error(f"{cause}; not restarted in {self.state}")
             return

@@ -525,6 +525,8 @@ def render(frame: Frame):
         head.add_column(style="bold cyan", no_wrap=True)
         head.add_column()
     rows = facts(frame)
+    if len(rows) % 2:  # an odd fact (the ready line) gets an empty neighbour, not dropped
+        rows.append(("", "", ""))
     for left, right in zip(rows[::2], rows[1::2], strict=False):
         head.add_row(Text(left[0]), Text(left[1], style=TONES[left[2]]), Text(right[0]),
                      Text(right[1], style=TONES[right[2]]))
