@@ -260,6 +260,8 @@ class Notifier:
         setting = parse_setting(config.get("workready", CHECKS)) or (CHECKS, None)
         self.state.reset(setting)
         self.watchdog = config.get("workwatchdog") if self.state.kind == NOTIFY else None
+        if self.state.kind != NOTIFY:
+            self._close_socket()  # workready changed: the socket goes (the thin reaper may take over)
         if self.state.kind == FD and setting[1] is not None:
             self.pipe = FdWatch(self.system, self.loop, setting[1], self._line_written)
             try:
@@ -312,6 +314,9 @@ class Notifier:
     def close(self) -> None:
         """fsm-init ends (or is replaced): the socket goes, with its file."""
         self.end()
+        self._close_socket()
+
+    def _close_socket(self) -> None:
         if self.sock is None:
             return
         self.loop.unwatch(self.sock)

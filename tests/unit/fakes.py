@@ -117,6 +117,7 @@ class FakeSystem:
         self.calls: list[tuple] = []  # every call, in order: (method, *args)
         # the notify socket: real (the loop selects on it); the sender's pid is this one's
         self.notify_sender: int | None = None
+        self.notify_paths: set[str] = set()
         self.child_ends: dict[int, int] = {}  # fd:N -> the service's copy of the pipe (pipe_for_child)
 
     # -- fault injection ------------------------------------------------------------------
@@ -423,6 +424,9 @@ class FakeSystem:
     def remove(self, path: str) -> None:
         path = self._abs(path)
         self.calls.append(("remove", path))
+        if path in self.notify_paths:  # the one real file the fake makes (notify_socket)
+            self.notify_paths.discard(path)
+            os.unlink(path)
         self.files.pop(path, None)
         self.modes.pop(path, None)
 
@@ -513,6 +517,7 @@ class FakeSystem:
         self._maybe_fail("notify_socket", path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
         sock.bind(path)
+        self.notify_paths.add(path)
         return sock
 
     def receive_credentials(self, sock, buffer: bytearray) -> tuple[int, int | None]:

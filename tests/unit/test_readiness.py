@@ -383,3 +383,12 @@ def test_engine_keeps_the_engine_for_a_declared_readiness(engine_for):
     h = engine_for(workready="notify")  # non-daemon mode: the thin reaper would hear nothing
     h.begin()
     assert h.state == "foreground" and h.engine.keeps_supervising()
+
+
+def test_the_socket_goes_when_workready_no_longer_asks_for_it(rig, tmp_path):
+    r = rig()
+    r.start()
+    assert (tmp_path / "notify.sock").exists() and r.notifier.needs_engine
+    r.config["workready"] = "checks"
+    env, fds = r.start()
+    assert env == {} and fds == [] and not (tmp_path / "notify.sock").exists() and not r.notifier.needs_engine
