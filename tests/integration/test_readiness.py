@@ -9,8 +9,11 @@ when the test creates a file, never after a sleep.
 
 import json
 import re
+import shutil
 import socket
 import sys
+
+import pytest
 
 from tests.conftest import lines, needs_pid_namespace, wait_for, wait_lines
 
@@ -164,3 +167,18 @@ def test_a_daemon_with_notification_fd(sandbox):
     wait_for(lambda: web().get("ready") is True, what="daemon web ready")
     assert re.search(r"daemon web \(pid \d+\) is ready \(a newline on fd 4\)", run.log)
     assert re.search(r"^daemon:\s+web: running, pid \d+, up \d+s, ready$", run.srvctl("status").stdout, re.M)
+
+
+@pytest.mark.skipif(shutil.which("systemd-notify") is None, reason="no systemd-notify")
+def test_systemd_notify_from_a_shell_script(sandbox):
+    """systemd's own tool: run as root it sends with its parent's pid (the service's shell),
+    which lives on."""
+    d = sandbox.service("app", dict(DAEMON, workready="notify"),
+                        run__sh='while [ ! -e go ]; do sleep 0.05; done\n'
+                                'systemd-notify --ready --status="up via systemd-notify"\nexec sleep 1000\n')
+    run = sandbox.start(SRVNAME="app")
+    wait_for(lambda: status(run).get("service_pid"), what="the service")
+    assert health(run) == 1
+    (d / "go").touch()
+    wait_for(lambda: health(run) == 0, what="srvctl health 0 after systemd-notify --ready")
+    assert run.status()["readiness"]["status"] == "up via systemd-notify"
