@@ -32,6 +32,7 @@ the unit tests drive it); ``Notifier`` is the socket and the pipes in the event 
 
 import os
 import re
+import secrets
 from collections.abc import Callable
 
 from fsm_init import log
@@ -239,7 +240,8 @@ class Notifier:
     def __init__(self, system, loop, run_dir: str, state: State,
                  on_failure: Callable[[str], None], on_change: Callable[[], None] = lambda: None) -> None:
         self.system, self.loop, self.state = system, loop, state
-        self.path = os.path.join(run_dir, SOCKET_NAME)
+        self.file = os.path.join(run_dir, SOCKET_NAME)
+        self.path = self.file  # what the service is given: the file, or "@name" (abstract)
         self.on_failure, self.on_change = on_failure, on_change
         self.sock = None
         self.off = ""  # why there is no socket, when binding it failed
@@ -271,7 +273,10 @@ class Notifier:
                           "the service will never be ready")
                 self.pipe = None
                 return {}, []
-        if self.state.kind != NOTIFY or not self._listen():
+        # The run directory is fsm-init's alone (0700): a workuser service could not reach a
+        # socket file in it, so it gets one in the abstract namespace (sd_notify's "@name";
+        # no file permissions there: the credentials decide, as for the file's 0666).
+        if self.state.kind != NOTIFY or not self._listen(abstract=bool(config.get("workuser"))):
             return {}, []
         env = {"NOTIFY_SOCKET": self.path}
         if self.watchdog:
@@ -296,9 +301,11 @@ class Notifier:
 
     # -- the socket ---------------------------------------------------------------------------
 
-    def _listen(self) -> bool:
-        if self.sock is not None:
+    def _listen(self, abstract: bool = False) -> bool:
+        if self.sock is not None and self.path.startswith("@") == abstract:
             return True
+        self._close_socket()
+        self.path = f"@fsm-init-notify-{secrets.token_hex(8)}" if abstract else self.file
         try:
             self.sock = self.system.notify_socket(self.path)
         except OSError as e:
@@ -324,10 +331,11 @@ class Notifier:
         self._summary()
         self.sock.close()
         self.sock = None
-        try:
-            self.system.remove(self.path)
-        except OSError:
-            pass
+        if not self.path.startswith("@"):
+            try:
+                self.system.remove(self.path)
+            except OSError:
+                pass
 
     @property
     def needs_engine(self) -> bool:

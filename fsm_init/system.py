@@ -588,12 +588,16 @@ class System:
 
     def notify_socket(self, path: str):
         """A non-blocking datagram socket bound at path (a stale one replaced), mode 0666 (a
-        workuser service sends too: the credentials decide), passing its senders' credentials."""
+        workuser service sends too: the credentials decide), passing its senders' credentials.
+        "@name": bound in the abstract namespace instead."""
         import socket
 
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+            if path.startswith("@"):  # sd_notify's abstract address: no file, no permissions
+                sock.bind("\0" + path[1:])
+                return sock
             try:
                 os.unlink(path)
             except FileNotFoundError:

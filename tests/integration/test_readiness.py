@@ -26,7 +26,8 @@ import os, socket, time
 
 def send(text):
     s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    s.sendto(text.encode(), os.environ["NOTIFY_SOCKET"])
+    path = os.environ["NOTIFY_SOCKET"]
+    s.sendto(text.encode(), "\\0" + path[1:] if path.startswith("@") else path)  # "@": abstract
     s.close()
 
 with open("pids", "a") as f:
@@ -182,3 +183,41 @@ def test_systemd_notify_from_a_shell_script(sandbox):
     (d / "go").touch()
     wait_for(lambda: health(run) == 0, what="srvctl health 0 after systemd-notify --ready")
     assert run.status()["readiness"]["status"] == "up via systemd-notify"
+
+
+def test_a_workuser_service_reaches_its_notify_socket(tmp_path):
+    """The run directory is 0700 and the service runs as nobody: it gets an abstract socket."""
+    import os
+    import pwd
+    import tempfile
+    from pathlib import Path
+
+    from tests.conftest import Sandbox
+
+    try:
+        pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("needs the nobody account")
+    if os.geteuid() != 0:
+        pytest.skip("workuser needs root")
+    root = Path(tempfile.mkdtemp(prefix="notify-sandbox-"))
+    root.chmod(0o711)
+    box = Sandbox(root)
+    out = root / "out"
+    out.mkdir()
+    out.chmod(0o1777)
+    try:
+        service = NOTIFY_SERVICE.replace('with open("pids", "a")', f'with open("{out}/pids", "a")') \
+                                .replace('os.path.exists("go")', f'os.path.exists("{out}/go")')
+        box.service("app", dict(DAEMON, workready="notify", workuser="nobody"), run__sh=service)
+        run = box.start(SRVNAME="app")
+        wait_lines(out / "pids", 1)
+        wait_for(lambda: (status(run).get("readiness") or {}).get("status") == "warming up",
+                 what=f"STATUS=warming up from nobody\n--- log:\n{run.log}")
+        assert status(run)["readiness"]["socket"]["socket"].startswith("@fsm-init-notify-")
+        (out / "go").touch()
+        wait_for(lambda: health(run) == 0, what="ready")
+    finally:
+        for running in box.runs:
+            running.kill()
+        shutil.rmtree(root, ignore_errors=True)

@@ -516,6 +516,9 @@ class FakeSystem:
         self.calls.append(("notify_socket", path))
         self._maybe_fail("notify_socket", path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+        if path.startswith("@"):
+            sock.bind("\0" + path[1:])
+            return sock
         sock.bind(path)
         self.notify_paths.add(path)
         return sock

@@ -7,6 +7,7 @@ pipe is real too: the test writes to a copy of the service's end.
 
 import json
 import os
+import re
 import signal
 import socket
 
@@ -392,3 +393,18 @@ def test_the_socket_goes_when_workready_no_longer_asks_for_it(rig, tmp_path):
     r.config["workready"] = "checks"
     env, fds = r.start()
     assert env == {} and fds == [] and not (tmp_path / "notify.sock").exists() and not r.notifier.needs_engine
+
+
+def test_a_workuser_service_gets_an_abstract_socket(rig, tmp_path):
+    r = rig(workuser="nobody")
+    env, _ = r.start()
+    assert re.fullmatch(r"@fsm-init-notify-[0-9a-f]{16}", env["NOTIFY_SOCKET"]), env
+    assert not (tmp_path / "notify.sock").exists()  # the 0700 run directory would keep it out
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
+        r.system.notify_sender = r.pid
+        sender.sendto(b"READY=1", "\0" + env["NOTIFY_SOCKET"][1:])
+    r.loop.poll(1)
+    assert r.state.notified
+    r.config["workuser"] = None  # back to the file in the run directory
+    env, _ = r.start()
+    assert env["NOTIFY_SOCKET"] == str(tmp_path / "notify.sock") and (tmp_path / "notify.sock").exists()
