@@ -7,7 +7,8 @@
     running otherwise;
 ``notify``
     systemd's protocol: fsm-init binds a datagram socket, ``notify.sock`` in its run
-    directory, and passes its path as ``NOTIFY_SOCKET``.  ``READY=1`` makes the instance
+    directory (for a workuser service, which cannot enter that 0700 directory, an abstract
+    ``@fsm-init-notify-<random>``), and passes its path as ``NOTIFY_SOCKET``.  ``READY=1`` makes the instance
     ready, ``STATUS=...`` is shown by ``srvctl status`` and ``srvctl why``, ``STOPPING=1``
     and ``RELOADING=1`` are reflected in the state, ``WATCHDOG=1`` is the keep-alive
     that ``workwatchdog`` seconds enforce (a missed one restarts the service);
