@@ -33,7 +33,6 @@ the unit tests drive it); ``Notifier`` is the socket and the pipes in the event 
 
 import os
 import re
-import secrets
 from collections.abc import Callable
 
 from fsm_init import log
@@ -48,7 +47,7 @@ RATE = 50.0  # messages per second taken, on average
 BURST = 200
 SUMMARY_EVERY = 10.0
 MAX_FD = 1023  # fd:N: 3..MAX_FD (0, 1 and 2 are the service's standard streams)
-_FD = re.compile(r"fd:([0-9]{1,4})")
+_FD = r"fd:([0-9]{1,4})"  # compiled at its first use, not at import
 
 
 def parse_setting(value) -> tuple[str, int | None] | None:
@@ -59,7 +58,7 @@ def parse_setting(value) -> tuple[str, int | None] | None:
     text = value.strip().lower()
     if text in (CHECKS, NOTIFY):
         return text, None
-    match = _FD.fullmatch(text)
+    match = re.fullmatch(_FD, text)
     if match and 3 <= int(match.group(1)) <= MAX_FD:
         return FD, int(match.group(1))
     return None
@@ -306,7 +305,12 @@ class Notifier:
         if self.sock is not None and self.path.startswith("@") == abstract:
             return True
         self._close_socket()
-        self.path = f"@fsm-init-notify-{secrets.token_hex(8)}" if abstract else self.file
+        if abstract:
+            import secrets  # only here: it costs start-up time every other service would pay
+
+            self.path = f"@fsm-init-notify-{secrets.token_hex(8)}"
+        else:
+            self.path = self.file
         try:
             self.sock = self.system.notify_socket(self.path)
         except OSError as e:
