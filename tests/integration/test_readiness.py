@@ -36,9 +36,14 @@ send("STATUS=warming up")
 while not os.path.exists("go"):
     time.sleep(0.05)
 send("READY=1\\nSTATUS=serving")
+said = set()
 while True:
     if os.path.exists("beat") and not os.path.exists("stop-beat"):
         send("WATCHDOG=1")
+    for name in ("RELOADING", "STOPPING"):  # ./reloading, ./stopping: said once each
+        if os.path.exists(name.lower()) and name not in said:
+            said.add(name)
+            send(name + "=1")
     time.sleep(0.2)
 """
 
@@ -74,6 +79,13 @@ def test_ready_when_the_service_says_so_and_its_status_shown(sandbox):
     readiness = run.status()["readiness"]
     assert readiness["ready"] is True and readiness["socket"]["taken"] == 2 and readiness["socket"]["refused"] == 0
     assert lines(d / "pids")[0].endswith(" -")  # no WATCHDOG_USEC without workwatchdog
+    (d / "reloading").touch()
+    wait_for(lambda: re.search(r"^ready:\s+yes \(workready notify, reloading\); STATUS: serving$",
+                               run.srvctl("status").stdout, re.M), what="RELOADING=1 in srvctl status")
+    (d / "stopping").touch()
+    wait_for(lambda: health(run) == 1, what="not ready after STOPPING=1")
+    assert run.srvctl("health").stdout.strip() == "the service said STOPPING=1"
+    assert status(run)["readiness"]["phase"] == "stopping"
 
 
 def test_a_watchdog_that_stops_restarts_the_service_with_the_cause(sandbox):
