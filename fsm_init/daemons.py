@@ -174,6 +174,7 @@ class Daemon:
             # NFS or FUSE mount).  The stop path must end, so fsm-init goes on without it.
             log.warn(f"daemon {self.name} (pid {self.pid}) is still there after SIGKILL; going on without it")
             self.pid, self.exit_status = None, signal.SIGKILL
+            self._end_ready_pipe()
             self.last_exit = exit_code(self.exit_status)
         self.stopping = False
         if self.owner.system.is_executable(self.finish):
