@@ -408,3 +408,32 @@ def test_a_workuser_service_gets_an_abstract_socket(rig, tmp_path):
     r.config["workuser"] = None  # back to the file in the run directory
     env, _ = r.start()
     assert env["NOTIFY_SOCKET"] == str(tmp_path / "notify.sock") and (tmp_path / "notify.sock").exists()
+
+
+def test_the_real_socket_gives_the_senders_pid_and_keeps_no_descriptor_sent_to_it(tmp_path):
+    """SCM_CREDENTIALS from the kernel; descriptors a sender attaches (sd_pid_notify_with_fds)
+    find no room in the ancillary buffer: the kernel closes them, PID 1 never holds them."""
+    import array
+
+    from fsm_init.system import System
+
+    system = System()
+    path = str(tmp_path / "notify.sock")
+    sock = system.notify_socket(path)
+    assert os.stat(path).st_mode & 0o777 == 0o666
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
+            before = len(os.listdir("/proc/self/fd"))
+            sent = [os.open("/dev/null", os.O_RDONLY) for _ in range(5)]
+            sender.sendmsg([b"FDSTORE=1"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", sent))], 0, path)
+            for fd in sent:
+                os.close(fd)
+            buffer = bytearray(readiness.MAX_MESSAGE)
+            assert system.receive_credentials(sock, buffer) == (9, os.getpid())
+            assert len(os.listdir("/proc/self/fd")) == before
+            with pytest.raises(BlockingIOError):
+                system.receive_credentials(sock, buffer)
+        assert system.process_of(os.getpid()).sid == os.getsid(0)
+        assert system.process_of(2 ** 22 + 1) is None
+    finally:
+        sock.close()
