@@ -60,6 +60,8 @@ def defaults() -> dict:
         "workbackoff": 300,
         "workstable": 60,
         "workuser": None,
+        "workready": "checks",
+        "workwatchdog": None,
         "workretry": {"max": 0, "window": 600, "action": "exit"},
         "firewall": {"enable": "yes", "tcpportpmt": "", "udpportpmt": "", "icmppermit": "no",
                      "igmppermit": "no", "grepermit": "no", "esppermit": "no", "ahpermit": "no"},

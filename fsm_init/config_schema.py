@@ -275,6 +275,19 @@ class GiveUpAction(Lenient, fields.Field):
         raise ValidationError('is not "exit" or "stay"')
 
 
+class WorkReady(Lenient, fields.Field):
+    """checks, notify or fd:N (3 to 1023): who says the service is ready (readiness.py)."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        from fsm_init import readiness
+
+        setting = readiness.parse_setting(value)
+        if setting is None:
+            raise ValidationError(f'is not "checks", "notify" or "fd:N" (N from 3 to {readiness.MAX_FD})')
+        kind, number = setting
+        return kind if number is None else f"fd:{number}"
+
+
 class RetrySchema(Schema):
     class Meta:
         unknown = INCLUDE
@@ -296,6 +309,8 @@ class WorkcfgSchema(Schema):
     workbackoff = Count(1, load_default=DEFAULTS["workbackoff"])
     workstable = Count(1, load_default=DEFAULTS["workstable"])
     workuser = WorkUser(load_default=None)
+    workready = WorkReady(load_default=DEFAULTS["workready"])
+    workwatchdog = Count(1, 86400, load_default=None)
     workretry = Section(RetrySchema, load_default=lambda: RetrySchema().load({}))
     firewall = Section(FirewallSchema, load_default=lambda: FirewallSchema().load({}))
     sshsrv = Section(SshSchema, load_default=lambda: SshSchema().load({}))
@@ -308,6 +323,11 @@ def validate(document: dict) -> tuple[dict, list[Problem]]:
     token = problems_var.set(found)
     try:
         effective = WorkcfgSchema().load(document)
+        if effective["workwatchdog"] is not None and effective["workready"] != "notify":
+            # The keep-alives come on NOTIFY_SOCKET: without it every instance would be restarted.
+            _report("workwatchdog", effective["workwatchdog"], None,
+                    f"needs workready \"notify\" (workready is {effective['workready']!r})")
+            effective["workwatchdog"] = None
     finally:
         problems_var.reset(token)
     return effective, found

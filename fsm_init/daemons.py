@@ -24,7 +24,7 @@ import os
 import signal
 from functools import partial
 
-from fsm_init import log, restart_interval, trust
+from fsm_init import log, readiness, restart_interval, trust
 from fsm_init import system as os_events
 from fsm_init.kill import Group, Stopper
 from fsm_init.repeats import Repeats
@@ -93,8 +93,37 @@ class Daemon:
         self.removed = False  # its directory left the service directory: stop, then forget it
         self.out_of_memory = False  # run's last exit was the kernel's OOM killer
         self.digest = ""  # run's content when it was last started
+        # s6's notification-fd: run writes a newline to this fd once ready (None: no file)
+        self.notification_fd = self._notification_fd()
+        self.ready_at: float | None = None
+        self.ready_pipe: readiness.FdWatch | None = None
         self.stopper = Stopper(owner.system, owner.loop, self.deadline("stop"), owner.budget)
         self.finish_limit = Stopper(owner.system, owner.loop, self.deadline("finish"), owner.budget)
+
+    def _notification_fd(self) -> int | None:
+        path = os.path.join(self.directory, "notification-fd")
+        if "notification-fd" not in self.owner.system.list_dir(self.directory):
+            return None
+        if not trust.trusted(path, self.owner.system, "read its notification-fd from"):
+            return None  # another user could change it (a FIFO would block PID 1's read)
+        raw = self.owner.system.read_bytes(path) or b""
+        number = readiness.parse_notification_fd(raw.decode("utf-8", "replace"))
+        if number is None:
+            log.error(f"daemon {self.name}: {path} = {log.escape(raw.decode('utf-8', 'replace').strip()[:40])!r}: "
+                      f"not a file descriptor number from 3 to {readiness.MAX_FD}; its readiness is not followed")
+        return number
+
+    def _became_ready(self) -> None:
+        self.ready_pipe = None
+        if self.pid is not None:
+            self.ready_at = self.owner.system.now()
+            log.info(f"daemon {self.name} (pid {self.pid}) is ready (a newline on fd {self.notification_fd})")
+
+    def _end_ready_pipe(self) -> None:
+        self.ready_at = None
+        if self.ready_pipe is not None:
+            self.ready_pipe.close()
+            self.ready_pipe = None
 
     def deadline(self, what: str) -> str:
         return f"daemon-{self.name}-{what}"
@@ -117,11 +146,17 @@ class Daemon:
         """Spawn run now; on failure the error (already logged), with a retry scheduled."""
         system, loop = self.owner.system, self.owner.loop
         loop.cancel(self.deadline("restart"))
+        self._end_ready_pipe()
         try:
             if not trust.trusted(self.run, system, "run"):
                 raise PermissionError(errno.EACCES, "refused: another user could change it", self.run)
-            self.pid = system.spawn([self.run], self.owner.environ, cwd=self.directory)
+            fds = []
+            if self.notification_fd is not None:
+                self.ready_pipe = readiness.FdWatch(system, loop, self.notification_fd, self._became_ready)
+                fds = self.ready_pipe.open()
+            self.pid = system.spawn([self.run], self.owner.environ, cwd=self.directory, fds=fds)
         except OSError as e:
+            self._end_ready_pipe()
             self.failures += 1
             delay = self._backoff()
             # Said once while it fails the same way (a pids limit can last): the retries back off.
@@ -131,6 +166,8 @@ class Daemon:
             loop.call_later(self.deadline("restart"), delay, self.start)
             return e.strerror
         self.started = system.now()
+        if self.ready_pipe is not None:
+            self.ready_pipe.spawned()
         self.starts += 1
         self.digest = run_digest(system, self.run)  # what runs: `srvctl reload` restarts it when run changes
         failed = self.owner.repeats.succeeded(self.name)
@@ -158,6 +195,7 @@ class Daemon:
             # NFS or FUSE mount).  The stop path must end, so fsm-init goes on without it.
             log.warn(f"daemon {self.name} (pid {self.pid}) is still there after SIGKILL; going on without it")
             self.pid, self.exit_status = None, signal.SIGKILL
+            self._end_ready_pipe()
             self.last_exit = exit_code(self.exit_status)
         self.stopping = False
         if self.owner.system.is_executable(self.finish):
@@ -185,6 +223,7 @@ class Daemon:
         system = self.owner.system
         pid, self.pid = self.pid, None
         assert pid is not None  # called for run's own exit
+        self._end_ready_pipe()
         self.last_exit, self.exit_status = exit_code(status), status
         if self.wanted and not self.again:
             if system.now() - self.started >= self.owner.config()["workstable"]:
@@ -253,6 +292,7 @@ class Daemon:
                 "uptime": round(now - self.started, 3) if self.pid is not None else None,
                 "last_exit": self.last_exit, "restarts": max(0, self.starts - 1), "down_file": self.down_file,
                 "removed": self.removed,
+                "ready": None if self.notification_fd is None else self.ready_at is not None,
                 "out_of_memory": self.out_of_memory}
 
 

@@ -13,7 +13,8 @@ import sys
 from collections.abc import Callable
 from functools import partial
 
-from fsm_init import budget, config, custom_init, delay, handover, load_config, log, oom, resolve_target, start, watch
+from fsm_init import config, custom_init, delay, handover, load_config, log, oom, resolve_target, start, watch
+from fsm_init.budget import StopBudget
 from fsm_init.container_env import ContainerEnvironment
 from fsm_init.control import ControlServer
 from fsm_init.daemons import Daemons
@@ -28,6 +29,7 @@ from fsm_init.launch import Launch, service_env
 from fsm_init.loop import STOP_SIGNALS, EventLoop
 from fsm_init.metrics import Metrics
 from fsm_init.network import Network
+from fsm_init.readiness import Notifier
 from fsm_init.reload import Reloader
 from fsm_init.repeats import Repeats
 from fsm_init.script_steps import ScriptSteps
@@ -62,7 +64,7 @@ class Engine:
         self.command_line = command  # the command given to fsm-init, run instead of workstart
         self.loop = EventLoop(system, self._on_signal, self._on_exit)
         # The stop path's clock and, with FSM_INIT_STOP_BUDGET, its deadline (budget.py).
-        self.budget = budget.StopBudget(settings.stop_budget, settings.stop_grace, settings.leftover_grace, system.now)
+        self.budget = StopBudget(settings.stop_budget, settings.stop_grace, settings.leftover_grace, system.now)
         self.stopper = Stopper(system, self.loop, budget=self.budget)
         self.forwards = ForwardLog(self.loop, system)
         self.repeats = Repeats()  # spawn failures said once while they repeat
@@ -77,10 +79,13 @@ class Engine:
         self.has_config = False
         self.mode = start.mode(self.config)
         self.service = Service(system.now)
+        # workready notify / fd:N: the service's own word, heard in the loop (readiness.py)
+        self.notifier = Notifier(system, self.loop, settings.run_dir, self.service.declared,
+                                 lambda cause: self.supervise.readiness_failed(cause))
         # A command line runs where fsm-init was started (the image's WORKDIR), as under
         # tini; workstart and the target's scripts run in the target directory.
         self.launch = Launch(system, settings, self.service, self.repeats, command, system.getcwd(),
-                             self.keeps_supervising, self.release)
+                             self.keeps_supervising, self.release, self.notifier)
         self.exit_status = 0
         self.stop_signal: int = signal.SIGTERM
         self.stopped_by_signal = False  # SIGTERM/SIGINT, not srvctl stop or an internal error
@@ -103,7 +108,7 @@ class Engine:
         self.verbs = Verbs(self)  # the answers to control requests
         self.reloader = Reloader(self)  # srvctl reload
         self.scripts = ScriptSteps(self)  # startup_scripts, env_resume, pre_shutdown, post_shutdown
-        self.supervise = Supervise(self)  # idle, restart_interval, watch, check, restart, gave_up, stopping
+        self.supervise: Supervise = Supervise(self)  # idle, restart_interval, watch, check, restart, gave_up, stopping
         self.internal_error = ""  # the first internal error: the exit status is then never 0
         # Each state's work: a step object's method (here), or an on_enter_<state> method below.
         work = {"startup_scripts": self.scripts.startup_scripts, "env_resume": self.scripts.env_resume,
@@ -146,6 +151,7 @@ class Engine:
             self.control.close()
             self.control = None
         self.syslog.close()
+        self.notifier.close()
 
     def _entered_state(self) -> None:
         self.history.entered(self.service.run_count, self.explain.snapshot)
@@ -211,15 +217,15 @@ class Engine:
 
     def keeps_supervising(self) -> bool:
         # A watched service directory, even empty, may gain a service at run time.
-        return bool(self.daemons.names or self.daemons.watching or self.scripts.shutdown_scripts())
+        return bool(self.daemons.names or self.daemons.watching or self.notifier.needs_engine
+                    or self.scripts.shutdown_scripts())
 
     # -- boot path: each state's work, in the table's order ---------------------------
 
     def on_enter_resolve_target(self) -> None:
         self.target, notes = resolve_target.resolve(self.settings, self.environ, self.system,
                                                     command=self.command_line is not None)
-        for note in notes:
-            (log.error if isinstance(note, resolve_target.Error) else log.info)(note)
+        resolve_target.say(notes)
         if self.target.directory:
             self.system.chdir(self.target.directory)
         self.source = load_config.ConfigSource(self.target, self.srvcfg, self.system, self.writes)
@@ -250,10 +256,7 @@ class Engine:
         if self.source is None:
             raise RuntimeError("load_config before resolve_target")
         loaded = self.source.load()
-        for message in loaded.errors:
-            log.error(message)
-        for problem in loaded.problems:
-            log.warn(problem.describe())
+        loaded.say()
         self.config, self.has_config = loaded.config, loaded.has_config
         self.mode = start.mode(self.config)
         self.fire("done")
@@ -263,23 +266,18 @@ class Engine:
         log.info(f"initdelay: waiting {seconds}s (srvctl restart goes on at once)")
         self.loop.call_later("state", seconds, lambda: self.fire("done", f"initdelay {seconds}s elapsed"))
 
-    def on_enter_firewall(self) -> None:
-        self.network.apply_firewall(self.config, self.has_config)
-        self.fire("done")
-
-    def _network_step(self) -> None:
+    def on_enter_firewall(self) -> None:  # and ssh, pppoe: network.Network's steps
         self.network.apply(self.state, self.config, self.has_config)
         self.fire("done")
 
-    on_enter_ssh = on_enter_pppoe = _network_step
+    on_enter_ssh = on_enter_pppoe = on_enter_firewall
 
     def _sync_ssh_permit(self) -> None:
         if self.state in STOPPABLE:
             self.network.sync_ssh_permit(self.config, self.has_config)
 
     def side_services(self) -> dict[str, str]:
-        """The line of each service fsm-init runs beside the target: the firewall, dropbear,
-        pppd and the syslog relay (`srvctl status`'s "supporting")."""
+        """`srvctl status`'s "supporting": the firewall, dropbear, pppd, the syslog relay."""
         return self.network.status(self.syslog.status() if self.syslog.tried else None)
 
     # -- the service ---------------------------------------------------------------------
@@ -327,11 +325,9 @@ class Engine:
                       "ended fsm-init, which must not look like success")
         else:
             log.info(f"exiting with status {self.exit_status}")
-        if self.control:
-            self.control.close()
+        self.release()
         if self.http:
             self.http.close()
-        self.syslog.close()
         self.loop.stop()
 
     # -- events from the loop ---------------------------------------------------------------

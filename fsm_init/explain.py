@@ -6,7 +6,7 @@ requests) are built by ``status``, which the thin reaper uses too.
 
 from typing import Protocol
 
-from fsm_init import log, restart_interval, start, status
+from fsm_init import log, readiness, start, status
 from fsm_init.daemons import Daemons
 from fsm_init.foreground import Foreground
 from fsm_init.history import History
@@ -14,9 +14,10 @@ from fsm_init.kill import Stopper
 from fsm_init.loop import EventLoop
 from fsm_init.metrics import Metrics
 from fsm_init.oom import Watch
+from fsm_init.readiness import Notifier
 from fsm_init.reload import Reloader
 from fsm_init.resolve_target import Target
-from fsm_init.service import Service
+from fsm_init.service import Readiness, Service
 from fsm_init.syslog_relay import SyslogRelay
 from fsm_init.system import System
 from fsm_init.watch import Checks
@@ -40,6 +41,7 @@ class Facts(Protocol):
     daemons: Daemons
     writes: FileWrites
     reloader: Reloader
+    notifier: Notifier
     metrics: Metrics
     syslog: SyslogRelay
 
@@ -55,18 +57,18 @@ class Explain:
         f = self.facts
         if f.service.instance is None:
             return False, f"no service instance ({f.state})"
+        answer = self.readiness()
+        return answer.ready, answer.reason
+
+    def readiness(self) -> Readiness:
+        """Ready or not (what `srvctl health` answers), since when (System.now's clock, for
+        /metrics), the service's latest STATUS= and why."""
+        f = self.facts
         failure = f.checks.cycle.failure if f.checks.cycle and f.service.last_checks else None
-        return f.service.health(f.mode, f.config, failure.describe() if failure else "")
+        return f.service.readiness(f.mode, f.config, failure.describe() if failure else "")
 
     def ready_since(self) -> float | None:
-        """When the service became ready (System.now's clock), None while it is not: one
-        place for /metrics to follow what `srvctl health` answers."""
-        f = self.facts
-        if not self.health()[0] or f.service.instance is None:
-            return None
-        if f.mode.kind == start.STATUS_CHECK:
-            return f.service.healthy_since
-        return f.service.instance.started + restart_interval.seconds(f.config)
+        return self.readiness().since
 
     def metrics_text(self) -> str:
         f = self.facts
@@ -93,6 +95,8 @@ class Explain:
             text += f"; restart {restart}"
         upcoming = self.upcoming()
         text = f"{text}; {upcoming}" if upcoming else text
+        said = readiness.said(f.service.declared) if f.service.instance else ""
+        text = f"{text}; {said}" if said else text
         text = f"{text}; {f.reloader.last}" if f.reloader.last else text
         return f"{text}; last out-of-memory kill: {f.oom.last}" if f.oom.last else text
 
@@ -135,4 +139,5 @@ class Explain:
             uptime=now - running.started if running else None, run_count=service.run_count,
             failures=service.failures, last_exit=service.last_exit, checks=[r._asdict() for r in service.last_checks],
             healthy=self.health()[0], last_transition=f.history.last_transition, supporting=f.side_services(),
+            readiness=readiness.snapshot(self.readiness(), service.declared, f.notifier, now),
             daemons=f.daemons.status(), pid=f.system.getpid(), write_problems=f.writes.status())

@@ -15,6 +15,7 @@ from fsm_init.http_probes import HttpServer
 from fsm_init.loop import EventLoop
 from fsm_init.metrics import Metrics
 from fsm_init.oom import Watch
+from fsm_init.readiness import Notifier
 from fsm_init.resolve_target import Target
 from fsm_init.service import Service
 from fsm_init.settings import Settings
@@ -38,6 +39,7 @@ class Engine(Protocol):
     forwards: ForwardLog
     syslog: SyslogRelay
     oom: Watch
+    notifier: Notifier
 
     def side_services(self) -> dict[str, str]: ...
 
@@ -55,6 +57,7 @@ def enter(engine: Engine) -> None:
             listening.sock.set_inheritable(True)
     relaying = engine.syslog.sock is not None
     engine.syslog.close()  # the thin reaper does not relay: remove /dev/log, not leave it stale
+    engine.notifier.close()
     # The exec replaces this process before transitions would record the entry.
     engine.history.entered(engine.service.run_count, engine.explain.snapshot, early=True)
     engine.forwards.close()

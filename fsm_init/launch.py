@@ -11,6 +11,7 @@ from functools import partial
 
 from fsm_init import config, log, start, trust
 from fsm_init.kill import Group
+from fsm_init.readiness import Notifier
 from fsm_init.repeats import Repeats
 from fsm_init.resolve_target import Target
 from fsm_init.service import Service
@@ -37,13 +38,14 @@ def service_env(environ: dict, srvcfg: str, config_: dict, target: Target) -> di
 class Launch:
     def __init__(self, system: System, settings: Settings, service: Service, repeats: Repeats,
                  command_line: list[str] | None, caller_dir: str, keeps_supervising: Callable[[], bool],
-                 before_exec: Callable[[], None]) -> None:
+                 before_exec: Callable[[], None], notifier: Notifier) -> None:
         self.system, self.settings, self.service, self.repeats = system, settings, service, repeats
         # The command given to fsm-init, run instead of workstart.  It runs where fsm-init
         # was started (the image's WORKDIR), as under tini; workstart in the target directory.
         self.command_line, self.caller_dir = command_line, caller_dir
         self.keeps_supervising = keeps_supervising
         self.before_exec = before_exec  # fsm-init's listening sockets are closed before an exec
+        self.notifier = notifier  # workready notify / fd:N: the socket or pipe the service is given
 
     def refused(self, status: int, cause: str) -> Outcome:
         self.service.last_exit = status
@@ -71,6 +73,8 @@ class Launch:
                  f"{start.shown(cmd.argv)}")
         if workuser:
             cmd = Command(start.as_user(cmd.argv, workuser, cmd.executable), None, cmd.note)
+        notify_env, fds = self.notifier.prepare(config_)
+        env = dict(env, **notify_env)
         non_daemon = mode.kind == start.NON_DAEMON
         tty = self.system.terminal() if non_daemon else None
         try:
@@ -81,8 +85,9 @@ class Launch:
                 else:
                     self.exec_service(cmd, env)
             pid = self.system.spawn(cmd.argv, env, cmd.executable, tty,
-                                    cwd=self.caller_dir if self.command_line else None)
+                                    cwd=self.caller_dir if self.command_line else None, fds=fds)
         except OSError as e:
+            self.notifier.end()
             self.service.last_exit = spawn_error_code(e)
             hint = start.exec_hint(cmd.executable or cmd.argv[0], e, self.system)
             cause = f"cannot execute {start.shown([cmd.argv[0]])}: {e.strerror}{hint} (status {self.service.last_exit})"
@@ -95,6 +100,7 @@ class Launch:
         if failed:
             log.info(f"the service started (pid {pid}) after {failed} failed attempt(s)")
         self.service.started(pid, Group(pid, by_session=tty is None))
+        self.notifier.started(pid, Group(pid, by_session=tty is None))
         # The pid in the journal: each start the service records can be matched to its line.
         return "spawned", f"service started (pid {pid}, run {self.service.run_count})"
 

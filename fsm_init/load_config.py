@@ -27,6 +27,13 @@ class Loaded(NamedTuple):
     problems: list  # config.Problem: a key with an invalid value
     errors: list[str]  # a document that could not be used at all
 
+    def say(self) -> None:
+        """Step load_config's log lines: each error, then each problem."""
+        for message in self.errors:
+            log.error(message)
+        for problem in self.problems:
+            log.warn(problem.describe())
+
 
 class ConfigSource:
     """Where the config comes from, across the restarts of one fsm-init process."""

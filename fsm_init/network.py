@@ -33,7 +33,11 @@ class Network:
             self._unless_unavailable("firewall", self.firewall.withdraw)
 
     def apply(self, name: str, config: dict, has_config: bool) -> None:
-        """Step ssh or pppoe: its daemon started, changed or stopped as the config says."""
+        """Step firewall (the rules applied), ssh or pppoe (its daemon started, changed or
+        stopped as the config says)."""
+        if name == "firewall":
+            self.apply_firewall(config, has_config)
+            return
         step = STEPS[name]
         spec = None
         if step.enabled(config, has_config):

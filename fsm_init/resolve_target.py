@@ -9,6 +9,7 @@ not remembered: the next start tries it again.
 import os
 from typing import NamedTuple
 
+from fsm_init import log
 from fsm_init.settings import Settings
 from fsm_init.system import System
 
@@ -31,6 +32,12 @@ def _unusable(name: str) -> str:
     if "/" in name or name in (".", ".."):
         return "is not a directory name"
     return ""
+
+
+def say(notes: list[str]) -> None:
+    """Step resolve_target's log lines: an Error as an error, the rest as information."""
+    for note in notes:
+        (log.error if isinstance(note, Error) else log.info)(note)
 
 
 def resolve(settings: Settings, environ: dict, system: System, command: bool = False) -> tuple[Target, list[str]]:

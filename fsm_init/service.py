@@ -11,7 +11,7 @@ tested alone (tests/unit/test_service.py).
 from collections.abc import Callable
 from typing import NamedTuple
 
-from fsm_init import restart_interval, start
+from fsm_init import readiness, restart_interval, start
 from fsm_init.kill import Group
 
 
@@ -19,6 +19,14 @@ class Instance(NamedTuple):
     pid: int
     group: Group
     started: float  # monotonic
+
+
+class Readiness(NamedTuple):
+    """What the metrics and probes read: Service.readiness()."""
+    ready: bool
+    since: float | None  # monotonic: when this instance became ready; None while it is not
+    status: str  # the latest STATUS= the service sent ("" when none)
+    reason: str  # why it is ready or not, in words
 
 
 class Service:
@@ -39,6 +47,8 @@ class Service:
         self.last_checks: list = []  # the latest check cycle's results (watch.CheckResult)
         self.checks_healthy = False  # the latest cycle of this instance passed
         self.healthy_since: float | None = None  # this instance's first passed check cycle
+        # workready notify / fd:N: what the instance itself said (readiness.Notifier feeds it)
+        self.declared = readiness.State(now)
 
     # -- the instance ----------------------------------------------------------------------
 
@@ -131,15 +141,37 @@ class Service:
     def health(self, mode: start.Mode, config: dict, failure: str = "") -> tuple[bool, str]:
         """Docker HEALTHCHECK / readiness: this instance runs and has proved itself.
         failure: the failed check of the latest cycle, described."""
+        answer = self.readiness(mode, config, failure)
+        return answer.ready, answer.reason
+
+    def readiness(self, mode: start.Mode, config: dict, failure: str = "") -> Readiness:
+        """Ready or not, since when, the service's latest STATUS= and why.  With workready
+        notify or fd:N the service's own word counts (in status-check mode: and the latest
+        check cycle passed); with checks, the check cycle or workintvl seconds of running."""
+        declared = self.declared
+        status = declared.status_text if declared.declared else ""
         if self.instance is None:
-            return False, "no service instance"
+            return Readiness(False, None, status, "no service instance")
+        if declared.declared:
+            if declared.stopping:
+                return Readiness(False, None, status, "the service said STOPPING=1")
+            if not declared.notified:
+                return Readiness(False, None, status, declared.waiting_for())
+            said = "READY=1" if declared.kind == readiness.NOTIFY else f"a newline on fd {declared.fd}"
+            if mode.kind != start.STATUS_CHECK:
+                return Readiness(True, declared.notified_at, status, f"the service said it is ready ({said})")
         if mode.kind == start.STATUS_CHECK:
             if self.checks_healthy:
-                return True, "the latest check cycle of this instance passed"
-            return False, "no check cycle of this instance has passed yet" if not self.last_checks \
-                else f"check failed: {failure}"
+                since = self.healthy_since
+                if declared.declared and since is not None and declared.notified_at is not None:
+                    since = max(since, declared.notified_at)
+                return Readiness(True, since, status, "the latest check cycle of this instance passed"
+                                 + (" and the service said it is ready" if declared.declared else ""))
+            return Readiness(False, None, status, "no check cycle of this instance has passed yet"
+                             if not self.last_checks else f"check failed: {failure}")
         ran = self.now() - self.instance.started
         proof = restart_interval.seconds(config)
         if ran >= proof:
-            return True, f"the service has run {ran:.0f}s"
-        return False, f"the service has run {ran:.1f}s of the {proof}s (workintvl) it needs to count as healthy"
+            return Readiness(True, self.instance.started + proof, status, f"the service has run {ran:.0f}s")
+        return Readiness(False, None, status, f"the service has run {ran:.1f}s of the {proof}s (workintvl) "
+                         "it needs to count as healthy")

@@ -105,6 +105,9 @@ def format_status(status: dict) -> str:
         f"restarts:   {status['restarts']}",
         f"last exit:  {'-' if status['last_exit'] is None else status['last_exit']}",
     ]
+    ready = describe_readiness(status.get("readiness"))
+    if ready:
+        lines.append(f"ready:      {ready}")
     for name, text in status.get("supporting", {}).items():
         lines.append(f"{name + ':':<11} {text}")
     for daemon in status.get("daemons", []):
@@ -120,12 +123,28 @@ def format_status(status: dict) -> str:
     return "\n".join(escape(line) for line in lines)
 
 
+def describe_readiness(readiness: dict | None) -> str:
+    """The status snapshot's readiness (workready notify or fd:N), as srvctl and the status
+    view show it: "" for workready checks (the health line says it all)."""
+    if not readiness or readiness.get("workready", "checks") == "checks":
+        return ""
+    text = ("yes" if readiness.get("ready") else "no") + f" (workready {readiness['workready']}"
+    if readiness.get("phase"):
+        text += f", {readiness['phase']}"
+    text += ")"
+    if readiness.get("status"):
+        text += f"; STATUS: {readiness['status']}"
+    return text
+
+
 def describe_daemon(daemon: dict) -> str:
     """One /etc/service daemon of the status snapshot, as srvctl and the status view show it."""
     if daemon["state"] == "running":
         text = f"running, pid {daemon['pid']}, up {daemon['uptime']:.0f}s"
     else:
         text = daemon["state"] + (" (down file)" if daemon.get("down_file") and daemon["state"] == "down" else "")
+    if daemon.get("ready") is not None and daemon["state"] == "running":
+        text += ", ready" if daemon["ready"] else ", not ready yet (notification-fd)"
     if daemon.get("removed"):
         text += " (its directory was removed)"
     if daemon.get("last_exit") is not None:

@@ -16,7 +16,7 @@ def transition(wall, source, dest, trigger, guards, cause, run_count):
 
 
 def snapshot(*, state, since, mode, period, target, service_pid, uptime, run_count, failures, last_exit, checks,
-             healthy, last_transition, supporting, daemons, pid, write_problems):
+             healthy, last_transition, supporting, daemons, pid, write_problems, readiness=None):
     """`srvctl status` and the journal's snapshot: one shape, whoever is PID 1.
     service_pid and uptime: None unless the instance's leader lives."""
     return {
@@ -33,6 +33,8 @@ def snapshot(*, state, since, mode, period, target, service_pid, uptime, run_cou
         "last_exit": last_exit,
         "checks": checks,
         "healthy": healthy,
+        # who says the service is ready (workready), and what it said: readiness.snapshot
+        "readiness": readiness,
         "last_transition": last_transition,
         "supporting": supporting,
         "daemons": daemons,

@@ -40,7 +40,7 @@ from collections import namedtuple
 
 from fsm_init import control, journal, table
 from fsm_init.log import clock, escape
-from fsm_init.srvctl import describe_daemon
+from fsm_init.srvctl import describe_daemon, describe_readiness
 from fsm_init.table import DAEMON, NON_DAEMON, STATUS_CHECK  # the modes, named once
 
 USAGE = "usage: fsm-init status [--json] [--once] [--interval S]\n"
@@ -323,6 +323,7 @@ def facts(frame: Frame) -> list[tuple[str, str, str]]:
     if s.get("failures"):
         restarts += f" ({s['failures']} failure{'s' if s['failures'] != 1 else ''} since a stable run)"
     last_exit = s.get("last_exit")
+    ready = describe_readiness(s.get("readiness"))
     return [
         ("state", f"{state} {when}".strip(), state_tone),
         ("mode", mode, ""),
@@ -332,6 +333,7 @@ def facts(frame: Frame) -> list[tuple[str, str, str]]:
         ("last exit", "-" if last_exit is None else str(last_exit), "bad" if last_exit else ""),
         ("health", "?" if healthy is None else ("healthy" if healthy else "not healthy"),
          "dim" if healthy is None else ("good" if healthy else "warn")),
+        *([("ready", ready, "good" if s["readiness"].get("ready") else "warn")] if ready else []),
         ("fsm-init", f"pid {s['pid']}" if s.get("pid") is not None else "?", "dim"),
     ]
 
@@ -523,6 +525,8 @@ def render(frame: Frame):
         head.add_column(style="bold cyan", no_wrap=True)
         head.add_column()
     rows = facts(frame)
+    if len(rows) % 2:  # an odd fact (the ready line) gets an empty neighbour, not dropped
+        rows.append(("", "", ""))
     for left, right in zip(rows[::2], rows[1::2], strict=False):
         head.add_row(Text(left[0]), Text(left[1], style=TONES[left[2]]), Text(right[0]),
                      Text(right[1], style=TONES[right[2]]))

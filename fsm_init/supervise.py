@@ -5,6 +5,7 @@ stable reset, give-up) is ``service.Service``'s; the check cycles are ``Checks``
 
 import os
 import signal
+from collections.abc import Callable
 from functools import partial
 from typing import Protocol
 
@@ -16,10 +17,12 @@ from fsm_init.loop import EventLoop
 from fsm_init.metrics import Metrics
 from fsm_init.network import Network
 from fsm_init.oom import Watch
+from fsm_init.readiness import Notifier
 from fsm_init.resolve_target import Target
 from fsm_init.service import Service
 from fsm_init.settings import Settings
 from fsm_init.system import System, describe_exit, exit_code
+from fsm_init.table import STOPPABLE
 from fsm_init.watch import Checks, Cycle
 from fsm_init.writes import FileWrites
 
@@ -42,6 +45,9 @@ class Engine(Protocol):
     stopper: Stopper
     writes: FileWrites
     oom: Watch
+    notifier: Notifier
+    state: str
+    may_restart_request: Callable[[], bool]  # added by transitions
 
     def fire(self, trigger: str, cause: str = "") -> None: ...
 
@@ -124,6 +130,17 @@ class Supervise:
         log.error(f"gave up: {cause}; {action}")
         engine.fire("done", f"gave up ({engine.config['workretry']['action']})")
 
+    def readiness_failed(self, cause: str) -> None:
+        """The watchdog missed (readiness.Notifier): a failure restart, its cause named."""
+        engine = self.engine
+        if engine.state == "restart" or engine.state not in STOPPABLE:
+            return  # the instance is being stopped already
+        if not engine.may_restart_request():
+            log.error(f"{cause}; not restarted in {engine.state}")
+            return
+        log.error(f"{cause}; restarting the service")
+        engine.fire("restart_request", cause)
+
     def exited(self, pid: int, status: int) -> bool:
         """True if pid was the service's living leader: its exit is the instance's end."""
         engine = self.engine
@@ -152,5 +169,6 @@ class Supervise:
                                       self.instance_gone)
 
     def instance_gone(self) -> None:
+        self.engine.notifier.end()
         self.engine.service.gone()
         self.engine.fire("group_gone", "the service's session is gone")

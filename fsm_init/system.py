@@ -228,16 +228,18 @@ class System:
 
     def spawn(self, argv: list[str], env: dict[str, str], executable: str | None = None,
               tty_fd: int | None = None, stdout: int | None = None, stderr: int | None = None,
-              cwd: str | None = None, stdin: int | None = None) -> int:
+              cwd: str | None = None, stdin: int | None = None, fds=()) -> int:
         """Start argv in a new session (or, given a terminal, a new foreground process group),
         in the directory cwd when given (a relative program path is then taken from there),
         with every signal at its default disposition and none blocked.
 
         posix_spawn, not fork: a child must not inherit PID 1's Python state, and the
         kernel reports exec failures (ENOENT, EACCES) straight to the caller.
+        fds: more (fd, number) pairs the child gets (workready fd:N's pipe).
         """
         program = executable or argv[0]
         dups = [(fd, target) for fd, target in ((stdin, 0), (stdout, 1), (stderr, 2)) if fd is not None]
+        dups += list(fds)
         global _libc_spawn
         if _libc_spawn is None:
             _libc_spawn = _LibcSpawn.load()
@@ -692,6 +694,70 @@ class System:
 
     def set_nonblocking(self, fd: int) -> None:
         os.set_blocking(fd, False)
+
+    def pipe_for_child(self, number: int) -> tuple[int, int]:
+        """A close-on-exec pipe whose write end a child gets as its fd number: that end is
+        never number itself (dup2 onto the same fd would leave it close-on-exec)."""
+        import fcntl
+
+        read_end, write_end = os.pipe2(os.O_CLOEXEC)
+        if write_end <= number:
+            moved = fcntl.fcntl(write_end, fcntl.F_DUPFD_CLOEXEC, number + 1)
+            os.close(write_end)
+            write_end = moved
+        return read_end, write_end
+
+    # -- the notify socket (workready notify) ----------------------------------------------
+
+    def notify_socket(self, path: str):
+        """A non-blocking datagram socket bound at path (a stale one replaced), mode 0666 (a
+        workuser service sends too: the credentials decide), passing its senders' credentials.
+        "@name": bound in the abstract namespace instead."""
+        import socket
+
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+            if path.startswith("@"):  # sd_notify's abstract address: no file, no permissions
+                sock.bind("\0" + path[1:])
+                return sock
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            old = os.umask(0o111)
+            try:
+                sock.bind(path)
+            finally:
+                os.umask(old)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+    def receive_credentials(self, sock, buffer: bytearray) -> tuple[int, int | None]:
+        """One datagram into buffer: (its size, the sender's pid or None when the kernel sent
+        no credentials).  BlockingIOError when none waits."""
+        import socket
+        import struct
+
+        ucred = struct.Struct("iII")  # struct ucred: pid, uid, gid
+        size, ancillary, _flags, _address = sock.recvmsg_into([buffer], socket.CMSG_SPACE(ucred.size),
+                                                              socket.MSG_TRUNC)
+        for level, kind, data in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS and len(data) >= ucred.size:
+                return size, ucred.unpack_from(data)[0]
+        return size, None
+
+    def process_of(self, pid: int) -> ProcInfo | None:
+        """pid's ids from /proc (a zombie too: a sender may have exited already); None: gone."""
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                raw = f.read()
+        except OSError:
+            return None
+        fields = raw[raw.rfind(b")") + 2:].split()
+        return ProcInfo(pid, int(fields[1]), int(fields[2]), int(fields[3]), fields[0].decode())
 
     def read(self, fd: int, size: int) -> bytes:
         """Up to size bytes from fd (b"": end of file); BlockingIOError when a

@@ -16,8 +16,8 @@ Guards (methods of the engine, named for what they ask):
   operator_request  the restart was asked for with ``srvctl restart``
   retries_exhausted one more failure restart would exceed workretry.max within workretry.window
   give_up_exits     workretry.action is "exit" (not "stay", which keeps the container up for debugging)
-  keeps_supervising /etc/service daemons, a watched /etc/service or shutdown scripts need the engine:
-                    the thin reaper cannot take over
+  keeps_supervising /etc/service daemons, a watched /etc/service, shutdown scripts or a declared
+                    readiness (workready notify, fd:N) need the engine: the thin reaper cannot take over
 """
 
 # The three ways the service runs, the one list of their names: start.mode picks one

@@ -53,6 +53,7 @@ class Spawn(NamedTuple):
     executable: str | None
     tty_fd: int | None
     cwd: str | None = None
+    fds: tuple = ()  # (fd, number) pairs passed beside stdin/stdout/stderr
 
 
 class Exec(NamedTuple):
@@ -115,6 +116,10 @@ class FakeSystem:
         # fault injection: (method, key) -> exception; key None matches any call
         self.faults: dict[tuple[str, str | None], BaseException] = {}
         self.calls: list[tuple] = []  # every call, in order: (method, *args)
+        # the notify socket: real (the loop selects on it); the sender's pid is this one's
+        self.notify_sender: int | None = None
+        self.notify_paths: set[str] = set()
+        self.child_ends: dict[int, int] = {}  # fd:N -> the service's copy of the pipe (pipe_for_child)
 
     # -- fault injection ------------------------------------------------------------------
 
@@ -140,7 +145,7 @@ class FakeSystem:
 
     # -- processes ---------------------------------------------------------------------
 
-    def spawn(self, argv, env, executable=None, tty_fd=None, stdout=None, stderr=None, cwd=None) -> int:
+    def spawn(self, argv, env, executable=None, tty_fd=None, stdout=None, stderr=None, cwd=None, fds=()) -> int:
         self.calls.append(("spawn", list(argv)))
         program = executable or argv[0]
         self._maybe_fail("spawn", program)
@@ -151,7 +156,7 @@ class FakeSystem:
         # A new session of its own, or (given a terminal) a new process group in ours.
         sid = pid if tty_fd is None else self.procs[self.pid].sid
         self.procs[pid] = ProcInfo(pid, self.pid, pid, sid, "S")
-        self.spawns.append(Spawn(pid, list(argv), dict(env), executable, tty_fd, cwd))
+        self.spawns.append(Spawn(pid, list(argv), dict(env), executable, tty_fd, cwd, tuple(fds)))
         if tty_fd is not None:
             self.give_terminal(tty_fd, pid)
         return pid
@@ -446,6 +451,9 @@ class FakeSystem:
     def remove(self, path: str) -> None:
         path = self._abs(path)
         self.calls.append(("remove", path))
+        if path in self.notify_paths:  # the one real file the fake makes (notify_socket)
+            self.notify_paths.discard(path)
+            os.unlink(path)
         self.files.pop(path, None)
         self.modes.pop(path, None)
 
@@ -558,6 +566,39 @@ class FakeSystem:
 
     def set_nonblocking(self, fd: int) -> None:
         os.set_blocking(fd, False)
+
+    def pipe_for_child(self, number: int) -> tuple[int, int]:
+        """A real pipe; the copy of the write end the child would hold is kept in
+        child_ends[number] (the caller closes it) for a test to write the newline to."""
+        self.calls.append(("pipe_for_child", number))
+        self._maybe_fail("pipe_for_child")
+        read_end, write_end = os.pipe2(os.O_CLOEXEC)
+        self.child_ends[number] = os.dup(write_end)
+        return read_end, write_end
+
+    def notify_socket(self, path: str):
+        """A real datagram socket at path (tests send to it); the sender's credentials are
+        notify_sender's (see receive_credentials)."""
+        import socket
+
+        self.calls.append(("notify_socket", path))
+        self._maybe_fail("notify_socket", path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+        if path.startswith("@"):
+            sock.bind("\0" + path[1:])
+            return sock
+        sock.bind(path)
+        self.notify_paths.add(path)
+        return sock
+
+    def receive_credentials(self, sock, buffer: bytearray) -> tuple[int, int | None]:
+        import socket
+
+        size = sock.recv_into(buffer, len(buffer), socket.MSG_TRUNC)
+        return size, self.notify_sender
+
+    def process_of(self, pid: int):
+        return self.procs.get(pid)
 
     def read(self, fd: int, size: int) -> bytes:
         self._maybe_fail("read")

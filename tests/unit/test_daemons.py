@@ -154,7 +154,7 @@ def test_discovery_spawns_in_name_order_in_the_service_directory(make, lines):
     assert rig.info("idle") | {"name": None} == {"name": None, "state": "down", "pid": None, "uptime": None,
                                                   "last_exit": None, "restarts": 0, "down_file": True,
                                                   "removed": False,
-                                                  "out_of_memory": False}
+                                                  "out_of_memory": False, "ready": None}
     assert rig.info("app")["state"] == "running" and rig.info("app")["down_file"] is False
 
 
@@ -459,7 +459,7 @@ def test_status_fields(make):
     rig.advance(2.5)
     assert rig.info("cron") == {"name": "cron", "state": "running", "pid": 100, "uptime": 2.5,
                                 "last_exit": None, "restarts": 0, "down_file": False, "removed": False,
-                                "out_of_memory": False}
+                                "out_of_memory": False, "ready": None}
     finish = rig.finishing("cron", killed(signal.SIGSEGV)).pid
     assert rig.info("cron") | {"state": "finishing", "pid": None, "uptime": None,
                                "last_exit": 128 + signal.SIGSEGV} == rig.info("cron")
@@ -740,3 +740,42 @@ def test_a_scan_after_the_directory_vanished_stops_nothing(make):
     rig.system.remove_tree(SERVICE)
     rig.advance(SETTLE)
     assert rig.info("cron")["state"] == "running" and rig.system.signals_to(rig.pid("cron")) == []
+
+
+# -- notification-fd (s6's readiness convention) -----------------------------------------------------
+
+
+def test_notification_fd_makes_the_daemon_ready_on_its_newline(make):
+    rig = make("cron", start=False)
+    rig.system.add_dir(f"{SERVICE}/web")
+    rig.system.add_file(f"{SERVICE}/web/notification-fd", "3\n")
+    rig.add("web")
+    rig.start()
+    spawn = rig.runs("web")[-1]
+    assert [number for _, number in spawn.fds] == [3] and rig.runs("cron")[-1].fds == ()
+    assert rig.info("web")["ready"] is False and rig.info("cron")["ready"] is None
+    service_end = rig.system.child_ends.pop(3)
+    try:
+        os.write(service_end, b"up")
+        rig.loop.poll(0)
+        assert rig.info("web")["ready"] is False
+        os.write(service_end, b"\n")
+        rig.loop.poll(1)
+        assert rig.info("web")["ready"] is True
+    finally:
+        os.close(service_end)
+    rig.die(rig.pid("web"), exited(1))
+    rig.advance(10)  # started again: not ready until it says so again
+    assert rig.info("web")["state"] == "running" and rig.info("web")["ready"] is False
+    os.close(rig.system.child_ends.pop(3))
+
+
+def test_a_bad_notification_fd_is_said_once_and_ignored(make, capfd):
+    rig = make(start=False)
+    rig.system.add_dir(f"{SERVICE}/web")
+    rig.system.add_file(f"{SERVICE}/web/notification-fd", "two\n")
+    rig.add("web")
+    rig.start()
+    assert rig.runs("web")[-1].fds == () and rig.info("web")["ready"] is None
+    err = capfd.readouterr().err
+    assert "daemon web: /etc/service/web/notification-fd = 'two': not a file descriptor number" in err

@@ -15,7 +15,9 @@ from fsm_init.history import History
 from fsm_init.journal import Journal
 from fsm_init.kill import Group
 from fsm_init.launch import Launch, service_env
+from fsm_init.loop import EventLoop
 from fsm_init.oom import Watch
+from fsm_init.readiness import Notifier
 from fsm_init.repeats import Repeats
 from fsm_init.resolve_target import Target
 from fsm_init.service import Service
@@ -34,8 +36,10 @@ def config_with(**values) -> dict:
 
 def make_launch(system: FakeSystem, command=None, keeps_supervising=False, **settings):
     released = []
-    launch = Launch(system, make_settings(**settings), Service(system.now), Repeats(), command, "/work",
-                    lambda: keeps_supervising, lambda: released.append(True))
+    service = Service(system.now)
+    notifier = Notifier(system, EventLoop(system, print, print), "/run/fsm-init", service.declared, print)
+    launch = Launch(system, make_settings(**settings), service, Repeats(), command, "/work",
+                    lambda: keeps_supervising, lambda: released.append(True), notifier)
     return launch, released
 
 

@@ -103,6 +103,7 @@ def hostile_status(name: str, text: str) -> dict:
                             "guards": {"checks_passed": False}, "cause": f"check failed (output: {text})"},
         "supporting": {"pppoe": f"running; dialling over eth0 (access concentrator {text})"},
         "daemons": [{"name": name, "state": "running", "pid": 9, "uptime": 1.0, "restarts": 0}],
+        "readiness": {"workready": "notify", "ready": False, "status": text, "phase": None},  # STATUS= as sent
         "pid": 1,
     }
 

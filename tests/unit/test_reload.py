@@ -425,7 +425,8 @@ def test_a_reload_during_the_initdelay_applies_at_its_end(make, monkeypatch):
     due = h.deadline("state")
     calls = []
     monkeypatch.setattr(h.engine.network, "apply_firewall", lambda c, has: calls.append(c["firewall"]["tcpportpmt"]))
-    monkeypatch.setattr(h.engine.network, "apply", lambda step, c, has: calls.append(step))
+    monkeypatch.setattr(h.engine.network, "apply", lambda step, c, has: calls.append(
+        c["firewall"]["tcpportpmt"] if step == "firewall" else step))
     write(h, cfg(initdelay=10, workwatch=0, workstart="./run.sh --new", firewall={"enable": "no", "tcpportpmt": "80"},
                  sshsrv={"enable": "yes"}))
     reply = h.request("reload")

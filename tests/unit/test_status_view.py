@@ -324,6 +324,31 @@ def test_etc_service_daemons_are_listed_with_their_state_pid_and_uptime():
     assert "daemon:     cron: running, pid 12, up 30s\n" in plain + "\n"
 
 
+def test_declared_readiness_and_status_text_are_shown():
+    said = {"workready": "notify", "notified": True, "status": "serving 3 clients", "phase": "reloading",
+            "ready": True, "reason": "the service said it is ready (READY=1)", "ready_for": 12.0}
+    status = snapshot(readiness=said)
+    text = rich_text(status_view.render(frame(status)))
+    assert "ready      yes (workready notify, reloading);" in text and "STATUS: serving 3 clients" in text
+    assert re.search(r"│ fsm-init +pid 1 ", text)  # no fact dropped for the odd one
+    assert "ready:      yes (workready notify, reloading); STATUS: serving 3 clients\n" in \
+        status_view.plain(frame(status))
+    assert "\nready:      yes (workready notify, reloading); STATUS: serving 3 clients\n" in \
+        srvctl.format_status(status) + "\n"
+    # workready checks (and the thin reaper, which has no readiness): no ready line at all.
+    for quiet in (dict(said, workready="checks"), None):
+        assert "ready:" not in srvctl.format_status(snapshot(readiness=quiet))
+        assert "ready:" not in status_view.plain(frame(snapshot(readiness=quiet)))
+
+
+def test_a_daemon_with_notification_fd_says_whether_it_is_ready():
+    daemon = {"name": "web", "state": "running", "pid": 12, "uptime": 3.0, "last_exit": None, "restarts": 0,
+              "down_file": False, "ready": False}
+    assert srvctl.describe_daemon(daemon) == "running, pid 12, up 3s, not ready yet (notification-fd)"
+    assert srvctl.describe_daemon(dict(daemon, ready=True)) == "running, pid 12, up 3s, ready"
+    assert srvctl.describe_daemon(dict(daemon, ready=None)) == "running, pid 12, up 3s"
+
+
 # -- plain text and JSON -------------------------------------------------------------------------------
 
 
