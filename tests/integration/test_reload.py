@@ -179,9 +179,10 @@ def test_workwatch_only_takes_effect_from_the_next_cycle_without_a_restart(sandb
 
 
 def unchanging(status: dict) -> dict:
-    """srvctl status without what moves with time alone (ages, readiness's ready_for)."""
+    """srvctl status without what moves with time alone (ages, and readiness as health)."""
     kept = {k: v for k, v in status.items() if k not in ("since", "uptime", "log_dropped", "healthy")}
-    kept["readiness"] = {k: v for k, v in kept.get("readiness", {}).items() if k != "ready_for"}
+    moving = ("ready", "reason", "ready_for")
+    kept["readiness"] = {k: v for k, v in kept.get("readiness", {}).items() if k not in moving}
     return kept
 
 
