@@ -22,6 +22,7 @@ from fsm_init.kill import Group, Stopper
 from fsm_init.loop import CAUGHT, STOP_SIGNALS, EventLoop
 from fsm_init.settings import Settings
 from fsm_init.system import System, exit_code
+from fsm_init.table import NON_DAEMON
 
 HANDOVER_ENV = "FSM_INIT_HANDOVER"
 # What ps, pidof and docker top show for PID 1 after the hand-over: argv[0] (cmdline)
@@ -200,7 +201,7 @@ class Reaper:
     def snapshot(self) -> dict:
         alive = self.last_exit is None
         return status.snapshot(
-            state=self.state, since=self.system.now() - self.since, mode="non-daemon", period=None,
+            state=self.state, since=self.system.now() - self.since, mode=NON_DAEMON, period=None,
             target=self.target, service_pid=self.pid if alive else None,
             uptime=self.system.now() - self.started if alive else None, run_count=self.run_count, failures=0,
             last_exit=self.last_exit, checks=[], healthy=self.health()[0], last_transition=self.last_transition,
