@@ -25,6 +25,7 @@ import posixpath
 import shlex
 import sys
 
+import fsm_init
 from fsm_init import log
 from fsm_init.settings import Settings
 from fsm_init.supporting import Spec, prepare
@@ -180,7 +181,7 @@ def options_file(user: str, password: str) -> bytes:
 
 def package_root() -> str:
     """The directory fsm_init is imported from, for the helper processes' PYTHONPATH."""
-    return posixpath.dirname(posixpath.dirname(posixpath.abspath(__file__)))
+    return posixpath.dirname(posixpath.dirname(posixpath.abspath(fsm_init.__file__)))
 
 
 def hook_script(event: str, settings: Settings, log_pid: int) -> bytes:
