@@ -94,13 +94,16 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 def test_the_cycle_finder_sees_a_cycle_hidden_in_a_function(tmp_path):
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert cycles({"a": {"b"}, "b": set()}) == []
+    # Made-up module names: the check is about the forms of import, whatever the modules are.
     module = tmp_path / "m.py"
-    module.write_text("import os\nfrom fsm_init import log\n\ndef f():\n    from fsm_init.config import defaults\n"
-                      "    from fsm_init.core import loop, system\n    import fsm_init.client.graph\n")
-    known = {"fsm_init.log", "fsm_init.config", "fsm_init.core", "fsm_init.core.loop", "fsm_init.core.system",
-             "fsm_init.client.graph"}
-    assert module_imports(module, known) == {"fsm_init.log", "fsm_init.config", "fsm_init.core.loop",
-                                             "fsm_init.core.system", "fsm_init.client.graph"}
+    module.write_text("import os\nfrom fsm_init import alpha\n\ndef f():\n    from fsm_init.beta import name\n"
+                      "    from fsm_init.part import gamma, delta\n    import fsm_init.other.epsilon\n")
+    known = {"fsm_init.alpha", "fsm_init.beta", "fsm_init.part", "fsm_init.part.gamma", "fsm_init.part.delta",
+             "fsm_init.other.epsilon"}
+    assert module_imports(module, known) == {"fsm_init.alpha", "fsm_init.beta", "fsm_init.part.gamma",
+                                             "fsm_init.part.delta", "fsm_init.other.epsilon"}
+    assert module_imports(module, known - {"fsm_init.part.delta"}) == {
+        "fsm_init.alpha", "fsm_init.beta", "fsm_init.part", "fsm_init.part.gamma", "fsm_init.other.epsilon"}
 
 
 def test_modules_are_found_in_every_sub_package(tmp_path):
