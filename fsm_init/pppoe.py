@@ -25,7 +25,6 @@ import posixpath
 import shlex
 import sys
 
-import fsm_init
 from fsm_init import log
 from fsm_init.settings import Settings
 from fsm_init.supporting import Spec, prepare
@@ -181,7 +180,7 @@ def options_file(user: str, password: str) -> bytes:
 
 def package_root() -> str:
     """The directory fsm_init is imported from, for the helper processes' PYTHONPATH."""
-    return posixpath.dirname(posixpath.dirname(posixpath.abspath(fsm_init.__file__)))
+    return posixpath.dirname(posixpath.abspath(sys.modules["fsm_init"].__path__[0]))
 
 
 def hook_script(event: str, settings: Settings, log_pid: int) -> bytes:

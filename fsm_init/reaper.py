@@ -14,7 +14,6 @@ import signal
 import socket
 import sys
 
-import fsm_init
 from fsm_init import log, status
 from fsm_init.control import NOT_SUPERVISED, ControlServer
 from fsm_init.forwarded import ForwardLog
@@ -38,7 +37,8 @@ def hand_over(system: System, loop: EventLoop, state: dict) -> None:
     log.info("init steps done: handing PID duties to the thin reaper")
     # -I -S: no site-packages scan and no .pth files (about 2 MB of RSS); the package's
     # own directory is put on sys.path explicitly instead.
-    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(fsm_init.__file__)))
+    # (the directory above the fsm_init package, wherever this module sits in it)
+    package_parent = os.path.dirname(os.path.abspath(sys.modules["fsm_init"].__path__[0]))
     code = f"import sys; sys.path.insert(0, {package_parent!r}); from fsm_init.reaper import main; main()"
     # From here a signal stays pending, blocked, across the exec until the reaper's handlers
     # are in.  One caught a moment before (its number waiting in the wake-up pipe, which the

@@ -21,7 +21,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import fsm_init
 from fsm_init import dial, log, output, srvctl, status_view
 from fsm_init import syslog_relay as sr
 from fsm_init.loop import EventLoop
@@ -321,7 +320,7 @@ def test_a_process_with_a_stalled_stderr_keeps_going():
             "print(log.dropped(), flush=True)")
     r, w = os.pipe()
     try:
-        done = subprocess.run([sys.executable, "-c", code, str(os.path.dirname(os.path.dirname(fsm_init.__file__)))],
+        done = subprocess.run([sys.executable, "-c", code, str(os.path.dirname(os.path.dirname(log.__file__)))],
                               stderr=w, stdout=subprocess.PIPE, timeout=30)
     finally:
         os.close(w)
@@ -419,7 +418,7 @@ def test_the_poll_fallback_never_blocks_either():
             "print(log.dropped(), flush=True)")
     r, w = os.pipe()
     try:
-        done = subprocess.run([sys.executable, "-c", code, str(os.path.dirname(os.path.dirname(fsm_init.__file__)))],
+        done = subprocess.run([sys.executable, "-c", code, str(os.path.dirname(os.path.dirname(log.__file__)))],
                               stderr=w, stdout=subprocess.PIPE, timeout=30)
     finally:
         os.close(w)
