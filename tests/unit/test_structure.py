@@ -180,7 +180,7 @@ def third_party_imports(path: Path) -> set[str]:
 
 
 def moved() -> bool:
-    return any((PACKAGE / name).is_dir() for name in LAYERS if name)
+    return any((PACKAGE / name / "__init__.py").is_file() for name in LAYERS if name)
 
 
 def test_the_rule_check_sees_a_forbidden_import():
