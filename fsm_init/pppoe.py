@@ -180,7 +180,7 @@ def options_file(user: str, password: str) -> bytes:
 
 def package_root() -> str:
     """The directory fsm_init is imported from, for the helper processes' PYTHONPATH."""
-    return posixpath.dirname(posixpath.dirname(posixpath.abspath(__file__)))
+    return posixpath.dirname(posixpath.abspath(sys.modules["fsm_init"].__path__[0]))
 
 
 def hook_script(event: str, settings: Settings, log_pid: int) -> bytes:

@@ -24,6 +24,7 @@ from fsm_init.loop import CAUGHT, STOP_SIGNALS, EventLoop
 from fsm_init.metrics import Metrics
 from fsm_init.settings import Settings
 from fsm_init.system import System, exit_code
+from fsm_init.table import NON_DAEMON
 
 HANDOVER_ENV = "FSM_INIT_HANDOVER"
 # What ps, pidof and docker top show for PID 1 after the hand-over: argv[0] (cmdline)
@@ -38,7 +39,8 @@ def hand_over(system: System, loop: EventLoop, state: dict) -> None:
     log.info("init steps done: handing PID duties to the thin reaper")
     # -I -S: no site-packages scan and no .pth files (about 2 MB of RSS); the package's
     # own directory is put on sys.path explicitly instead.
-    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    # (the directory above the fsm_init package, wherever this module sits in it)
+    package_parent = os.path.dirname(os.path.abspath(sys.modules["fsm_init"].__path__[0]))
     code = f"import sys; sys.path.insert(0, {package_parent!r}); from fsm_init.reaper import main; main()"
     # From here a signal stays pending, blocked, across the exec until the reaper's handlers
     # are in.  One caught a moment before (its number waiting in the wake-up pipe, which the
@@ -232,7 +234,7 @@ class Reaper:
     def snapshot(self) -> dict:
         alive = self.last_exit is None
         return status.snapshot(
-            state=self.state, since=self.system.now() - self.since, mode="non-daemon", period=None,
+            state=self.state, since=self.system.now() - self.since, mode=NON_DAEMON, period=None,
             target=self.target, service_pid=self.pid if alive else None,
             uptime=self.system.now() - self.started if alive else None, run_count=self.run_count, failures=0,
             last_exit=self.last_exit, checks=[], healthy=self.health()[0], last_transition=self.last_transition,

@@ -407,7 +407,7 @@ def test_no_scheduling_reads_the_wall_clock():
         ("engine.py", "__init__"), ("journal.py", "__init__"), ("load_config.py", "__init__"),  # ... given to FileWrites
     }
     found = set()
-    for path in sorted(package.glob("*.py")):
+    for path in sorted(package.rglob("*.py")):
         tree = ast.parse(path.read_text())
         for func in [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]:
             for node in ast.walk(func):
