@@ -240,11 +240,3 @@ class StopBudget:
         self._close_item(now)
         self.item_span = _Span(name, now)
         self.parts[-1].items.append(self.item_span)
-
-    def script_done(self, path: str, status: int | None) -> bool:
-        """A shutdown script's end (foreground.run_in_turn's after_each): reported, never fatal."""
-        from fsm_init.foreground import carry_on, name
-
-        if status is None:
-            self.note(f"{name(path)} killed after {self.given:.1f}s")
-        return carry_on(self.given, path, status)

@@ -101,7 +101,14 @@ class ScriptSteps:
         grace = engine.settings.stop_grace
         cause = f"{len(paths)} script(s) of {directory} run" if paths else f"no script in {directory}"
         engine.foreground.run_in_turn(paths, partial(engine.budget.grace, grace, False), self.environ,
-                                      engine.budget.script_done, lambda: engine.fire("done", cause), "shutdown script")
+                                      self.shutdown_script_done, lambda: engine.fire("done", cause), "shutdown script")
+
+    def shutdown_script_done(self, path: str, status: int | None) -> bool:
+        """A shutdown script's end: reported, never fatal; a kill noted in the stop's time line."""
+        budget = self.engine.budget
+        if status is None:
+            budget.note(f"{foreground.name(path)} killed after {budget.given:.1f}s")
+        return carry_on(budget.given, path, status)
 
     def check_graces(self, daemons: int, finish_scripts: int) -> None:
         """At start-up, once: do the stop path's graces fit Docker's 10 s (budget.check_graces)?"""
