@@ -127,6 +127,91 @@ def test_web_serves_checks_publishes_ships_its_log_and_is_restarted_when_killed(
     assert "web-httpd is not running" in run.log + run.output
 
 
+# -- web: readiness it declares (workready "fd:3") ---------------------------------------------
+
+# python3 as web-start.sh finds it first on its PATH, in /usr/local/bin of the namespace's own
+# mount namespace (an overlay the launcher mounts; the machine's is untouched): the real
+# python3, under the name web-start.sh gave it (#! loses argv[0]), once the test lets it.
+PYTHON_AFTER_GATE = """#!/bin/bash
+for _ in $(seq 600); do
+    [ -e {gate} ] && exec -a web-httpd {python} "$@"
+    sleep 0.05
+done
+exit 1
+"""
+OVER_USR_LOCAL_BIN = 'mount -t overlay overlay -o "lowerdir=$0:/usr/local/bin" /usr/local/bin && exec "$@"'
+
+
+def holders(run, target: str) -> list[int]:
+    """Host pids of the namespace's processes with target (e.g. "pipe:[123]") open."""
+    found = []
+    for pid in run.namespace_pids():
+        try:
+            names = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+        except OSError:
+            continue
+        if target in names:
+            found.append(pid)
+    return found
+
+
+@needs_pid_namespace
+def test_web_is_ready_once_its_server_listens_and_says_so_on_fd_3(examples):
+    shims, gate = examples.root / "shims", examples.root / "listen"
+    shims.mkdir()
+    python = shutil.which("python3", path="/usr/sbin:/usr/bin:/sbin:/bin")
+    (shims / "python3").write_text(PYTHON_AFTER_GATE.format(gate=gate, python=python))
+    (shims / "python3").chmod(0o755)
+    # The shipped config (workready "fd:3"), with a first check after 5 s, not 2: the test
+    # looks at the instance before its server runs, and a failed check would restart it.
+    run = examples.start(SRVNAME="web", SRVCFG=json.dumps(shipped_config("web", workintvl=5)),
+                         launcher=("sh", "-c", OVER_USR_LOCAL_BIN, str(shims)))
+
+    # Before the server listens: web-start.sh has exec'd web-httpd.py with fd 3, the pipe
+    # fsm-init reads; not ready, and srvctl health says what it waits for.
+    def held_back():
+        return next((p for p in run.namespace_pids() if cmdline(p)[1:2] == ["/usr/local/bin/python3"]), None)
+    waiting = wait_for(held_back, what=f"web-start.sh to exec python3\n{run.log}")
+    assert cmdline(waiting)[2:5] == ["-u", "./web-httpd.py", "3"], cmdline(waiting)
+    pipe = os.readlink(f"/proc/{waiting}/fd/3")
+    assert pipe.startswith("pipe:["), pipe
+    readiness = run.status()["readiness"]
+    assert (readiness["workready"], readiness["notified"], readiness["ready"]) == ("fd:3", False, False), readiness
+    answer = run.srvctl("health")
+    assert answer.returncode == 1 and "waiting for a newline on file descriptor 3" in answer.stdout, answer
+    assert ":8080 " not in in_netns(run, "ss", "-ltn").stdout
+    # Its helpers (logship, the tee of the request log) closed their copies: only the
+    # server-to-be and fsm-init (the read end) hold the pipe.
+    wait_for(lambda: sorted(holders(run, pipe)) == sorted([run.pid1, waiting]), 10,
+             f"the helpers to close fd 3: {holders(run, pipe)} ({run.pid1}, {waiting})")
+
+    # The server starts: once it listens it says so, and after a passed check it is ready.
+    gate.touch()
+    notified = wait_for(lambda: run.status()["readiness"]["notified"], 10, f"the newline on fd 3\n{run.log}")
+    assert notified and ":8080 " in in_netns(run, "ss", "-ltn").stdout
+    wait_for(lambda: run.srvctl("health").returncode == 0, 20, f"srvctl health 0\n{run.log}", interval=0.1)
+    status = run.status()
+    readiness = status["readiness"]
+    assert (readiness["workready"], readiness["notified"], readiness["ready"]) == ("fd:3", True, True), status
+    assert {c["name"]: c["exit"] for c in status["checks"]}.get("PeriodicST-http") == 0, status
+    assert "workready fd:3: the service says it is ready" in run.log
+    # Nobody holds the pipe any more: fsm-init closed its end at the newline, the server its own.
+    [httpd] = named(run, "web-httpd")
+    assert cmdline(httpd)[1:4] == ["-u", "./web-httpd.py", "3"], cmdline(httpd)
+    wait_for(lambda: holders(run, pipe) == [], 5, f"fd 3 closed: {holders(run, pipe)}")
+
+
+@needs_pid_namespace
+def test_web_without_workready_fd_runs_http_server_as_before(examples):
+    config = shipped_config("web")
+    del config["workready"]
+    run = examples.start(SRVNAME="web", SRVCFG=json.dumps(config))
+    status = healthy(run, "PeriodicST-http")
+    assert status["readiness"]["workready"] == "checks" and status["readiness"]["ready"] is True, status
+    [httpd] = named(run, "web-httpd")
+    assert cmdline(httpd)[1:4] == ["-u", "-m", "http.server"], cmdline(httpd)
+
+
 # -- logship: daemon mode ----------------------------------------------------------------------
 
 @needs_pid_namespace
@@ -263,7 +348,10 @@ def test_the_kubernetes_example_probes_over_http_and_stops_within_its_grace_peri
     block = re.search(r"workcfg.json: \|\n((?:    .*\n)+)", text).group(1)
     workcfg = json.loads(block)
     assert not config_schema.validate(workcfg)[1]
-    assert workcfg["workstart"] == json.loads((EXAMPLES / srvname / "workcfg.json").read_text())["workstart"]
+    shipped = json.loads((EXAMPLES / srvname / "workcfg.json").read_text())
+    assert workcfg["workstart"] == shipped["workstart"]
+    # Ready when web-httpd says it listens (a newline on its fd 3) and a check cycle passed.
+    assert workcfg["workready"] == shipped["workready"] == "fd:3"
 
 
 def test_the_compose_example_configs_are_valid():
@@ -278,6 +366,10 @@ def test_the_compose_example_configs_are_valid():
     # Each container's stop budget a little under its stop_grace_period (issue 16).
     blocks = re.split(r"\n  (?=\w+:\n)", text.split("\nservices:\n")[1].split("\nvolumes:\n")[0])
     assert len(blocks) == 3
+    # web passes no SRVCFG: its own workcfg.json, which declares readiness on fd 3.
+    [web] = [block for block in blocks if "SRVNAME: web" in block]
+    assert not re.search(r"^ +SRVCFG:", web, re.M) and '"workready": "fd:3"' in web
+    assert json.loads((EXAMPLES / "web/workcfg.json").read_text())["workready"] == "fd:3"
     for block in blocks:
         period = int(re.search(r"stop_grace_period: (\d+)s", block).group(1))
         assert period - 2 <= int(re.search(r'FSM_INIT_STOP_BUDGET: "(\d+)"', block).group(1)) < period, block
