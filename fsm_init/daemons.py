@@ -539,6 +539,9 @@ class Daemons:
                     self.budget.item(name)  # the time line shows each daemon's stop
                 if daemon.state == "running":
                     daemon.terminate()
+                else:  # its stop or finish began before the stop path, with its own grace
+                    daemon.stopper.to_budget()
+                    daemon.finish_limit.to_budget()
                 return
         then, self.then = self.then, None
         if then:

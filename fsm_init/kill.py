@@ -85,6 +85,8 @@ class Stopper:
         self.system, self.loop, self.budget = system, loop, budget
         self.kill_deadline, self.poll_deadline = f"{name}-kill", f"{name}-poll"
         self.graces = (0.0, 0.0, "")  # the grace given, the caller's own and what it was for: the budget's note
+        self.began = 0.0  # when the grace began (System.now's clock)
+        self.killing = False  # SIGKILL sent: the kill deadline is now the wait for the kernel
         # Set by _start (or time_limit) while a group is being stopped.
         self.find: Callable[[], object] | None = None
         self.send: Callable[[int], int] | None = None
@@ -107,7 +109,26 @@ class Stopper:
     def _limit(self, grace: float, what: str = "") -> float:
         given = self.budget.grace(grace) if self.budget else grace
         self.graces = (given, grace, what)
+        self.began, self.killing = self.system.now(), False
         return given
+
+    def to_budget(self) -> None:
+        """A stop or time limit begun before the stop path, with the caller's own grace
+        (a daemon's restart, its finish script): its KILL, or its wait for the kernel
+        after one, brought forward to what the stop budget leaves now."""
+        due = self.loop.due(self.kill_deadline)
+        if not self.budget or not self.budget.active or self.send is None or due is None:
+            return
+        now = self.system.now()
+        if self.killing:
+            if now + self.budget.settle(KILL_SETTLE) < due:
+                self.loop.call_later(self.kill_deadline, self.budget.settle(KILL_SETTLE), self._finish)
+            return
+        _, own, what = self.graces
+        grace = self.budget.grace(own)
+        if now + grace < due:
+            self.graces = (now - self.began + grace, own, what)
+            self.loop.call_later(self.kill_deadline, grace, self._kill)
 
     def _start(self, find, send, sig: int, grace: float, then, label: str) -> None:
         self.find, self.send, self.then, self.label = find, send, then, label
@@ -150,6 +171,7 @@ class Stopper:
 
     def _kill(self) -> None:
         assert self.send is not None  # only scheduled by _start or time_limit
+        self.killing = True
         count = self.send(signal.SIGKILL)
         if count:
             log.warn(f"{self.label} outlived the grace time: sent SIGKILL to {count} process(es)")

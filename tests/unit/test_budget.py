@@ -320,3 +320,58 @@ def test_each_daemon_and_its_finish_script_get_no_more_than_what_is_left(lines):
                      r"alpha \d\.\ds: KILL after 0\.0s of 5s grace\)", lines[-1]), lines[-1]
     fakes.close_loop(rig.loop)
     rig.system.close_watches()
+
+
+def test_a_daemon_stop_begun_before_the_stop_path_is_cut_to_what_the_budget_leaves(lines):
+    rig = DaemonRig(4.0)  # shares: service 1 s, leftovers 0.6 s
+    rig.system.add_dir(f"{SERVICE}/alpha")
+    rig.system.add_script(f"{SERVICE}/alpha/run")
+    rig.daemons.start_all(SERVICE, {})
+    fakes.pump(rig)
+    run = rig.system.spawns[-1].pid
+    rig.system.stubborn(run)
+    began = rig.system.clock
+    # `srvctl stop alpha` (or a restart of it) a moment before the stop: its own 5 s grace.
+    assert rig.daemons.request("stop", "alpha")[0]
+    assert rig.loop.due("daemon-alpha-stop-kill") == pytest.approx(began + 5.0)
+    rig.budget.entering("pre_shutdown")
+    rig.budget.entering("stop_daemons")
+    done = []
+    rig.daemons.stop_all(lambda: done.append(rig.system.clock))
+    # Its KILL no later than the budget allows the daemons' part: 4 - 0.6 - the wait after KILL.
+    assert rig.loop.due("daemon-alpha-stop-kill") == pytest.approx(began + 4 - 0.6 - KILL_WAIT)
+    fakes.advance(rig, 4.0)
+    assert done and done[0] - began <= 4 - 0.6
+    assert rig.system.signals_to(run) == [signal.SIGTERM, signal.SIGKILL]
+    rig.budget.entering("teardown")
+    rig.budget.entering("exited")
+    assert re.search(r"alpha \d\.\ds: KILL after 3\.1s of 5s grace", lines[-1]), lines[-1]
+    fakes.close_loop(rig.loop)
+    rig.system.close_watches()
+
+
+def test_a_finish_script_begun_before_the_stop_path_is_cut_to_what_the_budget_leaves(lines):
+    rig = DaemonRig(4.0)
+    rig.system.add_dir(f"{SERVICE}/alpha")
+    rig.system.add_script(f"{SERVICE}/alpha/run")
+    rig.system.add_script(f"{SERVICE}/alpha/finish")
+    rig.daemons.start_all(SERVICE, {})
+    fakes.pump(rig)
+    run = rig.system.spawns[-1].pid
+    began = rig.system.clock
+    fakes.child_exit(rig, run, 1 << 8)  # run exits 1: its finish runs, with 5 s to finish
+    fakes.pump(rig)
+    finish = rig.system.spawns[-1]
+    assert finish.argv[0] == f"{SERVICE}/alpha/finish"
+    rig.system.stubborn(finish.pid)
+    assert rig.loop.due("daemon-alpha-finish-kill") == pytest.approx(began + 5.0)
+    rig.budget.entering("pre_shutdown")
+    rig.budget.entering("stop_daemons")
+    done = []
+    rig.daemons.stop_all(lambda: done.append(rig.system.clock))
+    assert rig.loop.due("daemon-alpha-finish-kill") == pytest.approx(began + 4 - 0.6 - KILL_WAIT)
+    fakes.advance(rig, 4.0)
+    assert done and done[0] - began <= 4 - 0.6
+    assert rig.system.signals_to(finish.pid) == [signal.SIGKILL]
+    fakes.close_loop(rig.loop)
+    rig.system.close_watches()
