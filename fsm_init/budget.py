@@ -199,7 +199,13 @@ class StopBudget:
         the current part may take: its own, cut to what is left."""
         given = own
         if self.active:
-            given = min(own, max(0.0, self.left() - (KILL_WAIT if kill_wait else 0.0)))
+            left, wait = max(0.0, self.left()), KILL_WAIT if kill_wait else 0.0
+            if self.parts and self.parts[-1].name in self.reserves:
+                # The service and the leftovers: the wait after their KILL takes at most half
+                # of what is left, so that a share under 2 x KILL_WAIT (a budget under 2 or
+                # 3 s) still gives TERM a chance.
+                wait = min(wait, left / 2)
+            given = min(own, max(0.0, left - wait))
         self.given = given
         return given
 

@@ -375,3 +375,18 @@ def test_a_finish_script_begun_before_the_stop_path_is_cut_to_what_the_budget_le
     assert rig.system.signals_to(finish.pid) == [signal.SIGKILL]
     fakes.close_loop(rig.loop)
     rig.system.close_watches()
+
+
+def test_a_budget_under_a_second_still_gives_the_service_and_the_leftovers_some_grace():
+    b, clock = budget_of(0.5)  # shares: service 0.125 s, leftovers 0.075 s: less than the wait after a KILL
+    b.entering("pre_shutdown")
+    assert b.grace(5.0, kill_wait=False) == pytest.approx(0.3)
+    clock.t += 0.3  # a shutdown script took all it was allowed
+    b.entering("stopping")
+    # TERM gets half the service's share, the wait after its KILL the other half.
+    assert b.grace(5.0) == pytest.approx(0.125 / 2)
+    clock.t += 0.125
+    b.entering("stop_daemons")
+    assert b.grace(5.0) == 0.0
+    b.entering("teardown")
+    assert b.grace(2.0) == pytest.approx(0.075 / 2)
