@@ -183,8 +183,9 @@ class Engine:
         log.exception(error)
         if self.state in STOPPABLE:
             self.fire("stop", f"internal error: {error!r}")
-        elif self.state != "exited":
-            self.loop.call_later("state", 0, lambda: self.fire("done", f"internal error: {error!r}"))
+        elif self.state != "exited":  # on the stop path: on to its next state ("stopping" waits for group_gone)
+            trigger = "group_gone" if self.state == "stopping" else "done"
+            self.loop.call_later("state", 0, lambda: self.fire(trigger, f"internal error: {error!r}"))
 
     # -- guards --------------------------------------------------------------------
 

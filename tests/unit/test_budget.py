@@ -390,3 +390,25 @@ def test_a_budget_under_a_second_still_gives_the_service_and_the_leftovers_some_
     assert b.grace(5.0) == 0.0
     b.entering("teardown")
     assert b.grace(2.0) == pytest.approx(0.075 / 2)
+
+
+def test_an_internal_error_while_stopping_the_service_still_ends_the_stop_within_the_budget(lines, monkeypatch):
+    h = stubborn_container(stop_budget=4.0)
+    service = h.engine.service.instance.pid
+    monkeypatch.setattr(log, "exception", lambda error: None)
+
+    def fails_in_stopping(*_args, **_kwargs):
+        raise RuntimeError("injected fault")
+
+    monkeypatch.setattr(h.engine.supervise, "stop_service", fails_in_stopping)
+    began = h.system.clock
+    h.signal(signal.SIGTERM)
+    h.exit(spawned(h, f"{PRE_D}/10-pre"), 0)
+    h.advance(4.0)
+    # "stopping" is left by group_gone, not done: the stop path goes on (the leftovers'
+    # sweep ends the service) instead of waiting there for the runtime's SIGKILL.
+    assert h.state == "exited", h.engine.history.cause
+    assert h.system.clock - began <= 4.0 and not h.system.alive(service)
+    assert "error: internal error in state stopping: RuntimeError('injected fault')" in lines
+    assert h.engine.exit_status == 128 + signal.SIGKILL  # the service, KILLed by the sweep: never 0
+    h.close()
