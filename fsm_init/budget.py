@@ -136,7 +136,6 @@ class StopBudget:
         self.began: float | None = None  # when the stop path began
         self.parts: list[_Span] = []
         self.item_span: _Span | None = None  # the daemon being stopped
-        self.given = 0.0  # the last grace or time-out given
         self.report: dict | None = None  # the time line, once the stop is over
 
     @property
@@ -206,7 +205,6 @@ class StopBudget:
                 # 3 s) still gives TERM a chance.
                 wait = min(wait, left / 2)
             given = min(own, max(0.0, left - wait))
-        self.given = given
         return given
 
     def settle(self, own: float) -> float:

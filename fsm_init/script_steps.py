@@ -36,6 +36,7 @@ class Engine(Protocol):
 class ScriptSteps:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self.timeout = 0.0  # the running shutdown script's time-out (what the stop budget gave it)
 
     def environ(self) -> dict:
         return self.engine.environ
@@ -100,15 +101,20 @@ class ScriptSteps:
         paths = foreground.shutdown_scripts(directory, engine.settings, engine.system)
         grace = engine.settings.stop_grace
         cause = f"{len(paths)} script(s) of {directory} run" if paths else f"no script in {directory}"
-        engine.foreground.run_in_turn(paths, partial(engine.budget.grace, grace, False), self.environ,
+        engine.foreground.run_in_turn(paths, partial(self.shutdown_timeout, grace), self.environ,
                                       self.shutdown_script_done, lambda: engine.fire("done", cause), "shutdown script")
+
+    def shutdown_timeout(self, grace: float) -> float:
+        """A shutdown script's time-out: its grace, cut to what the stop budget leaves; kept
+        for its end (other stops, a daemon's, ask the budget meanwhile)."""
+        self.timeout = self.engine.budget.grace(grace, False)
+        return self.timeout
 
     def shutdown_script_done(self, path: str, status: int | None) -> bool:
         """A shutdown script's end: reported, never fatal; a kill noted in the stop's time line."""
-        budget = self.engine.budget
         if status is None:
-            budget.note(f"{foreground.name(path)} killed after {budget.given:.1f}s")
-        return carry_on(budget.given, path, status)
+            self.engine.budget.note(f"{foreground.name(path)} killed after {self.timeout:.1f}s")
+        return carry_on(self.timeout, path, status)
 
     def check_graces(self, daemons: int, finish_scripts: int) -> None:
         """At start-up, once: do the stop path's graces fit Docker's 10 s (budget.check_graces)?"""

@@ -412,3 +412,20 @@ def test_an_internal_error_while_stopping_the_service_still_ends_the_stop_within
     assert "error: internal error in state stopping: RuntimeError('injected fault')" in lines
     assert h.engine.exit_status == 128 + signal.SIGKILL  # the service, KILLed by the sweep: never 0
     h.close()
+
+
+def test_a_shutdown_scripts_kill_is_noted_with_its_own_time_out_whatever_else_asked_the_budget(lines):
+    h = stubborn_container(stop_budget=4.0)
+    began = h.system.clock
+    h.signal(signal.SIGTERM)
+    assert h.deadline("script") == pytest.approx(began + 2.4)
+    h.advance(1.0)
+    # A daemon's run exits meanwhile: the stop of what it left in its session asks the budget too.
+    h.exit(spawned(h, f"{SERVICE}/alpha/run"), 0)
+    h.advance(1.4)  # the script's time-out: killed
+    assert h.state == "stopping"
+    assert "error: /etc/my_init.pre_shutdown.d/10-pre timed out after 2.4s and was killed; carrying on" in lines
+    h.advance(4.0)
+    said = [line for line in lines if line.startswith("stop took")]
+    assert len(said) == 1 and "pre-shutdown 2.4s (10-pre killed after 2.4s)" in said[0], said
+    h.close()
