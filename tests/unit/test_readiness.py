@@ -378,6 +378,9 @@ def test_engine_restarts_a_service_whose_watchdog_stops(engine_for):
     h.advance(1)
     assert h.state == "watch" and h.engine.service.instance.pid != first
     assert h.engine.service.failures == 1  # a failure restart, with the back-off
+    # the metrics name the watchdog, not srvctl restart (the trigger the engine fires)
+    assert 'fsm_init_service_restarts_total{cause="watchdog"} 1\n' in h.engine.metrics.render("watch", None)
+    assert 'fsm_init_service_restarts_total{cause="request"} 0\n' in h.engine.metrics.render("watch", None)
 
 
 def test_engine_keeps_the_engine_for_a_declared_readiness(engine_for):
