@@ -143,6 +143,7 @@ def family(out, name, kind, text, samples, suffix="", unit="") -> None:
 
 def label_value(text: str) -> str:
     """A label value as OpenMetrics writes it (backslash, quote and newline escaped); other
-    control characters (a file name is a child's text) become U+FFFD, never raw."""
+    control characters (a file name is a child's text) and the surrogates of a name that is
+    not UTF-8 (os.listdir's escapes, which no encoder takes) become U+FFFD, never raw."""
     text = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-    return "".join("\ufffd" if ord(c) < 0x20 or ord(c) == 0x7f else c for c in text)
+    return "".join("\ufffd" if ord(c) < 0x20 or ord(c) == 0x7f or 0xd800 <= ord(c) < 0xe000 else c for c in text)

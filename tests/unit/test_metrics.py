@@ -159,6 +159,17 @@ def test_daemon_restarts_by_daemon_and_hostile_names_escaped():
     assert value(samples, "fsm_init_service_ready_seconds") == 3
 
 
+def test_a_name_that_is_not_utf8_is_still_valid_text():
+    """A daemon directory or check script named with bytes that are not UTF-8 (os.listdir's
+    surrogate escapes): the exposition must still encode (GET /metrics would answer 500)."""
+    m = metrics.Metrics()
+    m.checks_done([type("R", (), {"name": "PeriodicST-\udcff", "exit": 0, "duration": 0.5})()])
+    text = m.render("watch", None, [{"name": "web\udcfe", "restarts": 1}])
+    samples = parsed(text.encode().decode())
+    assert value(samples, "fsm_init_daemon_restarts_total", daemon="web\ufffd") == 1
+    assert value(samples, "fsm_init_check_runs_total", script="PeriodicST-\ufffd", result="passed") == 1
+
+
 def test_srvctl_metrics_is_answered_on_the_control_socket():
     h = app({"workwatch": 0, "workintvl": 1})
     try:
