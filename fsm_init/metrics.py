@@ -59,6 +59,7 @@ class Metrics:
                 self.restarts[self.cause or "request"] += 1
             self.starts += 1
             self.cause = ""
+            self.service_oom = False  # an earlier instance's kill (one whose exit was no transition)
         elif trigger == "service_exit" and dest == "restart":
             self.cause = "oom" if self.service_oom else "exit"
         elif trigger == "checks_done" and dest == "restart":

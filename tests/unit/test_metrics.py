@@ -135,6 +135,20 @@ def test_a_daemon_mode_exit_and_an_oom_kill_are_told_apart():
         h.close()
 
 
+def test_an_oom_kill_that_ended_no_transition_is_not_the_next_instance_s_cause():
+    """The instance being stopped for srvctl restart dies of the OOM killer (its exit is no
+    transition: the engine is in restart already); the next instance's plain exit is "exit"."""
+    m = metrics.Metrics()
+    m.transition("pppoe", "start", "done")
+    m.transition("watch", "restart", "restart_request")
+    m.oom_kill("service")  # while it is stopped: service_exit is no transition in restart
+    m.transition("pppoe", "start", "done")
+    m.transition("watch", "restart", "service_exit")
+    m.transition("pppoe", "start", "done")
+    assert m.restarts["request"] == 1 and m.restarts["exit"] == 1 and m.restarts["oom"] == 0
+    assert m.oom_kills["service"] == 1
+
+
 def test_a_spawn_failure_is_a_restart_cause():
     fake = FakeSystem()
     h = app({"workwatch": 0, "workintvl": 1}, fake=fake)
