@@ -24,6 +24,22 @@ TIMEOUT = 20.0
 HOST_CHAIN_PREFIXES = ("DOCKER", "KUBE-", "CNI-", "LIBVIRT_", "ufw-", "ufw6-", "f2b-", "FLANNEL", "CILIUM", "cali-")
 
 
+def http_port(raw: str) -> int | None:
+    """FSM_INIT_HTTP's port, to be permitted: None when unset, invalid (http_probes says so)
+    or on loopback (the rules accept -i lo)."""
+    if not raw:
+        return None
+    from fsm_init.http_probes import parse_address
+
+    try:
+        host, port, _ = parse_address(raw)
+    except ValueError:
+        return None
+    import ipaddress
+
+    return None if ipaddress.ip_address(host).is_loopback else port
+
+
 def enabled(config: dict, has_config: bool) -> bool:
     return has_config and config["firewall"]["enable"] == "yes"
 
@@ -48,6 +64,7 @@ class Firewall:
         permits = rules.Permits.from_config(config)
         if not ssh_up:
             permits = permits._replace(ssh_port=None)
+        permits = permits._replace(http_port=http_port(getattr(self.settings, "http", "")))
         families = [rules.IPV4] + ([rules.IPV6] if self.system.read_bytes(IF_INET6) is not None else [])
         wanted = {family.name: rules.policy(permits, family) for family in families}
         text = "".join(f"# {name}\n{rules.policy_text(policy)}" for name, policy in wanted.items())
