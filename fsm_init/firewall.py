@@ -27,17 +27,19 @@ HOST_CHAIN_PREFIXES = ("DOCKER", "KUBE-", "CNI-", "LIBVIRT_", "ufw-", "ufw6-", "
 def http_port(raw: str) -> int | None:
     """FSM_INIT_HTTP's port, to be permitted: None when unset, invalid (http_probes says so)
     or on loopback (the rules accept -i lo)."""
-    if not raw:
-        return None
-    from fsm_init.http_probes import parse_address
+    import ipaddress  # only with FSM_INIT_HTTP; http_probes.parse_address's rule, not its import (another part)
 
+    host, _, port = raw.rpartition(":")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    bracketed = host.startswith("[") and host.endswith("]")
     try:
-        host, port, _ = parse_address(raw)
+        address = ipaddress.ip_address(host[1:-1] if bracketed else host)
     except ValueError:
         return None
-    import ipaddress
-
-    return None if ipaddress.ip_address(host).is_loopback else port
+    if (address.version == 6) != bracketed:  # what http_probes refuses listens nowhere: no permit
+        return None
+    return None if address.is_loopback else int(port)
 
 
 def enabled(config: dict, has_config: bool) -> bool:

@@ -277,7 +277,8 @@ def test_ssh_permit_only_when_ssh_is_enabled():
 
 
 @pytest.mark.parametrize("http, permitted", [
-    ("0.0.0.0:9000", 9000), ("[::]:9100", 9100), ("127.0.0.1:9000", None), ("", None), ("nonsense", None)])
+    ("0.0.0.0:9000", 9000), ("[::]:9100", 9100), ("127.0.0.1:9000", None), ("", None), ("nonsense", None),
+    ("::1:9000", None), ("[::1]:9000", None), ("0.0.0.0:0", None)])
 def test_the_http_probes_port_is_permitted_unless_on_loopback(system, v4, http, permitted):
     """FSM_INIT_HTTP on 0.0.0.0 is for the kubelet or a scrape from outside: the rules this
     step applies must not reject it (loopback is accepted anyway, -i lo)."""
