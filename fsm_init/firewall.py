@@ -24,6 +24,24 @@ TIMEOUT = 20.0
 HOST_CHAIN_PREFIXES = ("DOCKER", "KUBE-", "CNI-", "LIBVIRT_", "ufw-", "ufw6-", "f2b-", "FLANNEL", "CILIUM", "cali-")
 
 
+def http_port(raw: str) -> int | None:
+    """FSM_INIT_HTTP's port, to be permitted: None when unset, invalid (http_probes says so)
+    or on loopback (the rules accept -i lo)."""
+    import ipaddress  # only with FSM_INIT_HTTP; http_probes.parse_address's rule, not its import (another part)
+
+    host, _, port = raw.rpartition(":")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    bracketed = host.startswith("[") and host.endswith("]")
+    try:
+        address = ipaddress.ip_address(host[1:-1] if bracketed else host)
+    except ValueError:
+        return None
+    if (address.version == 6) != bracketed:  # what http_probes refuses listens nowhere: no permit
+        return None
+    return None if address.is_loopback else int(port)
+
+
 def enabled(config: dict, has_config: bool) -> bool:
     return has_config and config["firewall"]["enable"] == "yes"
 
@@ -48,6 +66,7 @@ class Firewall:
         permits = rules.Permits.from_config(config)
         if not ssh_up:
             permits = permits._replace(ssh_port=None)
+        permits = permits._replace(http_port=http_port(getattr(self.settings, "http", "")))
         families = [rules.IPV4] + ([rules.IPV6] if self.system.read_bytes(IF_INET6) is not None else [])
         wanted = {family.name: rules.policy(permits, family) for family in families}
         text = "".join(f"# {name}\n{rules.policy_text(policy)}" for name, policy in wanted.items())

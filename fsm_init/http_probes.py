@@ -160,7 +160,9 @@ class HttpServer:
             return 400, TEXT, b"bad request line\n"
         if parts[0] != b"GET":
             return 405, TEXT, b"GET only\n"
-        path = parts[1].split(b"?", 1)[0]
+        path = parts[1].split(b"?", 1)[0].split(b"#", 1)[0]
+        if path[:7].lower() == b"http://" or path[:8].lower() == b"https://":  # the absolute form
+            path = b"/" + path.split(b"//", 1)[1].partition(b"/")[2]
         supervisor = self.supervisor
         if path == b"/livez":
             return plain(*supervisor.request_live())
@@ -222,5 +224,6 @@ class HttpServer:
 
 
 def plain(ok: bool, message: str) -> tuple:
-    """A probe's answer: 200 or 503, and the message (escaped: it may name a check's output)."""
-    return (200 if ok else 503), TEXT, (log.escape(str(message)) + "\n").encode()
+    """A probe's answer: 200 or 503, and the message (escaped: it may name a check's output,
+    or a script whose name is not UTF-8: its surrogate escapes become "?", not a 500)."""
+    return (200 if ok else 503), TEXT, (log.escape(str(message)) + "\n").encode("utf-8", "replace")

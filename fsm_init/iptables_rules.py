@@ -78,6 +78,7 @@ class Permits(NamedTuple):
     udp: str
     protocols: tuple  # the PROTOCOL_KEYS that are "yes", in that order
     ssh_port: int | None
+    http_port: int | None = None  # FSM_INIT_HTTP's, unless it listens on loopback only
 
     @classmethod
     def from_config(cls, config: dict) -> "Permits":
@@ -92,6 +93,8 @@ class Permits(NamedTuple):
         words += [k[:-len("permit")] for k in self.protocols]
         if self.ssh_port is not None:
             words.append(f"ssh {self.ssh_port}")
+        if self.http_port is not None:
+            words.append(f"http {self.http_port}")
         return " ".join(words)
 
 
@@ -121,6 +124,8 @@ def permit_rules(permits: Permits, family: Family) -> list[str]:
     rules += [family.protocols[k] for k in permits.protocols if k in family.protocols]
     if permits.ssh_port is not None:
         rules.append(f"-p tcp -m tcp --dport {permits.ssh_port} {SSH_LIMIT} -j ACCEPT")
+    if permits.http_port is not None:
+        rules.append(f"-p tcp -m tcp --dport {permits.http_port} {NEW} -j ACCEPT")
     return rules
 
 

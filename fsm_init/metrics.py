@@ -16,8 +16,8 @@ CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 # Why the service started again, from the transition that ended its previous instance:
 #   exit     it exited (daemon mode)          oom      the kernel's OOM killer killed it
 #   check    a check cycle failed             request  srvctl restart
-#   spawn    it could not be started
-RESTART_CAUSES = ("exit", "oom", "check", "request", "spawn")
+#   spawn    it could not be started          watchdog  workwatchdog missed (or WATCHDOG=trigger)
+RESTART_CAUSES = ("exit", "oom", "check", "request", "spawn", "watchdog")
 CHECK_RESULTS = ("passed", "failed", "timed_out")
 OOM_PROCESSES = ("service", "daemon")
 STATE_NAMES = tuple(name for name, _ in STATES)
@@ -37,6 +37,7 @@ class Metrics:
         self.oom_kills.update(state.get("oom_kills", {}))
         self.cause = state.get("cause", "")  # why the next start will be a restart
         self.service_oom = False  # the service's latest death was an OOM kill
+        self.watchdog = False  # the next restart_request is the watchdog's, not srvctl restart's
         # Counted by the engine's syslog relay and log outlets, which the thin reaper has not.
         self.syslog_base = tuple(state.get("syslog", (0, 0)))
         self.log_dropped_base = state.get("log_dropped", 0)
@@ -58,12 +59,14 @@ class Metrics:
                 self.restarts[self.cause or "request"] += 1
             self.starts += 1
             self.cause = ""
+            self.service_oom = False  # an earlier instance's kill (one whose exit was no transition)
         elif trigger == "service_exit" and dest == "restart":
             self.cause = "oom" if self.service_oom else "exit"
         elif trigger == "checks_done" and dest == "restart":
             self.cause = "check"
         elif trigger == "restart_request":
-            self.cause = "request"
+            self.cause = "watchdog" if self.watchdog else "request"
+            self.watchdog = False
         elif trigger == "spawn_failed":
             self.cause = "spawn"
         if trigger == "service_exit":
@@ -78,6 +81,10 @@ class Metrics:
                 self.checks.setdefault((result.name, other), 0)
             self.checks[key] += 1
             self.check_seconds[result.name] = result.duration
+
+    def watchdog_missed(self) -> None:
+        """The engine is about to fire restart_request for the watchdog (readiness.Notifier)."""
+        self.watchdog = True
 
     def oom_kill(self, process) -> None:
         """process: "service" or "daemon"."""
@@ -137,6 +144,7 @@ def family(out, name, kind, text, samples, suffix="", unit="") -> None:
 
 def label_value(text: str) -> str:
     """A label value as OpenMetrics writes it (backslash, quote and newline escaped); other
-    control characters (a file name is a child's text) become U+FFFD, never raw."""
+    control characters (a file name is a child's text) and the surrogates of a name that is
+    not UTF-8 (os.listdir's escapes, which no encoder takes) become U+FFFD, never raw."""
     text = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-    return "".join("\ufffd" if ord(c) < 0x20 or ord(c) == 0x7f else c for c in text)
+    return "".join("\ufffd" if ord(c) < 0x20 or ord(c) == 0x7f or 0xd800 <= ord(c) < 0xe000 else c for c in text)

@@ -24,8 +24,10 @@ Only the service's own processes are heard: each datagram carries its sender's
 credentials (SO_PASSCRED), and a sender outside the service's session (or process group,
 or process tree) is refused.  The socket is bounded as the syslog relay is: one
 preallocated buffer (a message is cut at MAX_MESSAGE bytes), at most PER_EVENT datagrams
-per wake-up, a token bucket on the messages taken; refusals and drops are said in one
-summary line per SUMMARY_EVERY seconds, never once per message.
+per wake-up, a token bucket on the messages taken and another on the senders checked
+(the /proc walk a datagram not from the leader costs), so that a stranger's flood spends
+only the second and the leader's own READY=1 and WATCHDOG=1 still get through; refusals
+and drops are said in one summary line per SUMMARY_EVERY seconds, never once per message.
 
 ``State`` is one instance's declared readiness (no I/O: the service object owns it and
 the unit tests drive it); ``Notifier`` is the socket and the pipes in the event loop.
@@ -250,7 +252,8 @@ class Notifier:
         self.watchdog: float | None = None
         self.refused = self.dropped = self.taken = 0
         self._refused = self._dropped = 0  # since the last summary
-        self.tokens = float(BURST)
+        self.tokens = float(BURST)  # the service's messages taken
+        self.check_tokens = float(BURST)  # senders other than the leader checked in /proc
         self.refilled = system.now()
         self._buffer = bytearray(MAX_MESSAGE)
 
@@ -352,6 +355,7 @@ class Notifier:
             return
         now = self.system.now()
         self.tokens = min(float(BURST), self.tokens + (now - self.refilled) * RATE)
+        self.check_tokens = min(float(BURST), self.check_tokens + (now - self.refilled) * RATE)
         self.refilled = now
         changed = False
         for _ in range(PER_EVENT):
@@ -361,13 +365,19 @@ class Notifier:
                 break
             except OSError:
                 break
+            leader = self.group is not None and pid == self.group.leader  # no /proc read needed
+            if not leader:
+                if self.check_tokens < 1:
+                    self._count("dropped")
+                    continue
+                self.check_tokens -= 1
+                if not self._from_service(pid):
+                    self._count("refused")
+                    continue
             if self.tokens < 1:
                 self._count("dropped")
                 continue
             self.tokens -= 1
-            if not self._from_service(pid):
-                self._count("refused")
-                continue
             self.taken += 1
             fields = parse_message(bytes(self._buffer[:min(size, MAX_MESSAGE)]))
             for said in self.state.apply(fields):

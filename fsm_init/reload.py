@@ -33,7 +33,7 @@ from typing import NamedTuple
 from fsm_init import config, log, start, status
 from fsm_init.table import DAEMON, NON_DAEMON, STATUS_CHECK, STOPPABLE
 
-SERVICE_KEYS = ("workstart", "workuser")
+SERVICE_KEYS = ("workstart", "workuser", "workready", "workwatchdog")  # what the service is given
 CYCLE_KEYS = ("workwatch", "worktimeout", "workintvl")
 LATER_KEYS = ("initdelay", "workbackoff", "workstable", "workretry")
 NETWORK_SECTIONS = {"firewall": "firewall", "sshsrv": "ssh", "inetdail": "pppoe"}

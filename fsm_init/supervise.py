@@ -139,6 +139,7 @@ class Supervise:
             log.error(f"{cause}; not restarted in {engine.state}")
             return
         log.error(f"{cause}; restarting the service")
+        engine.metrics.watchdog_missed()  # counted as the watchdog's restart, not srvctl restart's
         engine.fire("restart_request", cause)
 
     def exited(self, pid: int, status: int) -> bool:

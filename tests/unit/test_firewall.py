@@ -276,6 +276,22 @@ def test_ssh_permit_only_when_ssh_is_enabled():
     assert rules.permit_rules(rules.Permits.from_config(effective), rules.IPV4) == []
 
 
+@pytest.mark.parametrize("http, permitted", [
+    ("0.0.0.0:9000", 9000), ("[::]:9100", 9100), ("127.0.0.1:9000", None), ("", None), ("nonsense", None),
+    ("::1:9000", None), ("[::1]:9000", None), ("0.0.0.0:0", None)])
+def test_the_http_probes_port_is_permitted_unless_on_loopback(system, v4, http, permitted):
+    """FSM_INIT_HTTP on 0.0.0.0 is for the kubelet or a scrape from outside: the rules this
+    step applies must not reject it (loopback is accepted anyway, -i lo)."""
+    fw = firewall.Firewall(system, make_settings(http=http))
+    summary = fw.apply(workcfg(tcpportpmt="8080"))
+    own = [rule for chain, rule in v4.tables["filter"]["rules"] if chain == rules.OWN_CHAIN]
+    if permitted:
+        assert f"-p tcp -m tcp --dport {permitted} {rules.NEW} -j ACCEPT" in own
+        assert summary.startswith(f"tcp 8080 udp - http {permitted}")
+    else:
+        assert not any("-m tcp --dport " in rule for rule in own) and "http" not in summary
+
+
 def test_long_port_lists_become_several_rules():
     ports = ",".join(str(p) for p in range(2000, 2020))
     got = rules.permit_rules(rules.Permits.from_config(workcfg(udpportpmt=ports)), rules.IPV4)

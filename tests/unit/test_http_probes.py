@@ -149,6 +149,12 @@ def test_every_endpoint(rig):
     assert rig.server.conns == {} and rig.loop.pending() == {}  # every connection closed, its deadline gone
 
 
+@pytest.mark.parametrize("target", [b"http://127.0.0.1:9000/livez", b"HTTP://[::1]/livez?x=1", b"/livez#top"])
+def test_absolute_form_and_fragments_are_the_path(rig, target):
+    """RFC 9112 3.2.2: a server must accept the absolute form (a proxy's, some clients')."""
+    assert rig.get(b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n\r\n")[0] == 200
+
+
 @pytest.mark.parametrize("request_line, expected", [
     (b"POST /livez HTTP/1.1", 405), (b"HEAD /livez HTTP/1.1", 405), (b"GET /nothing HTTP/1.1", 404),
     (b"GET /livez", 400), (b"\x00\x01", 400), (b"GET  /livez HTTP/1.1", 400),
@@ -157,6 +163,13 @@ def test_refusals(rig, request_line, expected):
     status, headers, _ = rig.get(request_line + b"\r\n\r\n")
     assert status == expected
     assert (headers.get("Allow") == "GET") == (expected == 405)
+
+
+def test_a_message_naming_a_file_that_is_not_utf8_is_answered(rig):
+    rig.supervisor.ready = (False, "check failed: PeriodicST-\udcff exited with status 1")
+    assert rig.get(b"GET /readyz HTTP/1.1\r\n\r\n") == (
+        503, {"Content-Type": "text/plain; charset=utf-8", "Content-Length": "48", "Cache-Control": "no-store",
+              "Connection": "close"}, b"check failed: PeriodicST-? exited with status 1\n")
 
 
 def test_a_request_too_large_is_refused(rig):

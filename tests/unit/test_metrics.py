@@ -135,6 +135,20 @@ def test_a_daemon_mode_exit_and_an_oom_kill_are_told_apart():
         h.close()
 
 
+def test_an_oom_kill_that_ended_no_transition_is_not_the_next_instance_s_cause():
+    """The instance being stopped for srvctl restart dies of the OOM killer (its exit is no
+    transition: the engine is in restart already); the next instance's plain exit is "exit"."""
+    m = metrics.Metrics()
+    m.transition("pppoe", "start", "done")
+    m.transition("watch", "restart", "restart_request")
+    m.oom_kill("service")  # while it is stopped: service_exit is no transition in restart
+    m.transition("pppoe", "start", "done")
+    m.transition("watch", "restart", "service_exit")
+    m.transition("pppoe", "start", "done")
+    assert m.restarts["request"] == 1 and m.restarts["exit"] == 1 and m.restarts["oom"] == 0
+    assert m.oom_kills["service"] == 1
+
+
 def test_a_spawn_failure_is_a_restart_cause():
     fake = FakeSystem()
     h = app({"workwatch": 0, "workintvl": 1}, fake=fake)
@@ -157,6 +171,17 @@ def test_daemon_restarts_by_daemon_and_hostile_names_escaped():
     assert value(samples, "fsm_init_syslog_messages_relayed_total") == 7
     assert value(samples, "fsm_init_syslog_messages_dropped_total") == 2
     assert value(samples, "fsm_init_service_ready_seconds") == 3
+
+
+def test_a_name_that_is_not_utf8_is_still_valid_text():
+    """A daemon directory or check script named with bytes that are not UTF-8 (os.listdir's
+    surrogate escapes): the exposition must still encode (GET /metrics would answer 500)."""
+    m = metrics.Metrics()
+    m.checks_done([type("R", (), {"name": "PeriodicST-\udcff", "exit": 0, "duration": 0.5})()])
+    text = m.render("watch", None, [{"name": "web\udcfe", "restarts": 1}])
+    samples = parsed(text.encode().decode())
+    assert value(samples, "fsm_init_daemon_restarts_total", daemon="web\ufffd") == 1
+    assert value(samples, "fsm_init_check_runs_total", script="PeriodicST-\ufffd", result="passed") == 1
 
 
 def test_srvctl_metrics_is_answered_on_the_control_socket():

@@ -238,6 +238,25 @@ def test_the_socket_is_bounded(rig):
     assert r.state.status_text == "y" * readiness.MAX_STATUS
 
 
+def test_a_stranger_flooding_the_socket_cannot_starve_the_service(rig):
+    """Another user's process floods the socket (its datagrams all refused): the service's
+    own READY=1 and WATCHDOG=1 still get through, so the flood cannot fire the watchdog."""
+    r = rig(workwatchdog=10)
+    r.start()
+    stranger = r.system.spawn(["./other"], {})
+    r.system.notify_sender = stranger
+    r.sender.setblocking(False)
+    for _ in range(readiness.BURST * 2):  # the clock stands still: no token comes back
+        try:
+            r.sender.sendto(b"WATCHDOG=trigger", r.notifier.path)
+        except BlockingIOError:
+            pass
+        r.loop.poll(0)
+    assert r.notifier.taken == 0 and r.notifier.refused + r.notifier.dropped == readiness.BURST * 2
+    r.send(b"READY=1\nWATCHDOG=1")
+    assert r.state.notified and r.state.last_watchdog is not None and r.failures == []
+
+
 def test_nothing_is_heard_once_the_instance_is_gone(rig):
     r = rig()
     r.start()
@@ -378,6 +397,9 @@ def test_engine_restarts_a_service_whose_watchdog_stops(engine_for):
     h.advance(1)
     assert h.state == "watch" and h.engine.service.instance.pid != first
     assert h.engine.service.failures == 1  # a failure restart, with the back-off
+    # the metrics name the watchdog, not srvctl restart (the trigger the engine fires)
+    assert 'fsm_init_service_restarts_total{cause="watchdog"} 1\n' in h.engine.metrics.render("watch", None)
+    assert 'fsm_init_service_restarts_total{cause="request"} 0\n' in h.engine.metrics.render("watch", None)
 
 
 def test_engine_keeps_the_engine_for_a_declared_readiness(engine_for):

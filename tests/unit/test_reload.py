@@ -73,6 +73,22 @@ def test_workstart_workuser_and_the_services_own_section_restart_the_service():
     assert "'app'" in changes[0].what and "level" not in changes[0].what  # the service's values are its own
 
 
+def test_workready_and_workwatchdog_restart_the_service():
+    """What the service is given changes (NOTIFY_SOCKET, WATCHDOG_USEC, fd N): a reload that
+    said "no change" would leave the old readiness running until some later restart."""
+    changes = reload.diff(effective(), effective(workready="notify"))
+    assert [(c.step, c.what) for c in changes] == [("service", 'workready "checks" -> "notify"')]
+    changes = reload.diff(effective(workready="notify"), effective(workready="notify", workwatchdog=10))
+    assert [c.step for c in changes] == ["service"] and "workwatchdog" in changes[0].what
+
+
+def test_every_key_is_one_steps():
+    own = set(config.defaults())
+    classified = (set(reload.SERVICE_KEYS) | set(reload.CYCLE_KEYS) | set(reload.LATER_KEYS)
+                  | set(reload.NETWORK_SECTIONS))
+    assert own <= classified, f"a reload would not see a change of {sorted(own - classified)}"
+
+
 def test_a_command_line_makes_workstart_no_restart():
     changes = reload.diff(effective(), effective(workstart="./other.sh"), command_line=True)
     assert [c.step for c in changes] == ["later"]
