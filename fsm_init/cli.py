@@ -7,7 +7,8 @@ import json
 import os
 import sys
 
-from fsm_init import __version__, log
+from fsm_init import __version__
+from fsm_init.core import log
 
 USAGE = """\
 usage: fsm-init [--quiet] [--skip-startup-files] [--skip-runit] [--no-kill-all-on-exit] [--] [CMD ARGS...]
@@ -56,15 +57,15 @@ def main(argv: list[str] | None = None) -> int:
     if args[:1] == ["validate"]:
         return _printing(lambda: validate(args[1:]))
     if args[:2] == ["pppoe", "detect"]:
-        from fsm_init import dial
+        from fsm_init.network import dial
 
         return _printing(lambda: dial.main(args[1:]))
     if args[:1] == ["graph"]:
-        from fsm_init import graph
+        from fsm_init.client import graph
 
         return _printing(lambda: graph.main(args[1:]))
     if args[:1] == ["status"]:
-        from fsm_init import status_view
+        from fsm_init.client import status_view
 
         return _printing(lambda: status_view.main(args[1:]))
     return run(args)
@@ -83,12 +84,12 @@ def _printing(command) -> int:
 def run(args: list[str]) -> int:
     import signal
 
-    from fsm_init.loop import CAUGHT
+    from fsm_init.core.loop import CAUGHT
 
     # Until the event loop's handlers are installed, a signal with its default action
     # is dropped by the kernel for PID 1; blocked, it stays pending and is handled.
     signal.pthread_sigmask(signal.SIG_BLOCK, CAUGHT)
-    from fsm_init.settings import Settings, settle_dirs
+    from fsm_init.core.settings import Settings, settle_dirs
 
     settings = Settings()
     command = None
@@ -113,9 +114,9 @@ def run(args: list[str]) -> int:
             break
     # PID 1's own writes to stdout and stderr never block, whatever the log reader does.
     log.go_nonblocking()
+    from fsm_init.core.reaper import exit_now
+    from fsm_init.core.system import System
     from fsm_init.engine import Engine
-    from fsm_init.reaper import exit_now
-    from fsm_init.system import System
 
     system = System()
     undo_locale_coercion(system, os.environ)
@@ -125,7 +126,7 @@ def run(args: list[str]) -> int:
         log.error(settings.stop_budget_error)
     environ = dict(os.environ)
     if environ.get("SRVCFG"):
-        from fsm_init import config
+        from fsm_init.config import workcfg as config
 
         # fsm-init's own environment is what every helper command inherits (chpasswd,
         # dropbearkey, iptables-restore, pppd's probes): the passwords masked there too.
@@ -162,7 +163,8 @@ def validate(args: list[str]) -> int:
         sys.stderr.write(USAGE)
         return 2
     path = paths[0] if paths else "workcfg.json"
-    from fsm_init import config, config_schema
+    from fsm_init.config import schema as config_schema
+    from fsm_init.config import workcfg as config
 
     try:
         raw = sys.stdin.buffer.read() if path == "-" else open(path, "rb").read()
@@ -176,7 +178,7 @@ def validate(args: list[str]) -> int:
 
 
 def _report_validation(as_json, path, effective, problems, error, kept=()) -> int:
-    from fsm_init import config
+    from fsm_init.config import workcfg as config
 
     failed = bool(error or problems)
     if as_json:
@@ -188,7 +190,7 @@ def _report_validation(as_json, path, effective, problems, error, kept=()) -> in
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(json.dumps(config.masked(effective), indent=2))
-    from fsm_init.log import escape
+    from fsm_init.core.log import escape
 
     for key in kept:  # a key is text from the file: escaped like every name shown
         print(f"kept: unknown key '{escape(key)}' (passed to the service unchanged)", file=sys.stderr)

@@ -13,34 +13,37 @@ import sys
 from collections.abc import Callable
 from functools import partial
 
-from fsm_init import config, custom_init, delay, handover, load_config, log, oom, resolve_target, start, watch
-from fsm_init.budget import StopBudget
-from fsm_init.container_env import ContainerEnvironment
-from fsm_init.control import ControlServer
-from fsm_init.daemons import Daemons
+from fsm_init import handover
+from fsm_init.compat.container_env import ContainerEnvironment
+from fsm_init.compat.daemons import Daemons
+from fsm_init.compat.syslog_relay import SyslogRelay
+from fsm_init.config import workcfg as config
+from fsm_init.core import log, oom
+from fsm_init.core.budget import StopBudget
+from fsm_init.core.control import ControlServer
+from fsm_init.core.forwarded import ForwardLog
+from fsm_init.core.http_probes import HttpServer
+from fsm_init.core.journal import Journal
+from fsm_init.core.kill import Stopper
+from fsm_init.core.loop import STOP_SIGNALS, EventLoop
+from fsm_init.core.metrics import Metrics
+from fsm_init.core.readiness import Notifier
+from fsm_init.core.repeats import Repeats
+from fsm_init.core.settings import Settings
+from fsm_init.core.system import System, exit_code
+from fsm_init.core.table import STATES, STOPPABLE, TRANSITIONS
+from fsm_init.core.writes import FileWrites
 from fsm_init.explain import Explain
-from fsm_init.foreground import Foreground
-from fsm_init.forwarded import ForwardLog
 from fsm_init.history import History, RecordingMachine
-from fsm_init.http_probes import HttpServer
-from fsm_init.journal import Journal
-from fsm_init.kill import Stopper
-from fsm_init.launch import Launch, service_env
-from fsm_init.loop import STOP_SIGNALS, EventLoop
-from fsm_init.metrics import Metrics
-from fsm_init.network import Network
-from fsm_init.readiness import Notifier
-from fsm_init.reload import Reloader
-from fsm_init.repeats import Repeats
+from fsm_init.network.steps import Network
 from fsm_init.script_steps import ScriptSteps
-from fsm_init.service import Service
-from fsm_init.settings import Settings
+from fsm_init.steps import custom_init, delay, load_config, resolve_target, start, watch
+from fsm_init.steps.foreground import Foreground
+from fsm_init.steps.launch import Launch, service_env
+from fsm_init.steps.reload import Reloader
+from fsm_init.steps.service import Service
 from fsm_init.supervise import Supervise
-from fsm_init.syslog_relay import SyslogRelay
-from fsm_init.system import System, exit_code
-from fsm_init.table import STATES, STOPPABLE, TRANSITIONS
 from fsm_init.verbs import Verbs
-from fsm_init.writes import FileWrites
 
 INTERNAL_ERROR_STATUS = 70  # EX_SOFTWARE: fsm-init itself failed; never reported as 0
 NOT_RESOLVED = resolve_target.Target(None, None, first_start=False)  # until step resolve_target

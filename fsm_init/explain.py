@@ -6,22 +6,23 @@ requests) are built by ``status``, which the thin reaper uses too.
 
 from typing import Protocol
 
-from fsm_init import log, readiness, start, status
-from fsm_init.daemons import Daemons
-from fsm_init.foreground import Foreground
+from fsm_init.compat.daemons import Daemons
+from fsm_init.compat.syslog_relay import SyslogRelay
+from fsm_init.core import log, readiness, status
+from fsm_init.core.kill import Stopper
+from fsm_init.core.loop import EventLoop
+from fsm_init.core.metrics import Metrics
+from fsm_init.core.oom import Watch
+from fsm_init.core.readiness import Notifier
+from fsm_init.core.system import System
+from fsm_init.core.writes import FileWrites
 from fsm_init.history import History
-from fsm_init.kill import Stopper
-from fsm_init.loop import EventLoop
-from fsm_init.metrics import Metrics
-from fsm_init.oom import Watch
-from fsm_init.readiness import Notifier
-from fsm_init.reload import Reloader
-from fsm_init.resolve_target import Target
-from fsm_init.service import Readiness, Service
-from fsm_init.syslog_relay import SyslogRelay
-from fsm_init.system import System
-from fsm_init.watch import Checks
-from fsm_init.writes import FileWrites
+from fsm_init.steps import start
+from fsm_init.steps.foreground import Foreground
+from fsm_init.steps.reload import Reloader
+from fsm_init.steps.resolve_target import Target
+from fsm_init.steps.service import Readiness, Service
+from fsm_init.steps.watch import Checks
 
 
 class Facts(Protocol):

@@ -6,21 +6,21 @@ socket; if it fails, the engine carries on reaping.
 
 from typing import Protocol
 
-from fsm_init import log
-from fsm_init.control import ControlServer
+from fsm_init.compat.syslog_relay import SyslogRelay
+from fsm_init.core import log
+from fsm_init.core.control import ControlServer
+from fsm_init.core.forwarded import ForwardLog
+from fsm_init.core.http_probes import HttpServer
+from fsm_init.core.loop import EventLoop
+from fsm_init.core.metrics import Metrics
+from fsm_init.core.oom import Watch
+from fsm_init.core.readiness import Notifier
+from fsm_init.core.settings import Settings
+from fsm_init.core.system import System
 from fsm_init.explain import Explain
-from fsm_init.forwarded import ForwardLog
 from fsm_init.history import History
-from fsm_init.http_probes import HttpServer
-from fsm_init.loop import EventLoop
-from fsm_init.metrics import Metrics
-from fsm_init.oom import Watch
-from fsm_init.readiness import Notifier
-from fsm_init.resolve_target import Target
-from fsm_init.service import Service
-from fsm_init.settings import Settings
-from fsm_init.syslog_relay import SyslogRelay
-from fsm_init.system import System
+from fsm_init.steps.resolve_target import Target
+from fsm_init.steps.service import Service
 
 
 class Engine(Protocol):
@@ -45,7 +45,7 @@ class Engine(Protocol):
 
 
 def enter(engine: Engine) -> None:
-    from fsm_init import reaper  # the exec's code: not imported on the boot path
+    from fsm_init.core import reaper  # the exec's code: not imported on the boot path
 
     instance = engine.service.instance
     if instance is None:  # the table reaches handover from foreground only, where an instance runs

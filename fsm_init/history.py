@@ -13,9 +13,9 @@ from collections.abc import Callable
 from transitions import Machine, Transition
 from transitions.core import Condition
 
-from fsm_init import status
-from fsm_init.journal import Journal
-from fsm_init.system import System
+from fsm_init.core import status
+from fsm_init.core.journal import Journal
+from fsm_init.core.system import System
 
 Taken = tuple[str, str, str]  # (source, dest, trigger)
 

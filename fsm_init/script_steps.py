@@ -8,14 +8,15 @@ from collections.abc import Callable
 from functools import partial
 from typing import Protocol
 
-from fsm_init import budget, foreground, log
-from fsm_init.container_env import ContainerEnvironment
-from fsm_init.foreground import Foreground, carry_on
-from fsm_init.kill import Group, Stopper
-from fsm_init.resolve_target import Target
-from fsm_init.service import Service
-from fsm_init.settings import Settings
-from fsm_init.system import System
+from fsm_init.compat.container_env import ContainerEnvironment
+from fsm_init.core import budget, log
+from fsm_init.core.kill import Group, Stopper
+from fsm_init.core.settings import Settings
+from fsm_init.core.system import System
+from fsm_init.steps import foreground
+from fsm_init.steps.foreground import Foreground, carry_on
+from fsm_init.steps.resolve_target import Target
+from fsm_init.steps.service import Service
 
 
 class Engine(Protocol):

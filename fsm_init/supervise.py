@@ -9,22 +9,23 @@ from collections.abc import Callable
 from functools import partial
 from typing import Protocol
 
-from fsm_init import log, restart_interval, start
-from fsm_init.foreground import Foreground
+from fsm_init.core import log
+from fsm_init.core.kill import Stopper
+from fsm_init.core.loop import EventLoop
+from fsm_init.core.metrics import Metrics
+from fsm_init.core.oom import Watch
+from fsm_init.core.readiness import Notifier
+from fsm_init.core.settings import Settings
+from fsm_init.core.system import System, describe_exit, exit_code
+from fsm_init.core.table import STOPPABLE
+from fsm_init.core.writes import FileWrites
 from fsm_init.history import History
-from fsm_init.kill import Stopper
-from fsm_init.loop import EventLoop
-from fsm_init.metrics import Metrics
-from fsm_init.network import Network
-from fsm_init.oom import Watch
-from fsm_init.readiness import Notifier
-from fsm_init.resolve_target import Target
-from fsm_init.service import Service
-from fsm_init.settings import Settings
-from fsm_init.system import System, describe_exit, exit_code
-from fsm_init.table import STOPPABLE
-from fsm_init.watch import Checks, Cycle
-from fsm_init.writes import FileWrites
+from fsm_init.network.steps import Network
+from fsm_init.steps import restart_interval, start
+from fsm_init.steps.foreground import Foreground
+from fsm_init.steps.resolve_target import Target
+from fsm_init.steps.service import Service
+from fsm_init.steps.watch import Checks, Cycle
 
 
 class Engine(Protocol):

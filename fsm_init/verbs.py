@@ -5,13 +5,13 @@ request here, as it routes the thin reaper's to ``reaper.Reaper``.
 from collections.abc import Callable
 from typing import Protocol
 
-from fsm_init import log, status
-from fsm_init.control import NOT_SUPERVISED
-from fsm_init.daemons import Daemons
+from fsm_init.compat.daemons import Daemons
+from fsm_init.core import log, status
+from fsm_init.core.control import NOT_SUPERVISED
+from fsm_init.core.table import STOPPABLE
 from fsm_init.explain import Explain
-from fsm_init.reload import Reloader
-from fsm_init.service import Service
-from fsm_init.table import STOPPABLE
+from fsm_init.steps.reload import Reloader
+from fsm_init.steps.service import Service
 
 
 class Engine(Protocol):

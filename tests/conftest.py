@@ -26,7 +26,7 @@ from tests.procfs import namespace_processes
 
 ROOT = Path(__file__).resolve().parent.parent
 FSM_INIT = [sys.executable, "-m", "fsm_init"]
-SRVCTL = [sys.executable, "-m", "fsm_init.srvctl"]
+SRVCTL = [sys.executable, "-m", "fsm_init.client.srvctl"]
 DEADLINE = 15.0
 # Each fsm-init under test gets its own network namespace (loopback up), a private
 # overlay over /etc and an empty /root: a firewall, chpasswd or authorized_keys written

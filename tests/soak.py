@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from fsm_init import control  # noqa: E402
+from fsm_init.core import control  # noqa: E402
 from tests.conftest import SRVCTL, Sandbox, wait_for  # noqa: E402
 from tests.procfs import namespace_processes  # noqa: E402
 
@@ -299,7 +299,7 @@ class Soak:
         return {"exit": status, "seconds": round(time.monotonic() - began, 2), "bound": STOP_BOUND}
 
     def journal(self) -> dict:
-        from fsm_init import journal
+        from fsm_init.core import journal
 
         entries = journal.read(str(self.sandbox.run_dir), 0)
         spawned = [e for e in entries if e.get("trigger") == "spawned"]

@@ -216,7 +216,7 @@ class Running:
     def settle(self) -> None:
         """Wait for the steady state that the idle/zombie/SIGTERM figures are about."""
         if self.key == ND:
-            wait_for(lambda: b"fsm_init.reaper" in cmdline(self.pid1) or self.proc.poll() is not None,
+            wait_for(lambda: b"fsm_init.core.reaper" in cmdline(self.pid1) or self.proc.poll() is not None,
                      what="fsm-init's handover to the thin reaper")
         elif self.key == SC:
             wait_for(lambda: self.control_state() == "watch", what="fsm-init to reach state watch", interval=0.05)
@@ -311,7 +311,7 @@ def bench_idle(b: Bench, results: dict) -> None:
             wait_for(lambda: cmdline(child).startswith(b"sleep"), what=f"{key}: sleep to start")
             if key == ND:
                 # the engine's footprint before the handover, for comparison
-                if b"fsm_init.reaper" not in cmdline(run.pid1):
+                if b"fsm_init.core.reaper" not in cmdline(run.pid1):
                     results.setdefault("engine_mem", mem(run.pid1))
             run.settle()
             time.sleep(0.5)

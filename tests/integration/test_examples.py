@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from fsm_init import config as fsm_config
-from fsm_init import config_schema
+from fsm_init.config import workcfg as fsm_config
+from fsm_init.config import schema as config_schema
 from tests.conftest import ROOT, needs_pid_namespace, wait_for
 
 EXAMPLES = ROOT / "srv"
@@ -329,7 +329,7 @@ def test_every_shipped_service_config_validates(name):
 
 
 def test_the_kubernetes_example_probes_over_http_and_stops_within_its_grace_period():
-    from fsm_init.http_probes import parse_address
+    from fsm_init.core.http_probes import parse_address
 
     text = (ROOT / "examples/kubernetes.yaml").read_text()
     probe = lambda kind: re.search(kind + r":\s+httpGet:\s+path: (\S+)\s+port: (\S+)", text).groups()  # noqa: E731

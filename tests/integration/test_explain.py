@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from fsm_init import control
+from fsm_init.core import control
 from tests.conftest import SRVCTL, Sandbox, lines, needs_pid_namespace, wait_for, wait_lines
 
 pytestmark = needs_pid_namespace
@@ -295,7 +295,7 @@ def test_health_and_live_in_non_daemon_mode_also_after_the_handover(sandbox, han
     if handover_after != "0":
         run.wait_log(r"handing PID duties to the thin reaper")
         run.wait_state("handover")
-        assert "fsm_init.reaper" in Path(f"/proc/{run.pid1}/cmdline").read_text()
+        assert "fsm_init.core.reaper" in Path(f"/proc/{run.pid1}/cmdline").read_text()
         assert time.time() - started < workintvl - 0.5, "too slow to see the reaper before the service proved itself"
         assert probes(run) == (1, 0)
     else:
@@ -317,7 +317,7 @@ def test_health_and_live_without_an_engine_exit_3(sandbox):
 
 CLIENT = r'''
 import contextlib, io, json, statistics, sys, time
-from fsm_init import srvctl
+from fsm_init.client import srvctl
 with contextlib.redirect_stdout(io.StringIO()):
     first = srvctl.main(["health"])
 heavy = sorted(m for m in sys.modules if m.split(".")[0] in HEAVY)
@@ -337,11 +337,11 @@ def test_the_client_path_is_light_and_fast(sandbox):
     wait_for(lambda: run.srvctl("health").returncode == 0, 10, f"health 0\n{run.log}")
     env = sandbox.env()
     # -X importtime: every module the process imported, on stderr.
-    traced = subprocess.run([sys.executable, "-X", "importtime", "-m", "fsm_init.srvctl", "health"],
+    traced = subprocess.run([sys.executable, "-X", "importtime", "-m", "fsm_init.client.srvctl", "health"],
                             env=env, capture_output=True, text=True, timeout=15)
     assert traced.returncode in (0, 1), traced
     modules = {line.rsplit("|", 1)[1].strip() for line in traced.stderr.splitlines() if line.startswith("import time:")}
-    assert "fsm_init.control" in modules, traced.stderr[-2000:]
+    assert "fsm_init.core.control" in modules, traced.stderr[-2000:]
     assert not {m for m in modules if m.split(".")[0] in HEAVY}, sorted(modules)
     # In process, after the import: the request round trip.
     measured = subprocess.run([sys.executable, "-c", CLIENT], env=env, capture_output=True, text=True, timeout=30)

@@ -56,7 +56,7 @@ def ns_srvctl(run, fs: Path, *args) -> subprocess.CompletedProcess:
 def _srvctl():
     import sys
 
-    return [sys.executable, "-m", "fsm_init.srvctl"]
+    return [sys.executable, "-m", "fsm_init.client.srvctl"]
 
 
 def ns_status(run, fs: Path) -> dict:
@@ -262,7 +262,7 @@ def test_fd_exhaustion_is_said_once_backed_off_and_recovered(sandbox):
     import threading
     import time
 
-    from fsm_init import control
+    from fsm_init.core import control
 
     sandbox.service("app", RESOURCE_CFG, PeriodicST_ok="exit 0\n")
     # A daemon that dies every second.  Its starts need no descriptor in PID 1 (libc's

@@ -240,7 +240,8 @@ def test_the_ssh_rate_limit_is_per_source_address(net, tmp_path):
     """One client using up the limit (20 new connections, then 4 a minute) must not lock
     the others out.  The rules fsm-init renders for sshsrv.enable, applied in the test's
     own container namespace, with real connections from two addresses of the peer."""
-    from fsm_init import config_schema, iptables_rules
+    from fsm_init.config import schema as config_schema
+    from fsm_init.network import iptables_rules
 
     pair, _ = net
     cfg = config_schema.validate({"sshsrv": {"enable": "yes", "sshport": 8022}})[0]

@@ -134,7 +134,7 @@ def exit_after_log(run, text: str, timeout: float) -> tuple[int, float]:
 
 
 def is_reaper(pid: int) -> bool:
-    return "fsm_init.reaper" in cmdline(pid)
+    return "fsm_init.core.reaper" in cmdline(pid)
 
 
 class Phase:

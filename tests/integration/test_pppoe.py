@@ -3,7 +3,7 @@
 This machine's kernel has no PPP driver (a /dev/ppp char device 108,0 gives ENXIO), so
 no PPP link can come up here.  What is real: a pppoe-server (Debian package pppoe)
 answering PPPoE discovery in a peer network namespace, the interface detection (in
-fsm-init's step and in ``python -m fsm_init.dial detect``) choosing among several
+fsm-init's step and in ``python -m fsm_init.network.dial detect``) choosing among several
 veths, fsm-init as PID 1 starting and restarting the dial-up, the real pppd refusing
 for want of kernel support, and the ip-up/ip-down hooks changing a real namespace's
 routing table and a bind-mounted resolv.conf.  What stands in: pppd's link phase, by
@@ -93,7 +93,7 @@ def lan(netns):
 
 
 def dial_detect(ns) -> subprocess.CompletedProcess:
-    return ns.run(sys.executable, "-m", "fsm_init.dial", "detect", check=False,
+    return ns.run(sys.executable, "-m", "fsm_init.network.dial", "detect", check=False,
                   env=dict(os.environ, PYTHONPATH=str(ROOT)))
 
 
@@ -144,9 +144,9 @@ def test_without_kernel_ppp_support_the_step_is_unavailable_and_the_service_star
 def test_real_pppd_reads_the_options_file_and_stops_at_dev_ppp(sandbox, netns, tmp_path):
     """The argv and options file fsm-init makes, given to the REAL pppd in a mount
     namespace whose /dev/ppp is the PPP char device 108,0 this kernel cannot open."""
-    from fsm_init import pppoe
-    from fsm_init.settings import Settings
-    from fsm_init.system import System
+    from fsm_init.network import pppoe
+    from fsm_init.core.settings import Settings
+    from fsm_init.core.system import System
 
     class NoProbe(System):
         def run(self, argv, input=None, timeout=10.0):
@@ -244,7 +244,7 @@ def test_dial_up_with_detection_hooks_restart_keepalive_and_disable(sandbox, lan
     assert (link["state"], link["interface"], link["device"], link["local"], link["remote"]) == \
         ("up", "inet0", "c-ac", "10.64.0.2", "10.64.0.1")
     assert "link up: inet0 over c-ac, local 10.64.0.2, peer 10.64.0.1" in c.run(
-        sys.executable, "-c", f"from fsm_init import dial; from fsm_init.system import System; "
+        sys.executable, "-c", f"from fsm_init.network import dial; from fsm_init.core.system import System; "
         f"print(dial.describe(System(), {str(sandbox.run_dir)!r}))", env=dict(os.environ, PYTHONPATH=str(ROOT))).stdout
     assert "user user@isp, interface detected at each start, default route taken over" in status_pppoe(run)
 

@@ -161,7 +161,7 @@ def test_an_internal_error_never_exits_0(workuser_sandbox, tmp_path):
     raise as "embedded null byte" did): the stop path runs, and the status is 70."""
     sandbox, _ = workuser_sandbox
     (tmp_path / "sitecustomize.py").write_text(
-        "import fsm_init.system as s\n"
+        "import fsm_init.core.system as s\n"
         "_spawn = s.System.spawn\n"
         "def spawn(self, argv, *args, **kwargs):\n"
         "    if argv and argv[-1] == 'FAULT':\n"

@@ -60,7 +60,7 @@ def start(box, *options, user=(), keep_state_dir=True, **given):
     return run
 
 
-def srvctl(run, *args, user=(), module="fsm_init.srvctl"):
+def srvctl(run, *args, user=(), module="fsm_init.client.srvctl"):
     env = {k: v for k, v in run.sandbox.env().items() if k not in ("FSM_INIT_RUN_DIR", "FSM_INIT_STATE_DIR")}
     return subprocess.run(["nsenter", "-t", str(run.pid1), "-m", *user, sys.executable, "-m", module, *args],
                           env=env, capture_output=True, text=True, timeout=15, cwd="/")

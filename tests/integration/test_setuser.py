@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from fsm_init.system import System
+from fsm_init.core.system import System
 from tests.conftest import ROOT, needs_pid_namespace, wait_for
 
-SETUSER = [sys.executable, "-P", "-m", "fsm_init.setuser"]
+SETUSER = [sys.executable, "-P", "-m", "fsm_init.core.setuser"]
 
 
 def _account(name: str) -> bool:
@@ -155,7 +155,7 @@ def unreadable_install():
     (top / "prefix" / "lib").mkdir(parents=True)
     (top / "prefix" / "lib" / stdlib.name).symlink_to(stdlib)
     python = os.path.realpath(sys.executable)
-    code = f"import sys; sys.path.insert(0, {str(top)!r}); from fsm_init.setuser import main; sys.exit(main())"
+    code = f"import sys; sys.path.insert(0, {str(top)!r}); from fsm_init.core.setuser import main; sys.exit(main())"
     yield [python, "-S", "-c", code], top
     shutil.rmtree(top, ignore_errors=True)
 
@@ -178,7 +178,7 @@ def test_installed_where_the_user_cannot_read(unreadable_install, prctl):
                 shutil.copy2(path, top)
     env = {"PATH": os.environ["PATH"], "PYTHONHOME": str(top / "prefix")}
     denied = subprocess.run(["setpriv", "--reuid", str(NOBODY.pw_uid), "--regid", str(NOBODY.pw_gid), "--clear-groups",
-                             "cat", str(top / "fsm_init" / "setuser.py")], capture_output=True, text=True)
+                             "cat", str(top / "fsm_init" / "core" / "setuser.py")], capture_output=True, text=True)
     assert denied.returncode != 0, "the copy must be unreadable for nobody"
     result = subprocess.run([*argv, "nobody", "sh", "-c", "id -u; grep NoNewPrivs /proc/self/status"],
                             env=env, capture_output=True, text=True, timeout=30)

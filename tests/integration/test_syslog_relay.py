@@ -29,9 +29,9 @@ FLOOD = 100_000
 DRIVER = r"""
 import json, os, sys
 sys.path.insert(0, sys.argv[1])
-from fsm_init.loop import EventLoop
-from fsm_init.syslog_relay import SyslogRelay
-from fsm_init.system import System
+from fsm_init.core.loop import EventLoop
+from fsm_init.compat.syslog_relay import SyslogRelay
+from fsm_init.core.system import System
 
 path, out_path, stop_path, deadline = sys.argv[2], sys.argv[3], sys.argv[4], float(sys.argv[5])
 system = System()
@@ -189,7 +189,7 @@ for i in range(count):
 def test_a_flood_of_8_kib_datagrams_is_bounded_in_bytes(driver):
     """Issue 11, point 9: the line budget alone let 2000 lines of 8 KiB a second through
     (16 MB of log a second); the byte budget holds the log to about 256 KiB a second."""
-    from fsm_init.syslog_relay import BYTE_BURST, BYTE_RATE
+    from fsm_init.compat.syslog_relay import BYTE_BURST, BYTE_RATE
 
     d = driver()
     began = time.monotonic()

@@ -177,7 +177,7 @@ def test_sigterm_to_pid1_stops_the_terminal_service(terminal, phase):
     if phase == "reaper":
         term.expect(r"handing PID duties to the thin reaper")
         end = time.monotonic() + 10
-        while "fsm_init.reaper" not in _cmdline(pid1):
+        while "fsm_init.core.reaper" not in _cmdline(pid1):
             assert time.monotonic() < end, "PID 1 did not become the thin reaper\n" + term.text
             term.read_available(0.02)
     os.kill(pid1, signal.SIGTERM)

@@ -1,4 +1,4 @@
-"""Test doubles for unit tests: a recording fake of ``fsm_init.system.System``.
+"""Test doubles for unit tests: a recording fake of ``fsm_init.core.system.System``.
 
 In the manner of supervisor's ``DummyOptions``: every OS call the engine makes lands
 on ``FakeSystem``, which records it and can be told to fail.  Time is a number the
@@ -20,10 +20,10 @@ import stat
 import zlib
 from typing import NamedTuple
 
-from fsm_init import table
+from fsm_init.core import table
 from fsm_init.engine import Engine
-from fsm_init.settings import Settings
-from fsm_init.system import ProcInfo
+from fsm_init.core.settings import Settings
+from fsm_init.core.system import ProcInfo
 
 # -- wait statuses, as os.waitpid reports them -------------------------------------------
 
@@ -67,7 +67,7 @@ DEADLY = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGKILL})
 
 
 class FakeSystem:
-    """A recording stand-in for ``fsm_init.system.System`` (same method names)."""
+    """A recording stand-in for ``fsm_init.core.system.System`` (same method names)."""
 
     def __init__(self, pid: int = 1, clock: float = 1000.0) -> None:
         self.clock = clock
@@ -511,7 +511,7 @@ class FakeSystem:
 
     def listen_unix(self, path: str):
         """A real listener (srvctl-style clients connect to it), the call recorded."""
-        from fsm_init.system import listen_unix
+        from fsm_init.core.system import listen_unix
 
         self.calls.append(("listen_unix", path))
         self._maybe_fail("listen_unix", path)
@@ -520,21 +520,21 @@ class FakeSystem:
     # The syslog relay's socket is real (clients send to it, the loop selects on it), at a
     # real path the test chose; the calls are recorded, and fail on demand.
     def bind_datagram(self, path: str, mode: int):
-        from fsm_init.system import bind_datagram
+        from fsm_init.core.system import bind_datagram
 
         self.calls.append(("bind_datagram", path, mode))
         self._maybe_fail("bind_datagram", path)
         return bind_datagram(path, mode)
 
     def probe_datagram(self, path: str) -> None:
-        from fsm_init.system import probe_datagram
+        from fsm_init.core.system import probe_datagram
 
         self.calls.append(("probe_datagram", path))
         self._maybe_fail("probe_datagram", path)
         probe_datagram(path)
 
     def socket_file(self, path: str) -> tuple[int, int, bool] | None:
-        from fsm_init.system import socket_file
+        from fsm_init.core.system import socket_file
 
         self._maybe_fail("socket_file", path)
         return socket_file(path)
@@ -552,7 +552,7 @@ class FakeSystem:
         return os.write(fd, data)
     def listen_tcp(self, host: str, port: int, family: int):
         """A real listener on loopback (the tests connect to it), the call recorded."""
-        from fsm_init.system import listen_tcp
+        from fsm_init.core.system import listen_tcp
 
         self.calls.append(("listen_tcp", host, port))
         self._maybe_fail("listen_tcp", host)

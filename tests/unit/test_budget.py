@@ -1,4 +1,4 @@
-"""The stop budget's arithmetic (fsm_init/budget.py) on the fake clock, then the engine's
+"""The stop budget's arithmetic (fsm_init/core/budget.py) on the fake clock, then the engine's
 whole stop path within it on a FakeSystem (deadlines fired as the fake clock moves)."""
 
 import json
@@ -7,10 +7,10 @@ import signal
 
 import pytest
 
-from fsm_init import budget, log
-from fsm_init.budget import KILL_WAIT, StopBudget
-from fsm_init.daemons import Daemons
-from fsm_init.loop import EventLoop
+from fsm_init.core import budget, log
+from fsm_init.core.budget import KILL_WAIT, StopBudget
+from fsm_init.compat.daemons import Daemons
+from fsm_init.core.loop import EventLoop
 
 from . import fakes
 from .fakes import FakeSystem, Harness, make_settings

@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from fsm_init import cli, config, config_schema, load_config, resolve_target
-from fsm_init.config import MASK
-from fsm_init.resolve_target import Target
+from fsm_init import cli
+from fsm_init.config import schema as config_schema, workcfg as config
+from fsm_init.steps import load_config, resolve_target
+from fsm_init.config.workcfg import MASK
+from fsm_init.steps.resolve_target import Target
 
 from .fakes import FakeSystem, make_settings
 

@@ -7,9 +7,9 @@ import subprocess
 
 import pytest
 
-from fsm_init import container_env as ce
-from fsm_init import trust
-from fsm_init.system import System
+from fsm_init.compat import container_env as ce
+from fsm_init.core import trust
+from fsm_init.core.system import System
 from tests.unit.fakes import FakeSystem
 
 D = "/etc/container_environment"

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from fsm_init import control
-from fsm_init.loop import EventLoop
+from fsm_init.core import control
+from fsm_init.core.loop import EventLoop
 
 from . import fakes
 from .fakes import FakeSystem

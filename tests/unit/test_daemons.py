@@ -11,10 +11,10 @@ import signal
 
 import pytest
 
-from fsm_init import log
-from fsm_init import system as os_events
-from fsm_init.daemons import MAX_SETTLE, SETTLE, Daemons
-from fsm_init.loop import EventLoop
+from fsm_init.core import log
+from fsm_init.core import system as os_events
+from fsm_init.compat.daemons import MAX_SETTLE, SETTLE, Daemons
+from fsm_init.core.loop import EventLoop
 
 from . import fakes
 from .fakes import FakeSystem, exited, killed
@@ -724,7 +724,7 @@ def test_rescan_watches_a_directory_made_after_the_start(make):
 
 
 def test_status_says_a_removed_daemon_is_being_stopped(make):
-    from fsm_init.srvctl import describe_daemon
+    from fsm_init.client.srvctl import describe_daemon
 
     rig = make("web")
     rig.system.stubborn(rig.pid("web"))

@@ -6,13 +6,15 @@ verb and every my_init option it takes is documented on its page (the variables 
 import re
 from pathlib import Path
 
-from fsm_init import cli, config, srvctl
+from fsm_init import cli
+from fsm_init.client import srvctl
+from fsm_init.config import workcfg as config
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
 DOCS = ROOT / "docs"
 # Set by fsm-init for itself, not by users: the thin reaper's hand-over state
-# (fsm_init/reaper.py) and the PPPoE link hooks' log target (fsm_init/pppoe.py).
+# (fsm_init/core/reaper.py) and the PPPoE link hooks' log target (fsm_init/network/pppoe.py).
 INTERNAL = {"FSM_INIT_HANDOVER", "FSM_INIT_LOG_PID"}
 
 

@@ -9,18 +9,20 @@ import types
 
 import pytest
 
-from fsm_init import config, start, table
-from fsm_init.control import NOT_SUPERVISED
+from fsm_init.config import workcfg as config
+from fsm_init.core import table
+from fsm_init.steps import start
+from fsm_init.core.control import NOT_SUPERVISED
 from fsm_init.history import History
-from fsm_init.journal import Journal
-from fsm_init.kill import Group
-from fsm_init.launch import Launch, service_env
-from fsm_init.loop import EventLoop
-from fsm_init.oom import Watch
-from fsm_init.readiness import Notifier
-from fsm_init.repeats import Repeats
-from fsm_init.resolve_target import Target
-from fsm_init.service import Service
+from fsm_init.core.journal import Journal
+from fsm_init.core.kill import Group
+from fsm_init.steps.launch import Launch, service_env
+from fsm_init.core.loop import EventLoop
+from fsm_init.core.oom import Watch
+from fsm_init.core.readiness import Notifier
+from fsm_init.core.repeats import Repeats
+from fsm_init.steps.resolve_target import Target
+from fsm_init.steps.service import Service
 from fsm_init.verbs import Verbs
 from tests.unit.fakes import FakeSystem, ProcessReplaced, close_engine, exited, killed, make_engine, make_settings
 

@@ -9,7 +9,7 @@ import signal
 
 import pytest
 
-from fsm_init.writes import FileWrites
+from fsm_init.core.writes import FileWrites
 
 from .fakes import exited
 from .test_machine import COUNT, SRV, handovers, in_check, listens, make, no_real_exec, pass_check  # noqa: F401
@@ -84,7 +84,7 @@ def test_a_new_reason_is_news_a_relapse_soon_after_recovery_is_not(capfd):
 
 
 def test_a_half_written_journal_line_is_cut_off(tmp_path, monkeypatch):
-    from fsm_init.system import System
+    from fsm_init.core.system import System
 
     path = tmp_path / "journal.jsonl"
     path.write_bytes(b'{"a": 1}\n')
@@ -100,7 +100,7 @@ def test_a_half_written_journal_line_is_cut_off(tmp_path, monkeypatch):
 
 
 def test_a_flood_of_forwarded_signals_is_summarised_once_a_second_and_idle_needs_no_deadline(make, capfd):
-    from fsm_init.forwarded import DEADLINE
+    from fsm_init.core.forwarded import DEADLINE
 
     from .test_machine import cfg
 
@@ -145,7 +145,7 @@ def test_counted_signals_are_said_before_fsm_init_exits(make, capfd):
 
 
 def test_the_thin_reaper_summarises_forwarded_signals_too(capfd):
-    from fsm_init import reaper
+    from fsm_init.core import reaper
 
     from .fakes import FakeSystem, close_loop, make_settings
 
@@ -237,7 +237,7 @@ def test_rt_and_mt_scripts_that_cannot_be_started_are_said_once(make, capfd):
 
 
 def test_a_check_whose_output_pipes_cannot_be_made_leaks_no_descriptor():
-    from fsm_init.output import CapturedOutput
+    from fsm_init.steps.output import CapturedOutput
 
     from .fakes import FakeSystem
 
@@ -258,7 +258,7 @@ def test_a_check_whose_output_pipes_cannot_be_made_leaks_no_descriptor():
 
 
 def test_accept_failing_backs_off_is_said_once_and_recovery_once(capfd):
-    from fsm_init import control
+    from fsm_init.core import control
 
     from .fakes import advance, close_loop
     from .test_control import OutOfDescriptors, Rig
@@ -303,7 +303,7 @@ def test_the_proc_scan_survives_fd_exhaustion():
 
     code = """
 import os, resource
-from fsm_init.system import System
+from fsm_init.core.system import System
 system = System()
 child = os.posix_spawn("/bin/sleep", ["sleep", "30"], os.environ)
 resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
@@ -324,7 +324,7 @@ print(child in pids, os.getpid() in pids, str(child) in names)
 
 
 def test_an_admin_command_that_cannot_be_forked_is_a_failed_command_not_an_exception(monkeypatch):
-    from fsm_init.system import System
+    from fsm_init.core.system import System
 
     def refuse(*args, **kwargs):
         raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN))
@@ -432,8 +432,8 @@ def test_no_scheduling_reads_the_wall_clock():
 
 
 def test_a_supporting_service_that_cannot_be_forked_is_said_once_per_episode(capfd):
-    from fsm_init.loop import EventLoop
-    from fsm_init.supporting import Spec, Supporting
+    from fsm_init.core.loop import EventLoop
+    from fsm_init.network.supporting import Spec, Supporting
 
     from .fakes import FakeSystem, close_loop
 
@@ -458,7 +458,7 @@ def test_a_supporting_service_that_cannot_be_forked_is_said_once_per_episode(cap
 
 
 def test_fsm_init_status_shows_the_files_that_cannot_be_written():
-    from fsm_init import status_view
+    from fsm_init.client import status_view
 
     rows = status_view.supporting({"write_problems": {
         "/run/fsm-init/status.json": "No space left on device since 12:00:03 (4 failed write(s))"}})

@@ -14,9 +14,10 @@ import json
 
 import pytest
 
-from fsm_init import config, firewall
-from fsm_init import iptables_rules as rules
-from fsm_init.system import INIT_NAMESPACE_INO, Unavailable
+from fsm_init.config import workcfg as config
+from fsm_init.network import firewall
+from fsm_init.network import iptables_rules as rules
+from fsm_init.core.system import INIT_NAMESPACE_INO, Unavailable
 
 from .fakes import FakeSystem, Harness, make_settings
 

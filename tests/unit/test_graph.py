@@ -20,8 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from fsm_init import control, graph, table
-from fsm_init.system import listen_unix
+from fsm_init.client import graph
+from fsm_init.core import control, table
+from fsm_init.core.system import listen_unix
 
 from .fakes import FakeSystem, Harness, make_settings
 
@@ -616,13 +617,13 @@ def test_the_engines_boot_path_does_not_import_graph():
     found = run_python("""
 import fsm_init.cli, fsm_init.engine
 from fsm_init.engine import Engine
-from fsm_init.settings import Settings
-from fsm_init.system import System
+from fsm_init.core.settings import Settings
+from fsm_init.core.system import System
 Engine(System(), Settings(), {})
 print(json.dumps(sorted(sys.modules)))
 """)
     assert "fsm_init.engine" in found
-    assert "fsm_init.graph" not in found
+    assert "fsm_init.client.graph" not in found
 
 
 def test_graph_needs_neither_transitions_nor_asyncio():
@@ -634,5 +635,5 @@ with contextlib.redirect_stdout(io.StringIO()):
     cli.main(["graph"])
 print(json.dumps(sorted(sys.modules)))
 """)
-    assert "fsm_init.graph" in found
+    assert "fsm_init.client.graph" in found
     assert [m for m in found if m.split(".")[0] in ("transitions", "asyncio", "graphviz", "pygraphviz", "rich")] == []

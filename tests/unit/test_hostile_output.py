@@ -21,11 +21,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fsm_init import dial, log, output, srvctl, status_view
-from fsm_init import syslog_relay as sr
-from fsm_init.loop import EventLoop
-from fsm_init.status_view import Frame
-from fsm_init.system import System
+from fsm_init.client import srvctl, status_view
+from fsm_init.core import log
+from fsm_init.network import dial
+from fsm_init.steps import output
+from fsm_init.compat import syslog_relay as sr
+from fsm_init.core.loop import EventLoop
+from fsm_init.client.status_view import Frame
+from fsm_init.core.system import System
 
 from .fakes import FakeSystem
 
@@ -165,7 +168,7 @@ def test_srvctl_why_and_history_print_escaped(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert raw_controls(out, allow_newlines=True) == [] and out.count("\n") == 1
     assert "\\x1b]0;t\\x07\\nfsm-init[watch] forged" in out
-    monkeypatch.setattr("fsm_init.control.request", lambda *a, **k: {"ok": True, "message": "a\x1b[2Kb\nc"})
+    monkeypatch.setattr("fsm_init.core.control.request", lambda *a, **k: {"ok": True, "message": "a\x1b[2Kb\nc"})
     assert srvctl.main(["why"]) == 0
     assert capsys.readouterr().out == "a\\x1b[2Kb\\nc\n"
 
@@ -323,7 +326,7 @@ def with_a_stalled_stderr(code: str) -> subprocess.CompletedProcess:
     directory fsm_init is imported from)."""
     r, w = os.pipe()
     try:
-        return subprocess.run([sys.executable, "-c", code, str(os.path.dirname(os.path.dirname(log.__file__)))],
+        return subprocess.run([sys.executable, "-c", code, str(os.path.dirname(os.path.dirname(os.path.dirname(log.__file__))))],
                               stderr=w, stdout=subprocess.PIPE, timeout=30)
     finally:
         os.close(w)
@@ -332,7 +335,7 @@ def with_a_stalled_stderr(code: str) -> subprocess.CompletedProcess:
 
 def test_a_process_with_a_stalled_stderr_keeps_going():
     """The outlet in a real process whose stderr is a pipe nobody reads."""
-    done = with_a_stalled_stderr("import sys; sys.path.insert(0, sys.argv[1]); from fsm_init import log; "
+    done = with_a_stalled_stderr("import sys; sys.path.insert(0, sys.argv[1]); from fsm_init.core import log; "
                                  "log.go_nonblocking()\n" + FLOOD_THE_LOG)
     assert done.returncode == 0 and int(done.stdout) > 0
 
@@ -415,7 +418,7 @@ def test_check_output_passed_through_is_one_escaped_named_line_each(chunks):
 
 def test_the_poll_fallback_never_blocks_either():
     """Where /proc/self/fd cannot be opened again, writes wait for poll() to say there is room."""
-    code = ("import os, sys; sys.path.insert(0, sys.argv[1]); from fsm_init import log\n"
+    code = ("import os, sys; sys.path.insert(0, sys.argv[1]); from fsm_init.core import log\n"
             "real_open = os.open\n"
             "def no_proc(path, *a, **k):\n"
             "    if str(path).startswith('/proc/self/fd/'): raise PermissionError(13, 'no /proc')\n"

@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from fsm_init import http_probes, metrics
-from fsm_init.http_probes import HttpServer, parse_address
-from fsm_init.loop import EventLoop
+from fsm_init.core import http_probes, metrics
+from fsm_init.core.http_probes import HttpServer, parse_address
+from fsm_init.core.loop import EventLoop
 
 from .fakes import FakeSystem, close_loop
 

@@ -50,8 +50,8 @@ def test_cli_and_engine_import_no_extras():
 import fsm_init.cli
 import fsm_init.engine
 from fsm_init.engine import Engine
-from fsm_init.settings import Settings
-from fsm_init.system import System
+from fsm_init.core.settings import Settings
+from fsm_init.core.system import System
 Engine(System(), Settings(), {})
 report()
 """)
@@ -63,17 +63,17 @@ def test_engine_path_does_not_import_marshmallow_without_a_config():
     found = run("""
 import fsm_init.cli, fsm_init.engine
 from fsm_init.engine import Engine
-from fsm_init.settings import Settings
-from fsm_init.system import System
+from fsm_init.core.settings import Settings
+from fsm_init.core.system import System
 Engine(System(), Settings(), {})
 report()
 """)
-    assert loaded(found["after"], ("marshmallow", "fsm_init.config_schema")) == []
+    assert loaded(found["after"], ("marshmallow", "fsm_init.config.schema")) == []
 
 
 @pytest.mark.parametrize("flags", [("-I", "-S"), ("-I",)], ids=["as-exec-ed", "with-site"])
 def test_thin_reaper_stays_in_the_standard_library(flags):
-    found = run("import fsm_init.reaper\nreport()", *flags)
+    found = run("import fsm_init.core.reaper\nreport()", *flags)
     assert loaded(found["before"], LIGHT_FORBIDDEN) == []
     assert loaded(found["after"], LIGHT_FORBIDDEN) == []
     assert not_stdlib(set(found["after"]) - set(found["before"])) == []
@@ -82,9 +82,9 @@ def test_thin_reaper_stays_in_the_standard_library(flags):
 @pytest.mark.parametrize("flags", [("-I", "-S"), ("-I",)], ids=["as-exec-ed", "with-site"])
 def test_the_thin_reapers_http_probes_and_metrics_stay_in_the_standard_library(flags):
     found = run("""
-import fsm_init.reaper, fsm_init.http_probes, fsm_init.metrics
-fsm_init.http_probes.parse_address("127.0.0.1:9000")
-fsm_init.metrics.Metrics().render("handover", None)
+import fsm_init.core.reaper, fsm_init.core.http_probes, fsm_init.core.metrics
+fsm_init.core.http_probes.parse_address("127.0.0.1:9000")
+fsm_init.core.metrics.Metrics().render("handover", None)
 report()
 """, *flags)
     assert loaded(found["after"], LIGHT_FORBIDDEN) == []
@@ -94,9 +94,9 @@ report()
 def test_srvctl_with_a_bad_verb_stays_in_the_standard_library():
     found = run("""
 import io, contextlib
-import fsm_init.srvctl
+import fsm_init.client.srvctl
 with contextlib.redirect_stderr(io.StringIO()):
-    code = fsm_init.srvctl.main(["frobnicate"])
+    code = fsm_init.client.srvctl.main(["frobnicate"])
 report(code=code)
 """, "-I", "-S")
     assert found["code"] == 2
@@ -107,26 +107,26 @@ report(code=code)
 def test_srvctl_status_without_an_engine_stays_in_the_standard_library(tmp_path):
     found = run("""
 import io, contextlib
-import fsm_init.srvctl
+import fsm_init.client.srvctl
 with contextlib.redirect_stderr(io.StringIO()):
-    code = fsm_init.srvctl.main(["status", "--json"])
+    code = fsm_init.client.srvctl.main(["status", "--json"])
 report(code=code)
 """, "-I", "-S", env={"FSM_INIT_RUN_DIR": str(tmp_path)})
     assert found["code"] == 3  # nobody listens
-    assert "fsm_init.control" in found["after"]
+    assert "fsm_init.core.control" in found["after"]
     assert loaded(found["after"], LIGHT_FORBIDDEN) == []
     assert not_stdlib(set(found["after"]) - set(found["before"])) == []
 
 
 def test_config_imports_marshmallow_only_to_validate():
     found = run("""
-import fsm_init.config as config
+import fsm_init.config.workcfg as config
 config.defaults()
 config.parse_document(b'{"initdelay": 1}')
 config.masked(config.defaults())
 config.dumps_compact(config.defaults())
 lazy = "marshmallow" in sys.modules
-import fsm_init.config_schema as config_schema
+import fsm_init.config.schema as config_schema
 config_schema.validate({"initdelay": 1})
 report(lazy=lazy)
 """)

@@ -17,7 +17,9 @@ import signal
 import pytest
 
 from fsm_init import engine as engine_module
-from fsm_init import config, firewall, pppoe, reaper, ssh, table
+from fsm_init.config import workcfg as config
+from fsm_init.core import reaper, table
+from fsm_init.network import firewall, pppoe, ssh
 
 from .fakes import (Exec, FakeSystem, Harness, ProcessReplaced, close_loop, exited, killed, make_settings,
                     table_rows)

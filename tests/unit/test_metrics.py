@@ -7,8 +7,8 @@ import signal
 
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
-from fsm_init import metrics, reaper
-from fsm_init.table import STATES
+from fsm_init.core import metrics, reaper
+from fsm_init.core.table import STATES
 
 from .fakes import FakeSystem, Harness, close_loop, exited, killed, make_settings
 
@@ -225,7 +225,7 @@ def test_the_thin_reaper_carries_the_counts_on():
 def test_every_metric_and_endpoint_is_documented():
     from pathlib import Path
 
-    from fsm_init import http_probes
+    from fsm_init.core import http_probes
 
     page = (Path(__file__).resolve().parents[2] / "docs" / "metrics.md").read_text()
     samples = parsed(metrics.Metrics().render("boot", None, [{"name": "d", "restarts": 0}]))

@@ -6,8 +6,8 @@ import signal
 
 import pytest
 
-from fsm_init import oom
-from fsm_init.srvctl import describe_daemon
+from fsm_init.core import oom
+from fsm_init.client.srvctl import describe_daemon
 
 from .fakes import FakeSystem, Harness, exited, killed, make_settings
 
@@ -143,7 +143,7 @@ def test_a_shell_reporting_its_commands_sigkill_as_137_counts_too():
 
 
 def test_the_thin_reaper_carries_the_count_and_names_the_kill():
-    from fsm_init import reaper
+    from fsm_init.core import reaper
 
     from .fakes import close_loop
 

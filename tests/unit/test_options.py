@@ -4,10 +4,11 @@ import signal
 
 import pytest
 
-from fsm_init import cli, reaper
+from fsm_init import cli
+from fsm_init.core import reaper
 from fsm_init import engine as engine_module
-from fsm_init import settings as settings_module
-from fsm_init.settings import Settings
+from fsm_init.core import settings as settings_module
+from fsm_init.core.settings import Settings
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""The pppoe step and its helpers (``fsm_init.dial``) on the recording FakeSystem: the
+"""The pppoe step and its helpers (``fsm_init.network.dial``) on the recording FakeSystem: the
 unavailable paths, pppd's argv and options file, the quoting pppd reads back, the
 interface detection, and the ip-up/ip-down hooks' commands and resolv.conf edits."""
 
@@ -9,8 +9,9 @@ import sys
 
 import pytest
 
-from fsm_init import config, dial, pppoe
-from fsm_init.system import System, Unavailable
+from fsm_init.config import workcfg as config
+from fsm_init.network import dial, pppoe
+from fsm_init.core.system import System, Unavailable
 
 from .fakes import FakeSystem, ProcessReplaced, make_settings
 
@@ -80,7 +81,7 @@ def test_without_kernel_ppp_support(code, reason, message):
 
 
 def test_the_kernel_probe_really_names_the_error():
-    status, out, _ = __import__("fsm_init.system", fromlist=["System"]).System().run(
+    status, out, _ = __import__("fsm_init.core.system", fromlist=["System"]).System().run(
         [sys.executable, "-I", "-S", "-c", pppoe.KERNEL_PROBE.replace("/dev/ppp", "/nonexistent/ppp")])
     assert status == 1 and out.split(" ", 2)[:2] == ["ppp", str(errno.ENOENT)]
 
@@ -121,7 +122,7 @@ def test_argv_with_an_interface_and_the_private_options_file(capfd):
     for hook in ("ip-up", "ip-down"):
         script = m.system.files[f"{RUN}/{hook}"].decode()
         assert m.system.modes[f"{RUN}/{hook}"] == 0o755
-        assert script.startswith("#!/bin/sh\n") and f"-m fsm_init.dial {hook} \"$@\"" in script
+        assert script.startswith("#!/bin/sh\n") and f"-m fsm_init.network.dial {hook} \"$@\"" in script
         assert "FSM_INIT_RUN_DIR=/run/fsm-init " in script and "FSM_INIT_LOG_PID=1 " in script
     assert spec.summary == "user user@isp, interface eth1, default route taken over"
     assert spec.env["FSM_INIT_RUN_DIR"] == "/run/fsm-init" and "PYTHONPATH" in spec.env
@@ -132,7 +133,7 @@ def test_argv_with_an_interface_and_the_private_options_file(capfd):
 
 def test_without_an_interface_the_dial_helper_detects_it_then_runs_pppd():
     spec = Machine().spec(usedefgw="no")
-    assert spec.argv[:5] == [sys.executable, "-m", "fsm_init.dial", "run", "--"]
+    assert spec.argv[:5] == [sys.executable, "-m", "fsm_init.network.dial", "run", "--"]
     assert spec.argv[5] == PPPD and spec.argv[-2:] == ["plugin", PLUGIN]
     assert spec.argv[spec.argv.index("ipparam") + 1] == "PATHBACK"
     assert spec.summary == "user user@isp, interface detected at each start, default route left alone"

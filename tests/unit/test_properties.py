@@ -6,8 +6,9 @@ import json
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from fsm_init import config, load_config, start
-from fsm_init.resolve_target import Target
+from fsm_init.config import workcfg as config
+from fsm_init.steps import load_config, start
+from fsm_init.steps.resolve_target import Target
 
 from .fakes import FakeSystem
 

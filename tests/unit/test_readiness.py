@@ -13,13 +13,14 @@ import socket
 
 import pytest
 
-from fsm_init import config_schema, readiness
+from fsm_init.config import schema as config_schema
+from fsm_init.core import readiness
 from fsm_init import engine as engine_module
-from fsm_init.kill import Group
-from fsm_init.loop import EventLoop
-from fsm_init.readiness import Notifier, State
-from fsm_init.service import Service
-from fsm_init.start import Mode
+from fsm_init.core.kill import Group
+from fsm_init.core.loop import EventLoop
+from fsm_init.core.readiness import Notifier, State
+from fsm_init.steps.service import Service
+from fsm_init.steps.start import Mode
 
 from . import fakes
 from .fakes import FakeSystem, Harness, make_settings
@@ -321,7 +322,7 @@ def test_fd_pipe_newline_makes_ready_and_eof_does_not(rig):
 
 
 def test_pipe_for_child_never_hands_over_the_number_itself():
-    from fsm_init.system import System
+    from fsm_init.core.system import System
 
     read_end, write_end = System().pipe_for_child(1023)
     try:
@@ -437,7 +438,7 @@ def test_the_real_socket_gives_the_senders_pid_and_keeps_no_descriptor_sent_to_i
     find no room in the ancillary buffer: the kernel closes them, PID 1 never holds them."""
     import array
 
-    from fsm_init.system import System
+    from fsm_init.core.system import System
 
     system = System()
     path = str(tmp_path / "notify.sock")

@@ -5,8 +5,10 @@ import signal
 
 import pytest
 
-from fsm_init import config, reload, table
-from fsm_init.daemons import run_digest
+from fsm_init.config import workcfg as config
+from fsm_init.core import table
+from fsm_init.steps import reload
+from fsm_init.compat.daemons import run_digest
 
 from .fakes import FakeSystem, Harness, exited, make_settings
 
@@ -14,7 +16,7 @@ SRV = "/srv/app"
 
 
 def effective(**values) -> dict:
-    from fsm_init import config_schema
+    from fsm_init.config import schema as config_schema
 
     document = {"initdelay": 0, "workstart": "./run.sh", "firewall": {"enable": "no"}, **values}
     found, problems = config_schema.validate(document)
@@ -333,14 +335,14 @@ def test_secrets_never_in_the_reply(make):
     (["reload", "--dry-run"], {"ok": False, "changed": False}, 1),
 ])
 def test_srvctl_reload_exit_codes(monkeypatch, capsys, args, reply, code):
-    from fsm_init import srvctl
+    from fsm_init.client import srvctl
 
     sent = []
 
     def request(path, verb, **fields):
         sent.append((verb, fields))
         return dict(reply, message="x", lines=["one", "two \x1b[2K"])
-    monkeypatch.setattr("fsm_init.control.request", request)
+    monkeypatch.setattr("fsm_init.core.control.request", request)
     assert srvctl.main(args) == code
     assert sent == [("reload", {"dry_run": True} if "--dry-run" in args else {})]
     assert capsys.readouterr().out == "one\ntwo \\x1b[2K\n"
@@ -348,14 +350,14 @@ def test_srvctl_reload_exit_codes(monkeypatch, capsys, args, reply, code):
 
 @pytest.mark.parametrize("args", [["reload", "--now"], ["reload", "app"], ["reload", "--dry-run", "x"]])
 def test_srvctl_reload_usage(args, capsys):
-    from fsm_init import srvctl
+    from fsm_init.client import srvctl
 
     assert srvctl.main(args) == srvctl.USAGE_ERROR
     assert "srvctl reload [--dry-run]" in capsys.readouterr().err
 
 
 def test_the_thin_reaper_refuses_a_reload():
-    from fsm_init import reaper, status
+    from fsm_init.core import reaper, status
 
     reply = status.answer(reaper.Reaper.__new__(reaper.Reaper), {"verb": "reload", "dry_run": True})
     assert reply["ok"] is False and "restart the container" in reply["message"]
@@ -395,8 +397,8 @@ def test_a_mode_switch_not_applied_in_non_daemon_mode_keeps_the_mode(make):
 
 
 def test_an_ipv6_firewall_left_unchanged_fails_the_reload(make):
-    from fsm_init import firewall
-    from fsm_init import iptables_rules as rules
+    from fsm_init.network import firewall
+    from fsm_init.network import iptables_rules as rules
 
     from .test_firewall import Netfilter
 
@@ -515,8 +517,8 @@ def test_a_container_environment_another_user_could_change_is_not_read(make):
 
 
 def test_a_stop_during_the_dropbear_restart_a_reload_began_does_not_start_it_again(make, monkeypatch):
-    from fsm_init import ssh
-    from fsm_init.supporting import Spec
+    from fsm_init.network import ssh
+    from fsm_init.network.supporting import Spec
 
     monkeypatch.setattr(ssh, "spec", lambda c, system, settings: Spec(
         ["/usr/sbin/dropbear", "-p", str(c["sshsrv"]["sshport"])], {}, str(c["sshsrv"]["sshport"]), "port"))
@@ -535,7 +537,7 @@ def test_a_stop_during_the_dropbear_restart_a_reload_began_does_not_start_it_aga
 def test_a_large_daemon_run_is_not_read_whole_on_the_event_loop(make):
     # A run that is a big program (a symlink to a server binary): its size and time tell a
     # change; reading and hashing it at each start would hold PID 1 up.
-    from fsm_init import daemons
+    from fsm_init.compat import daemons
 
     h = make(cfg(workwatch=0), service_dir="/etc/service")
     big = "#!/bin/sh\n" + "#" * (daemons.DIGEST_LIMIT + 1)
@@ -551,7 +553,7 @@ def test_a_large_daemon_run_is_not_read_whole_on_the_event_loop(make):
 
 
 def test_the_real_file_identity(tmp_path):
-    from fsm_init.system import System
+    from fsm_init.core.system import System
 
     system = System.__new__(System)  # file_identity needs no set-up
     path = tmp_path / "run"

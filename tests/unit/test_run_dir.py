@@ -7,9 +7,9 @@ import os
 
 import pytest
 
-from fsm_init import settings as settings_module
-from fsm_init.settings import RUN_DIR, STATE_DIR, fallback_run_dirs, settle_dirs
-from fsm_init.system import System, private_problem
+from fsm_init.core import settings as settings_module
+from fsm_init.core.settings import RUN_DIR, STATE_DIR, fallback_run_dirs, settle_dirs
+from fsm_init.core.system import System, private_problem
 
 from .fakes import FakeSystem, make_settings
 

@@ -5,11 +5,11 @@ import signal
 
 import pytest
 
-from fsm_init import config
-from fsm_init.foreground import Foreground, carry_on
-from fsm_init.loop import EventLoop
-from fsm_init.repeats import Repeats
-from fsm_init.watch import Checks
+from fsm_init.config import workcfg as config
+from fsm_init.steps.foreground import Foreground, carry_on
+from fsm_init.core.loop import EventLoop
+from fsm_init.core.repeats import Repeats
+from fsm_init.steps.watch import Checks
 
 from . import fakes
 from .fakes import FakeSystem

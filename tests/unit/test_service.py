@@ -1,9 +1,10 @@
 """The service instance, its restart policy and its health, alone: no engine, no loop,
 a clock the test moves (as tests/unit/test_daemons.py tests the daemons)."""
 
-from fsm_init import config, start
-from fsm_init.service import Service
-from fsm_init.kill import Group
+from fsm_init.config import workcfg as config
+from fsm_init.steps import start
+from fsm_init.steps.service import Service
+from fsm_init.core.kill import Group
 
 
 class Clock:

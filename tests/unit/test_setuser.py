@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from fsm_init import config, config_schema, setuser, start
+from fsm_init.config import schema as config_schema, workcfg as config
+from fsm_init.core import setuser
+from fsm_init.steps import start
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -57,7 +59,7 @@ def test_workuser_is_only_checked_for_form_by_the_config():
 # -- start.as_user: the argv the engine spawns -------------------------------------------------------
 
 
-PREFIX = [sys.executable, "-P", "-m", "fsm_init.setuser"]
+PREFIX = [sys.executable, "-P", "-m", "fsm_init.core.setuser"]
 
 
 def test_no_workuser_is_the_argv_itself():
@@ -206,7 +208,7 @@ def test_setuser_imports_stdlib_and_prctl_only():
 import json, sys
 sys.path.insert(0, {str(ROOT)!r})
 before = set(sys.modules)
-import fsm_init.setuser
+import fsm_init.core.setuser
 print(json.dumps(sorted(set(sys.modules) - before)))
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
@@ -214,5 +216,5 @@ print(json.dumps(sorted(set(sys.modules) - before)))
     added = json.loads(result.stdout)
     assert [m for m in added if m.split(".")[0] not in sys.stdlib_module_names
             and m.split(".")[0] not in ("fsm_init", "prctl", "_prctl")] == []
-    assert [m for m in added if m.startswith("fsm_init.")] == ["fsm_init.setuser"]
+    assert [m for m in added if m.startswith("fsm_init.")] == ["fsm_init.core", "fsm_init.core.setuser"]
     assert "typing" not in added

@@ -7,8 +7,9 @@ import re
 
 import pytest
 
-from fsm_init import config, ssh
-from fsm_init.system import INIT_NAMESPACE_INO, Unavailable
+from fsm_init.config import workcfg as config
+from fsm_init.network import ssh
+from fsm_init.core.system import INIT_NAMESPACE_INO, Unavailable
 
 from .fakes import FakeSystem, Harness, make_settings
 

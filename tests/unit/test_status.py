@@ -1,7 +1,7 @@
 """One status module for the engine and the thin reaper: the same snapshot shape and
 the same request verbs whoever is PID 1."""
 
-from fsm_init import reaper, status
+from fsm_init.core import reaper, status
 
 from .fakes import FakeSystem, Harness, close_loop, make_settings
 

@@ -22,9 +22,11 @@ from pathlib import Path
 
 import pytest
 
-from fsm_init import cli, control, srvctl, status_view, table
-from fsm_init.status_view import Frame
-from fsm_init.system import listen_unix
+from fsm_init import cli
+from fsm_init.client import srvctl, status_view
+from fsm_init.core import control, table
+from fsm_init.client.status_view import Frame
+from fsm_init.core.system import listen_unix
 
 ROOT = Path(__file__).resolve().parents[2]
 NOW = time.time()
@@ -652,12 +654,12 @@ def test_the_engine_imports_neither_rich_nor_the_status_view():
     found = modules_after("""
 import fsm_init.cli, fsm_init.engine
 from fsm_init.engine import Engine
-from fsm_init.settings import Settings
-from fsm_init.system import System
+from fsm_init.core.settings import Settings
+from fsm_init.core.system import System
 Engine(System(), Settings(), {})
 """)
     assert "fsm_init.engine" in found
-    assert [m for m in found if m == "rich" or m.startswith("rich.") or m == "fsm_init.status_view"] == []
+    assert [m for m in found if m == "rich" or m.startswith("rich.") or m == "fsm_init.client.status_view"] == []
 
 
 def test_plain_and_json_status_do_not_import_rich(real_engine, run_dir):
@@ -668,5 +670,5 @@ import fsm_init.cli
 with contextlib.redirect_stdout(io.StringIO()):
     assert fsm_init.cli.main(["status", *{flags!r}]) == 0
 """, env=child_env(run_dir))
-        assert "fsm_init.status_view" in found
+        assert "fsm_init.client.status_view" in found
         assert [m for m in found if m == "rich" or m.startswith("rich.")] == []

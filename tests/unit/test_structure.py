@@ -253,7 +253,7 @@ def private_uses(source: str, filename: str, private: set[str]) -> list[str]:
                 if isinstance(name, ast.Constant) and isinstance(name.value, str) and name.value in private:
                     found.append(f"{where}: {called} {name.value}")
         elif isinstance(node, ast.Constant) and isinstance(node.value, str) and "fsm_init" in node.value:
-            # code run in a subprocess: "from fsm_init import log ... log._outlets"
+            # code run in a subprocess: "from fsm_init.core import log ... log._outlets"
             found.extend(f"{where}: .{name} in code" for name in re.findall(r"\.(_[A-Za-z]\w*)", node.value)
                          if name in private)
     return found
@@ -261,12 +261,12 @@ def private_uses(source: str, filename: str, private: set[str]) -> list[str]:
 
 def test_the_private_name_scan_sees_each_kind_of_use():
     private = {"_fire_due", "_json", "_helper"}
-    source = ("from fsm_init.loop import _helper\n"
+    source = ("from fsm_init.core.loop import _helper\n"
               "def t(loop, monkeypatch, log):\n"
               "    loop._fire_due()\n"
               "    monkeypatch.setattr(log, '_json', True)\n"
               "    self._fire_due()\n"
-              "    run('from fsm_init import log; log._json')\n")
+              "    run('from fsm_init.core import log; log._json')\n")
     assert sorted(use.split(": ", 1)[1] for use in private_uses(source, "t.py", private)) == [
         "._fire_due", "._json in code", "import _helper", "setattr _json"]
 

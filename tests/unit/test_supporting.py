@@ -5,8 +5,8 @@ import signal
 
 import pytest
 
-from fsm_init.loop import EventLoop
-from fsm_init.supporting import Spec, Supporting
+from fsm_init.core.loop import EventLoop
+from fsm_init.network.supporting import Spec, Supporting
 
 from . import fakes
 from .fakes import FakeSystem

@@ -6,8 +6,8 @@ import socket
 
 import pytest
 
-from fsm_init import syslog_relay as sr
-from fsm_init.loop import EventLoop
+from fsm_init.compat import syslog_relay as sr
+from fsm_init.core.loop import EventLoop
 from tests.unit.fakes import FakeSystem
 
 # -- parser ------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ import os
 import signal
 import stat
 
-from fsm_init.system import System, describe_exit, signal_name
+from fsm_init.core.system import System, describe_exit, signal_name
 
 from .fakes import close_loop
 
@@ -53,7 +53,7 @@ def test_spawn_in_a_directory_runs_there_and_leaves_ours_alone(tmp_path):
 
 def test_a_deadline_a_month_away_is_waited_for_a_day_at_a_time():
     """epoll raises OverflowError for a time-out past ~24.8 days (workwatch 2592000)."""
-    from fsm_init.loop import MAX_WAIT, EventLoop
+    from fsm_init.core.loop import MAX_WAIT, EventLoop
 
     loop = EventLoop(System(), lambda signum: None, lambda pid, status: None)
     waits = []
@@ -100,7 +100,7 @@ def test_spawned_children_start_with_every_signal_at_its_default():
 def test_the_os_posix_spawn_fall_back_still_runs_in_the_directory_with_the_redirections(tmp_path):
     """Where libc cannot be called directly (no ctypes): os.posix_spawn, which resets every
     signal but glibc's internal 32 and 33."""
-    from fsm_init import system
+    from fsm_init.core import system
 
     read, write = os.pipe2(os.O_CLOEXEC)
     try:

@@ -5,9 +5,10 @@ import json
 
 import pytest
 
-from fsm_init import config, config_schema, trust
-from fsm_init.load_config import ConfigSource
-from fsm_init.resolve_target import Target
+from fsm_init.config import schema as config_schema, workcfg as config
+from fsm_init.core import trust
+from fsm_init.steps.load_config import ConfigSource
+from fsm_init.steps.resolve_target import Target
 from tests.unit.fakes import FakeSystem
 from tests.unit.test_machine import SRV, cfg, make  # noqa: F401  (the fixture)
 
