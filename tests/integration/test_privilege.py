@@ -230,8 +230,16 @@ def with_keys(sandbox, host_keys: Path) -> None:
     shutil.copytree(host_keys, sandbox.state_dir / "dropbear")
 
 
+def comm(pid: int) -> str:
+    """The process's name; "" once it is gone (a short-lived child may exit between the scan and the read)."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except (FileNotFoundError, ProcessLookupError):
+        return ""
+
+
 def dropbear_host_pids(run) -> list[int]:
-    return [pid for pid in run.namespace_pids() if Path(f"/proc/{pid}/comm").read_text().strip() == "dropbear"]
+    return [pid for pid in run.namespace_pids() if comm(pid) == "dropbear"]
 
 
 @needs_ssh
