@@ -382,11 +382,7 @@ class Daemons:
         if self.shutting_down or not self.system.is_dir(self.directory):
             return done  # a vanished directory stops nothing: its removal is said once, in _changed
         present = set()
-        for name in self.system.list_dir(self.directory):
-            path = os.path.join(self.directory, name)
-            # runsvdir skips dot-directories (a "supervise" or editor leftover) and plain files.
-            if name.startswith(".") or not self.system.is_dir(path):
-                continue
+        for name, path in self.service_dirs():
             present.add(name)
             daemon = self.services.get(name)
             if daemon is not None:
@@ -553,6 +549,16 @@ class Daemons:
 
     # -- srvctl reload -------------------------------------------------------------------
 
+    def service_dirs(self) -> list[tuple[str, str]]:
+        """(name, path) of each service in the directory, as runsvdir sees them: it skips
+        dot-directories (a "supervise" or editor leftover) and plain files."""
+        found = []
+        for name in self.system.list_dir(self.directory):
+            path = os.path.join(self.directory, name)
+            if not name.startswith(".") and self.system.is_dir(path):
+                found.append((name, path))
+        return found
+
     def reload_plan(self) -> dict[str, list[str]]:
         """What `srvctl reload` would change, changing nothing: the services whose directory
         appeared ("added") or left ("removed"), the running ones whose run changed since
@@ -562,10 +568,7 @@ class Daemons:
         if not self.directory or self.shutting_down or not self.system.is_dir(self.directory):
             return plan
         present = set()
-        for name in self.system.list_dir(self.directory):
-            path = os.path.join(self.directory, name)
-            if name.startswith(".") or not self.system.is_dir(path):
-                continue
+        for name, path in self.service_dirs():
             present.add(name)
             daemon = self.services.get(name)
             if daemon is None or daemon.removed:

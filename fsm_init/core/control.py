@@ -22,6 +22,15 @@ MAX_CONNECTIONS = 16
 # retrying at once would spin PID 1.
 ACCEPT_PAUSE = 1.0
 ACCEPT_PAUSE_MAX = 8.0
+
+
+def accept_pause(failures: int, what: str, error: OSError) -> float:
+    """How long a listener rests after its failures-th accept failure in a row (out of
+    descriptors), doubling up to ACCEPT_PAUSE_MAX; the first failure is said, once."""
+    if failures == 1:
+        log.warn(f"{what}: cannot accept ({error.strerror}); listening again in {ACCEPT_PAUSE:g}s, "
+                 f"backing off up to {ACCEPT_PAUSE_MAX:g}s while it fails (said once)")
+    return min(ACCEPT_PAUSE * 2 ** min(failures - 1, 16), ACCEPT_PAUSE_MAX)
 # The answer to `srvctl restart` in non-daemon mode, from the engine or the thin reaper.
 NOT_SUPERVISED = "the service runs in non-daemon mode: fsm-init does not restart it (set workwatch)"
 
@@ -60,10 +69,7 @@ class ControlServer:
             return
         except OSError as e:
             self.accept_failures += 1
-            pause = min(ACCEPT_PAUSE * 2 ** min(self.accept_failures - 1, 16), ACCEPT_PAUSE_MAX)
-            if self.accept_failures == 1:
-                log.warn(f"control socket: cannot accept ({e.strerror}); listening again in {ACCEPT_PAUSE:g}s, "
-                         f"backing off up to {ACCEPT_PAUSE_MAX:g}s while it fails (said once)")
+            pause = accept_pause(self.accept_failures, "control socket", e)
             self._pause()
             self.loop.call_later("control-accept", pause, self._listen)
             return

@@ -20,6 +20,7 @@ import json
 import socket
 
 from fsm_init.core import log
+from fsm_init.core.control import accept_pause
 
 VARIABLE = "FSM_INIT_HTTP"
 MAX_REQUEST = 8192  # the request line and headers; a GET has no body
@@ -27,8 +28,6 @@ CONNECTION_TIMEOUT = 5.0
 MAX_CONNECTIONS = 32
 ACCEPTS_PER_WAKE = 16
 # After accept() fails (EMFILE), listening pauses, doubling up to the maximum (as control.py).
-ACCEPT_PAUSE = 1.0
-ACCEPT_PAUSE_MAX = 8.0
 REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
            431: "Request Header Fields Too Large", 500: "Internal Server Error", 503: "Service Unavailable"}
 TEXT = "text/plain; charset=utf-8"
@@ -100,10 +99,7 @@ class HttpServer:
                 return
             except OSError as e:
                 self.accept_failures += 1
-                pause = min(ACCEPT_PAUSE * 2 ** min(self.accept_failures - 1, 16), ACCEPT_PAUSE_MAX)
-                if self.accept_failures == 1:
-                    log.warn(f"HTTP probes: cannot accept ({e.strerror}); listening again in {ACCEPT_PAUSE:g}s, "
-                             f"backing off up to {ACCEPT_PAUSE_MAX:g}s while it fails (said once)")
+                pause = accept_pause(self.accept_failures, "HTTP probes", e)
                 self.loop.unwatch(self.sock)
                 self.listening = False
                 self.loop.call_later("http-accept", pause, self._listen)

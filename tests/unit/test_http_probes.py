@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from fsm_init.core import http_probes, metrics
+from fsm_init.core import control, http_probes, metrics
 from fsm_init.core.http_probes import HttpServer, parse_address
 from fsm_init.core.loop import EventLoop
 
@@ -271,10 +271,10 @@ def test_accept_failing_pauses_listening_instead_of_spinning(capfd):
             loop.poll(0)
         assert listener.accepts == 1 and not server.listening
         assert "HTTP probes: cannot accept (Too many open files); listening again in 1s" in capfd.readouterr().err
-        fake.clock += http_probes.ACCEPT_PAUSE
+        fake.clock += control.ACCEPT_PAUSE
         loop.fire_due()
         loop.poll(0)
-        assert listener.accepts == 2 and loop.due("http-accept") == fake.clock + 2 * http_probes.ACCEPT_PAUSE
+        assert listener.accepts == 2 and loop.due("http-accept") == fake.clock + 2 * control.ACCEPT_PAUSE
         assert "cannot accept" not in capfd.readouterr().err  # said once
     finally:
         server.close()
