@@ -149,12 +149,13 @@ class Engine:
         self.control = ControlServer.listen(self.settings.control_socket, self.loop, self.verbs.handle)
 
     def release(self) -> None:
-        """Before an exec: the control socket and /dev/log are closed (removed)."""
+        """Before an exec: the control socket and /dev/log are closed (removed), the journal written."""
         if self.control:
             self.control.close()
             self.control = None
         self.syslog.close()
         self.notifier.close()
+        self.history.journal.flush()  # the chain's lines and status.json: the exec would lose them
 
     def _entered_state(self) -> None:
         self.history.entered(self.service.run_count, self.explain.snapshot)
@@ -162,12 +163,7 @@ class Engine:
     def fire(self, trigger: str, cause: str = "") -> None:
         """Fire a trigger, saying why (for the journal and `srvctl why`).  Every trigger
         goes through here (history.queue says how queued triggers keep their causes)."""
-        self.history.queue(cause)
-        try:
-            self.trigger(trigger)
-        except BaseException:
-            self.history.causes.clear()  # transitions dropped the triggers still queued
-            raise
+        self.history.fire(lambda: self.trigger(trigger), cause)
 
     def stop(self, cause: str, signum: int | None = None) -> None:
         """Take the stop path: for a stop signal (signum), or srvctl stop (SIGTERM the service)."""

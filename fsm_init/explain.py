@@ -4,8 +4,6 @@ the shapes both PID-1 programs share (the snapshot, the journal entry, the answe
 requests) are built by ``status``, which the thin reaper uses too.
 """
 
-from typing import Protocol
-
 from fsm_init.compat.daemons import Daemons
 from fsm_init.compat.syslog_relay import SyslogRelay
 from fsm_init.core import log, readiness, status
@@ -14,6 +12,7 @@ from fsm_init.core.loop import EventLoop
 from fsm_init.core.metrics import Metrics
 from fsm_init.core.oom import Watch
 from fsm_init.core.readiness import Notifier
+from fsm_init.core.records import Protocol
 from fsm_init.core.system import System
 from fsm_init.core.writes import FileWrites
 from fsm_init.history import History

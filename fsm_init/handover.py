@@ -4,8 +4,6 @@ engine execs the thin reaper (``reaper``) in its place, handing it one state obj
 socket; if it fails, the engine carries on reaping.
 """
 
-from typing import Protocol
-
 from fsm_init.compat.syslog_relay import SyslogRelay
 from fsm_init.core import log
 from fsm_init.core.control import ControlServer
@@ -15,6 +13,7 @@ from fsm_init.core.loop import EventLoop
 from fsm_init.core.metrics import Metrics
 from fsm_init.core.oom import Watch
 from fsm_init.core.readiness import Notifier
+from fsm_init.core.records import Protocol
 from fsm_init.core.settings import Settings
 from fsm_init.core.system import System
 from fsm_init.explain import Explain
@@ -60,6 +59,7 @@ def enter(engine: Engine) -> None:
     engine.notifier.close()
     # The exec replaces this process before transitions would record the entry.
     engine.history.entered(engine.service.run_count, engine.explain.snapshot, early=True)
+    engine.history.journal.flush()
     engine.forwards.close()
     settings = engine.settings
     reaper.hand_over(engine.system, engine.loop, {

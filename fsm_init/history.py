@@ -67,6 +67,18 @@ class History:
         an ignored one too)."""
         self.causes.append(cause)
 
+    def fire(self, trigger: Callable[[], object], cause: str) -> None:
+        """Process one trigger with its cause (see queue).  The journal's lines and
+        status.json are written once, after the whole chain of transitions it sets off:
+        on the stop path, after the service is signalled (Journal.hold)."""
+        self.queue(cause)
+        with self.journal:
+            try:
+                trigger()
+            except BaseException:
+                self.causes.clear()  # transitions dropped the triggers still queued
+                raise
+
     def new_event(self) -> None:
         self.guard_results = {}
         if self.causes:  # not for a may_<trigger>() probe between events
@@ -99,4 +111,4 @@ class History:
             self.last_transition.update(self.annotate(dest))
         if self.recorded:
             self.recorded(source, dest, trigger)
-        self.journal.record(self.last_transition, snapshot())
+        self.journal.record(self.last_transition, snapshot)  # made once, when status.json is written

@@ -6,11 +6,11 @@ Which scripts each step runs, and how a failure counts, is said in ``foreground`
 import signal
 from collections.abc import Callable
 from functools import partial
-from typing import Protocol
 
 from fsm_init.compat.container_env import ContainerEnvironment
 from fsm_init.core import budget, log
 from fsm_init.core.kill import Group, Stopper
+from fsm_init.core.records import Protocol
 from fsm_init.core.settings import Settings
 from fsm_init.core.system import System
 from fsm_init.steps import foreground

@@ -3,11 +3,11 @@ request here, as it routes the thin reaper's to ``reaper.Reaper``.
 """
 
 from collections.abc import Callable
-from typing import Protocol
 
 from fsm_init.compat.daemons import Daemons
 from fsm_init.core import log, status
 from fsm_init.core.control import NOT_SUPERVISED
+from fsm_init.core.records import Protocol
 from fsm_init.core.table import STOPPABLE
 from fsm_init.explain import Explain
 from fsm_init.steps.reload import Reloader

@@ -2,10 +2,10 @@
 
 Exit codes: 0 done, 1 refused or failed, 2 usage, 3 no engine listening; ``reload
 --dry-run``: 0 nothing would change, 1 something would (or the configuration is refused).
-Standard library only, so a Docker HEALTHCHECK or a probe answers fast.
+Standard library only, so a Docker HEALTHCHECK or a probe answers fast: ``health`` and
+``live`` import not even ``json`` and ``socket`` (fsm_init.client.probe).
 """
 
-import json
 import sys
 
 from fsm_init.core.log import clock, escape
@@ -21,6 +21,7 @@ usage: srvctl restart|stop|status|why|health|live [--json]
 """
 VERBS = ("restart", "stop", "status", "why", "health", "live", "history", "rescan", "reload", "metrics")
 DAEMON_VERBS = ("restart", "stop", "start")
+PROBES = ("health", "live")  # what Docker and Kubernetes run every few seconds: fsm_init.client.probe
 DONE, REFUSED, USAGE_ERROR, NO_ENGINE = 0, 1, 2, 3
 
 
@@ -45,14 +46,21 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings()
     if words[0] == "history":
         return history(settings.run_dir, count, as_json)
-    from fsm_init.core import control
-
     path = settings.control_socket
     try:
-        reply = control.request(path, words[0], **fields)
+        if words[0] in PROBES and not as_json:
+            from fsm_init.client import probe
+
+            reply = probe.ask(path, words[0])
+        else:
+            from fsm_init.core import control
+
+            reply = control.request(path, words[0], **fields)
     except (OSError, ValueError) as e:
         sys.stderr.write(f"srvctl: no fsm-init answers on {path} ({getattr(e, 'strerror', None) or e})\n")
         return NO_ENGINE
+    import json
+
     if "metrics" in reply:
         # Label values (check and daemon names) come escaped by metrics.label_value.
         sys.stdout.write(reply["metrics"])
@@ -73,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def history(run_dir: str, count: int, as_json: bool) -> int:
     """The journal's last entries; read from the file, so it works after fsm-init is gone."""
+    import json
+
     from fsm_init.core import journal
 
     entries = journal.read(run_dir, count)

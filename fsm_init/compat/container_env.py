@@ -16,9 +16,9 @@ Every file operation goes through the ``System`` boundary.
 import json
 import os
 import re
-from typing import NamedTuple
 
 from fsm_init.core import log, trust
+from fsm_init.core.records import NamedTuple
 
 DIRECTORY = "/etc/container_environment"
 SH_PATH = "/etc/container_environment.sh"
@@ -32,13 +32,14 @@ NOT_DUMPED = frozenset({"HOME", "USER", "GROUP", "UID", "GID", "SHELL"})
 # The environment variable that moves the directory (the .sh and .json follow it).
 DIRECTORY_VARIABLE = "FSM_INIT_CONTAINER_ENVIRONMENT"
 
-_INVALID_NAME = re.compile(r"[=\x00-\x20\x7f/]")
-_NOT_SHELL = re.compile(r"[^A-Za-z0-9_]")
+# compiled by re's cache at the first use, not at every start of PID 1
+_INVALID_NAME = r"[=\x00-\x20\x7f/]"
+_NOT_SHELL = r"[^A-Za-z0-9_]"
 
 
 def valid_name(name: str) -> bool:
     """A name the environment and the directory can both hold."""
-    return bool(name) and not name.startswith(".") and not _INVALID_NAME.search(name)
+    return bool(name) and not name.startswith(".") and not re.search(_INVALID_NAME, name)
 
 
 def shell_name(name: str) -> str | None:
@@ -47,7 +48,7 @@ def shell_name(name: str) -> str | None:
     my_init's ``re.sub(r"\\W", "_", name)``, except that a non-ASCII letter, which no shell
     accepts in a name, is replaced too).  None for a name that starts with a digit: my_init
     writes it as it is, and the shell sourcing the file stops there."""
-    clean = _NOT_SHELL.sub("_", name)
+    clean = re.sub(_NOT_SHELL, "_", name)
     return clean if clean and not clean[0].isdigit() else None
 
 

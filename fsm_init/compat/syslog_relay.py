@@ -40,13 +40,14 @@ FACILITIES = ("kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news",
 SEVERITIES = ("emerg", "alert", "crit", "err", "warning", "notice", "info", "debug")
 DEFAULT_PRI = 13  # user.notice, RFC 3164 section 4.3.3
 
-_PRI = re.compile(rb"<(\d{1,3})>")
+# Patterns, compiled by re's cache at the first message: not at every start of PID 1.
+_PRI = rb"<(\d{1,3})>"
 # Mmm dd hh:mm:ss (RFC 3164; the day is space-padded), then one space.
-_BSD_TIME = re.compile(rb"[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d ")
+_BSD_TIME = rb"[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d "
 # RFC 5424: VERSION SP TIMESTAMP SP HOSTNAME SP APP-NAME SP PROCID SP MSGID SP SD [SP MSG]
-_RFC5424 = re.compile(rb"1 (\S+) (\S+) (\S+) (\S+) (\S+) (-|(?:\[(?:[^\]\\]|\\.)*\])+) ?")
+_RFC5424 = rb"1 (\S+) (\S+) (\S+) (\S+) (\S+) (-|(?:\[(?:[^\]\\]|\\.)*\])+) ?"
 # A tag: prog, prog[pid] or prog[pid] ending in ':' (glibc, logger, busybox).
-_TAG = re.compile(rb"([^\s\[\]:]{1,64})(?:\[(\d{1,10})\])?:(?: |$)")
+_TAG = rb"([^\s\[\]:]{1,64})(?:\[(\d{1,10})\])?:(?: |$)"
 class Message:
     __slots__ = ("facility", "severity", "program", "pid", "text")
 
@@ -70,13 +71,13 @@ def parse(data: bytes) -> Message:
     what is not understood stays in the message text."""
     data = data.rstrip(b"\n\x00")
     pri = DEFAULT_PRI
-    match = _PRI.match(data)
+    match = re.match(_PRI, data)
     if match and int(match.group(1)) < len(FACILITIES) * 8:
         pri = int(match.group(1))
         data = data[match.end():]
     facility, severity = FACILITIES[pri >> 3], SEVERITIES[pri & 7]
     program = pid = ""
-    match = _RFC5424.match(data)
+    match = re.match(_RFC5424, data)
     if match:
         app, procid = match.group(3), match.group(4)
         program = "" if app == b"-" else escape_bytes(app)
@@ -85,15 +86,15 @@ def parse(data: bytes) -> Message:
         if data.startswith(b"\xef\xbb\xbf"):  # the BOM RFC 5424 allows before MSG
             data = data[3:]
         return Message(facility, severity, program, pid, escape_bytes(data))
-    match = _BSD_TIME.match(data)
+    match = re.match(_BSD_TIME, data)
     if match:
         data = data[match.end():]
-    tag = _TAG.match(data)
+    tag = re.match(_TAG, data)
     if tag is None and match:
         # RFC 3164 from the network carries a HOSTNAME before the tag.
         host, _, rest = data.partition(b" ")
         if host and b":" not in host and b"[" not in host:
-            tag = _TAG.match(rest)
+            tag = re.match(_TAG, rest)
             if tag:
                 data = rest
     if tag:

@@ -9,7 +9,8 @@ only when a configuration exists; ``defaults()`` serves the no-configuration fas
 """
 
 import json
-from typing import Any, NamedTuple
+
+from fsm_init.core.records import Any, NamedTuple
 
 SECRET_KEYS = frozenset({"sshsrv.rootpwd", "inetdail.dialpswd"})
 MASK = "********"

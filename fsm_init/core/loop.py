@@ -7,6 +7,7 @@ trigger ever runs inside a signal handler.  With no deadline set, ``select`` blo
 without a time-out: an idle fsm-init never wakes.
 """
 
+import gc
 import os
 import selectors
 import signal
@@ -105,6 +106,10 @@ class EventLoop:
         return min((when for when, _ in self._deadlines.values()), default=None)
 
     def run(self) -> None:
+        # What the start-up made (the imports, marshmallow's schema, the machine) stays for
+        # the life of PID 1: frozen, the garbage collector no longer walks it, and a
+        # collection that falls on a signal's path is a short one.
+        gc.freeze()
         # Children may have exited before the loop started (or before an exec handed over).
         self.reap()
         while not self.stopped:

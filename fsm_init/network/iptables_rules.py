@@ -14,7 +14,7 @@ table is committed at its ``COMMIT`` line, all of it or none of it, so the filte
 table (the policy) comes first and never is half-built.
 """
 
-from typing import NamedTuple
+from fsm_init.core.records import NamedTuple
 
 OWN_CHAIN = "FSMINIT"
 MULTIPORT_SLOTS = 15  # iptables' multiport limit; a range takes two

@@ -12,10 +12,10 @@ left of it after the grace time), as for the service and the daemons.
 
 import signal
 from functools import partial
-from typing import NamedTuple
 
 from fsm_init.core import log
 from fsm_init.core.kill import Group, Stopper
+from fsm_init.core.records import NamedTuple
 from fsm_init.core.repeats import Repeats
 from fsm_init.core.system import System, Unavailable, exit_code
 

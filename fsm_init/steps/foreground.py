@@ -23,11 +23,11 @@ import os
 import signal
 from collections.abc import Callable
 from functools import partial
-from typing import NamedTuple
 
 from fsm_init.core import log, trust
 from fsm_init.core.kill import Group
 from fsm_init.core.loop import EventLoop
+from fsm_init.core.records import NamedTuple
 from fsm_init.core.repeats import Repeats, is_resource
 from fsm_init.core.system import System, spawn_error_code
 from fsm_init.steps import start

@@ -12,10 +12,10 @@ and close the firewall's ports, locking out the operator who is fixing the file.
 """
 
 import os
-from typing import NamedTuple
 
 from fsm_init.config import workcfg as config
 from fsm_init.core import log, trust
+from fsm_init.core.records import NamedTuple
 from fsm_init.core.system import System
 from fsm_init.steps.resolve_target import Target
 

@@ -28,10 +28,10 @@ names the latest one.
 """
 
 import json
-from typing import NamedTuple
 
 from fsm_init.config import workcfg as config
 from fsm_init.core import log, status
+from fsm_init.core.records import NamedTuple
 from fsm_init.core.table import DAEMON, NON_DAEMON, STATUS_CHECK, STOPPABLE
 from fsm_init.steps import start
 

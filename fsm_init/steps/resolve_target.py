@@ -7,9 +7,9 @@ not remembered: the next start tries it again.
 """
 
 import os
-from typing import NamedTuple
 
 from fsm_init.core import log
+from fsm_init.core.records import NamedTuple
 from fsm_init.core.settings import Settings
 from fsm_init.core.system import System
 

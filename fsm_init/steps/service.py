@@ -9,10 +9,10 @@ tested alone (tests/unit/test_service.py).
 """
 
 from collections.abc import Callable
-from typing import NamedTuple
 
 from fsm_init.core import readiness
 from fsm_init.core.kill import Group
+from fsm_init.core.records import NamedTuple
 from fsm_init.steps import restart_interval, start
 
 

@@ -9,9 +9,9 @@ import errno
 import os
 import shlex
 import sys
-from typing import NamedTuple
 
 from fsm_init.core import log
+from fsm_init.core.records import NamedTuple
 from fsm_init.core.system import System, which
 from fsm_init.core.table import DAEMON, NON_DAEMON, STATUS_CHECK
 

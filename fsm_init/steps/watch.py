@@ -8,10 +8,10 @@ MT script never overlaps its own previous run.  Cycles run at a fixed rate.
 
 from collections.abc import Callable
 from functools import partial
-from typing import NamedTuple
 
 from fsm_init.core import log, trust
 from fsm_init.core.loop import EventLoop
+from fsm_init.core.records import NamedTuple
 from fsm_init.core.repeats import Repeats
 from fsm_init.core.system import System
 from fsm_init.steps import start

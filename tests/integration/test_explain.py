@@ -341,7 +341,7 @@ def test_the_client_path_is_light_and_fast(sandbox):
                             env=env, capture_output=True, text=True, timeout=15)
     assert traced.returncode in (0, 1), traced
     modules = {line.rsplit("|", 1)[1].strip() for line in traced.stderr.splitlines() if line.startswith("import time:")}
-    assert "fsm_init.core.control" in modules, traced.stderr[-2000:]
+    assert "fsm_init.client.probe" in modules, traced.stderr[-2000:]  # health: fsm_init.client.probe, not control
     assert not {m for m in modules if m.split(".")[0] in HEAVY}, sorted(modules)
     # In process, after the import: the request round trip.
     measured = subprocess.run([sys.executable, "-c", CLIENT], env=env, capture_output=True, text=True, timeout=30)

@@ -132,3 +132,18 @@ report(lazy=lazy)
 """)
     assert found["lazy"] is False
     assert "marshmallow" in found["after"]
+
+
+def test_engine_path_does_not_import_typing():
+    # typing is the largest single module on the start-up path: fsm_init.core.records gives the
+    # NamedTuple class syntax without it (issue 14).
+    found = run("""
+import fsm_init.cli, fsm_init.engine, fsm_init.core.reaper
+from fsm_init.engine import Engine
+from fsm_init.core.settings import Settings
+from fsm_init.core.system import System
+Engine(System(), Settings(), {})
+report()
+""", "-I")
+    assert loaded(found["after"], ("typing",)) == []
+    assert "transitions" in found["after"]
