@@ -59,12 +59,12 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as e:
         sys.stderr.write(f"srvctl: no fsm-init answers on {path} ({getattr(e, 'strerror', None) or e})\n")
         return NO_ENGINE
-    import json
-
     if "metrics" in reply:
         # Label values (check and daemon names) come escaped by metrics.label_value.
         sys.stdout.write(reply["metrics"])
     elif as_json:
+        import json  # here only: a probe's answer is shown without it
+
         print(json.dumps(reply.get("status", reply), indent=2))
     elif "status" in reply:
         print(format_status(reply["status"]))

@@ -570,6 +570,8 @@ class System:
             pass
         except OSError as e:
             return e.strerror or str(e)
+        from fsm_init.core.settings import private_problem
+
         return private_problem(path, os.geteuid())
 
     def euid(self) -> int:
@@ -968,25 +970,6 @@ def _c_string(text: str, what: str) -> bytes:
 def _check(error: int) -> None:
     if error:
         raise OSError(error, os.strerror(error))
-def private_problem(path: str, uid: int) -> str:
-    """"" when path is a real directory that uid owns and only uid may use; otherwise why not."""
-    import stat
-
-    try:
-        st = os.lstat(path)
-    except OSError as e:
-        return e.strerror or str(e)
-    if stat.S_ISLNK(st.st_mode):
-        return "is a symbolic link"
-    if not stat.S_ISDIR(st.st_mode):
-        return "is not a directory"
-    if st.st_uid != uid:
-        return f"is owned by uid {st.st_uid}, not {uid}"
-    if st.st_mode & 0o077:
-        return f"has mode {stat.S_IMODE(st.st_mode):04o}, not 0700"
-    return ""
-
-
 def _read_only(path: str) -> bool:
     try:
         return bool(os.statvfs(path).f_flag & os.ST_RDONLY)

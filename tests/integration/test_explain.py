@@ -342,6 +342,8 @@ def test_the_client_path_is_light_and_fast(sandbox):
     assert traced.returncode in (0, 1), traced
     modules = {line.rsplit("|", 1)[1].strip() for line in traced.stderr.splitlines() if line.startswith("import time:")}
     assert "fsm_init.client.probe" in modules, traced.stderr[-2000:]  # health: fsm_init.client.probe, not control
+    # neither after the answer (its output) nor on the way to the run directory (issue 14)
+    assert not modules & {"json", "re", "socket", "enum", "typing", "fsm_init.core.system"}, sorted(modules)
     assert not {m for m in modules if m.split(".")[0] in HEAVY}, sorted(modules)
     # In process, after the import: the request round trip.
     measured = subprocess.run([sys.executable, "-c", CLIENT], env=env, capture_output=True, text=True, timeout=30)
