@@ -137,6 +137,7 @@ class Stopper:
         if not count:
             self._finish()
             return
+        self.system.yield_cpu()  # the signalled processes' handlers before this stop's bookkeeping
         log.info(f"sent {signal.Signals(sig).name} to {label} ({count} process(es)); SIGKILL in {grace:g}s")
         self.loop.call_later(self.kill_deadline, grace, self._kill)
         self.loop.call_later(self.poll_deadline, POLL, self.check)

@@ -40,27 +40,6 @@ def _pid1_uid() -> int | None:
         return None
 
 
-def private_problem(path: str, uid: int) -> str:
-    """"" when path is a real directory that uid owns and only uid may use; otherwise why not.
-    Here, not in system.py: srvctl's probes find the run directory with it, and System's
-    imports (signal, with enum) would double a probe's own time."""
-    import stat
-
-    try:
-        st = os.lstat(path)
-    except OSError as e:
-        return e.strerror or str(e)
-    if stat.S_ISLNK(st.st_mode):
-        return "is a symbolic link"
-    if not stat.S_ISDIR(st.st_mode):
-        return "is not a directory"
-    if st.st_uid != uid:
-        return f"is owned by uid {st.st_uid}, not {uid}"
-    if st.st_mode & 0o077:
-        return f"has mode {stat.S_IMODE(st.st_mode):04o}, not 0700"
-    return ""
-
-
 def locate_run_dir() -> str:
     """The run directory of the fsm-init a reader (srvctl, ``fsm-init status``, ``graph
     --live``) talks to, found the way fsm-init chose it: RUN_DIR, else the fall-backs of
@@ -71,6 +50,8 @@ def locate_run_dir() -> str:
     pid1 = _pid1_uid()
     if pid1 is not None and pid1 not in uids:
         uids.append(pid1)
+    from fsm_init.core.private_dirs import private_problem
+
     candidates = [RUN_DIR] + [d for uid in uids for d in fallback_run_dirs(uid)
                               if not private_problem(d, uid)]
     for name in ("control.sock", "journal.jsonl"):

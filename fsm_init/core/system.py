@@ -282,6 +282,13 @@ class System:
             return False
         return True
 
+    def yield_cpu(self) -> None:
+        """Let a process just signalled run first: woken on this CPU, it would otherwise
+        wait for PID 1's bookkeeping after the signal (the journal, status.json, a /proc
+        scan) to end: half a millisecond more before a stopped service's TERM handler ran
+        (docs/benchmark.md)."""
+        os.sched_yield()
+
     def processes(self) -> list[ProcInfo]:
         """Live (non-zombie) processes visible in /proc."""
         return self._with_spare(self._processes)
@@ -570,7 +577,7 @@ class System:
             pass
         except OSError as e:
             return e.strerror or str(e)
-        from fsm_init.core.settings import private_problem
+        from fsm_init.core.private_dirs import private_problem
 
         return private_problem(path, os.geteuid())
 

@@ -28,7 +28,7 @@ STEPS = {
                ("transitions", "import transitions"), ("fsm-init's engine modules", "import fsm_init.engine"),
                ("ctypes (loaded at the first spawn)", "import ctypes; ctypes.CDLL(None)"),
                ("marshmallow (a workcfg.json is validated)",
-                "from fsm_init.config import schema; config_schema.validate({'initdelay': 0})")],
+                "from fsm_init.config import schema; schema.validate({'initdelay': 0})")],
 }
 
 sys.path.insert(0, ROOT)

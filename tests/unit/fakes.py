@@ -173,6 +173,9 @@ class FakeSystem:
         reaped, self.pending_exits = self.pending_exits, []
         return reaped
 
+    def yield_cpu(self) -> None:
+        self.calls.append(("yield_cpu",))
+
     def kill(self, pid: int, sig: int) -> bool:
         self.calls.append(("kill", pid, sig))
         self._maybe_fail("kill")

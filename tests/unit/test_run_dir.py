@@ -8,7 +8,8 @@ import os
 import pytest
 
 from fsm_init.core import settings as settings_module
-from fsm_init.core.settings import RUN_DIR, STATE_DIR, fallback_run_dirs, private_problem, settle_dirs
+from fsm_init.core.private_dirs import private_problem
+from fsm_init.core.settings import RUN_DIR, STATE_DIR, fallback_run_dirs, settle_dirs
 from fsm_init.core.system import System
 
 from .fakes import FakeSystem, make_settings

@@ -346,6 +346,7 @@ OWN_OS_CALLS = {
     "setuser.py",  # a helper run as a process of its own, exec'd after its work
     "graph.py", "status_view.py",  # client tools, not PID 1
     "pppoe.py", "ssh.py",  # os.urandom for in-process keys
+    "private_dirs.py",  # the run directory's rule: System's, and srvctl's without System's imports
     "control.py",  # request(): the client side (srvctl, fsm-init status); the server is System's
 }
 
