@@ -44,17 +44,11 @@ def ask(path: str, verb: str, timeout: float = 10.0) -> dict:
         from fsm_init.core import control
 
         return control.request(path, verb, timeout)
+    from fsm_init.core.wire import exchange
+
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
     try:
-        sock.settimeout(timeout)
-        sock.connect(path)
-        sock.sendall(b'{"verb": ' + _json.encode_basestring_ascii(verb).encode() + b"}\n")
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+        data = exchange(sock, path, b'{"verb": ' + _json.encode_basestring_ascii(verb).encode() + b"}\n", timeout)
     finally:
         sock.close()
     reply = decode(data.decode())

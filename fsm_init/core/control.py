@@ -173,14 +173,8 @@ class ControlServer:
 
 def request(path: str, verb: str, timeout: float = 10.0, **fields) -> dict:
     """Send one request and wait for its answer; raises OSError when no engine listens."""
+    from fsm_init.core.wire import exchange
+
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as sock:
-        sock.settimeout(timeout)
-        sock.connect(path)
-        sock.sendall(json.dumps({"verb": verb, **fields}).encode() + b"\n")
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+        data = exchange(sock, path, json.dumps({"verb": verb, **fields}).encode() + b"\n", timeout)
     return json.loads(data)
