@@ -70,7 +70,7 @@ class History:
     def fire(self, trigger: Callable[[], object], cause: str) -> None:
         """Process one trigger with its cause (see queue).  The journal's lines and
         status.json are written once, after the whole chain of transitions it sets off:
-        on the stop path, after the service is signalled (Journal.hold)."""
+        on the stop path, after the service is signalled (``with journal:``)."""
         self.queue(cause)
         with self.journal:
             try:

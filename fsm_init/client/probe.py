@@ -4,8 +4,7 @@ run every few seconds, each as a whole new process.
 One request over the control socket with the interpreter's own C modules only
 (``_socket``, ``_json``): the ``socket`` and ``json`` packages would pull in ``enum``
 and ``re``, several milliseconds on top of the interpreter's start for every probe
-(docs/benchmark.md).  The same wire format as ``control.request``; where a C module is
-missing (another Python implementation), that is used instead.
+(docs/benchmark.md).  The same wire format as ``control.request`` (``core.wire``).
 """
 
 
@@ -37,13 +36,9 @@ def decode(text: str):
 def ask(path: str, verb: str, timeout: float = 10.0) -> dict:
     """control.request(path, verb): raises OSError when no engine listens, ValueError on a
     reply that is not JSON."""
-    try:
-        import _json
-        import _socket
-    except ImportError:
-        from fsm_init.core import control
+    import _json
+    import _socket
 
-        return control.request(path, verb, timeout)
     from fsm_init.core.wire import exchange
 
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)

@@ -5,7 +5,7 @@ trigger, guard results, cause, restart count); the file is rotated to
 journal.jsonl.1 past MAX_BYTES, so it never grows without bound.  status.json,
 beside it, is rewritten atomically after every transition, so a reader (``fsm-init
 status``, a sidecar) never sees half a file.  Both are written once per chain of
-transitions that one trigger sets off (``hold``/``release``): the chain's lines in one
+transitions that one trigger sets off (``with journal:``): the chain's lines in one
 append, status.json with its last state, since a rename over the old file costs about a
 millisecond on ext4 or overlayfs (the boot path is a chain of a dozen transitions), and
 on the stop path the service is signalled first.  Standard library only.
@@ -31,33 +31,27 @@ class Journal:
         self.writes = writes or FileWrites(system.now, system.wall)
         self.held = 0  # > 0: a chain of transitions runs; the files wait for its end
         self.lines: list[bytes] = []
-        self.pending: Callable[[], dict] | dict | None = None
+        self.pending: Callable[[], dict] | None = None
 
-    def record(self, entry: dict, status: Callable[[], dict] | dict) -> None:
-        """Append entry to the journal; status (or the function that makes it, called once
-        when status.json is written) is the snapshot for status.json."""
+    def record(self, entry: dict, snapshot: Callable[[], dict]) -> None:
+        """Append entry to the journal; snapshot makes status.json's content, called once,
+        when the file is written (at once, or at the end of a held chain)."""
         self.lines.append(json.dumps(entry, ensure_ascii=True).encode() + b"\n")
-        self.pending = status
+        self.pending = snapshot
         if not self.held:
             self.flush()
 
-    def hold(self) -> None:
-        """Until the matching release, the chain's journal lines are kept (written in one
-        append at the end) and status.json is written once, at the end: on the stop path
-        the service is signalled before either file is touched."""
+    def __enter__(self) -> "Journal":
+        """``with journal:`` holds the files for the block (blocks nest): the chain's journal
+        lines go out in one append at its end and status.json once, with its last state;
+        on the stop path the service is signalled before either file is touched."""
         self.held += 1
-
-    def release(self) -> None:
-        self.held -= 1
-        if not self.held:
-            self.flush()
-
-    def __enter__(self) -> "Journal":  # ``with journal:`` holds for the block
-        self.hold()
         return self
 
     def __exit__(self, *_exc) -> None:
-        self.release()
+        self.held -= 1
+        if not self.held:
+            self.flush()
 
     def flush(self) -> None:
         """Write the journal lines and the last recorded status now (also before an exec
@@ -69,11 +63,12 @@ class Journal:
         pending, self.pending = self.pending, None
         if pending is None:
             return
-        status = pending() if callable(pending) else pending
+        status = pending()
         status = dict(status, write_problems=self.writes.status()) if "write_problems" in status else status
         path = os.path.join(self.run_dir, STATUS)
         self.writes.attempt(path, lambda: self.system.write_atomic(
             path, json.dumps(status, ensure_ascii=True).encode() + b"\n", 0o644, durable=False))
+
 
 def read(run_dir: str, limit: int) -> list[dict]:
     """The last ``limit`` entries, oldest first (rotated file included)."""

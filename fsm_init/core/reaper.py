@@ -140,10 +140,6 @@ class Reaper:
                                     lambda: self._teardown("group_gone", "the service's session is gone"))
 
     def _on_exit(self, pid: int, status: int) -> None:
-        with self.journal:  # teardown and exited: status.json once
-            self._service_exit(pid, status)
-
-    def _service_exit(self, pid: int, status: int) -> None:
         if pid == self.pid:
             self.last_exit = exit_code(status)
             cause = f"service (pid {pid}) exited with status {self.last_exit}"

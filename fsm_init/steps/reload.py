@@ -292,7 +292,7 @@ class Reloader:
         engine = self.engine
         entry = status.transition(engine.system.wall(), engine.state, engine.state, "reload", {}, cause,
                                   engine.service.run_count)
-        engine.history.journal.record(entry, engine.explain.snapshot())
+        engine.history.journal.record(entry, engine.explain.snapshot)
 
 
 class Refusal(NamedTuple):
